@@ -1,0 +1,273 @@
+//! `tocsin`: run the whole pipeline locally, check configs, make keys and
+//! look after dead letters.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tocsin_core::auth::IntegrationKey;
+use tocsin_core::config::Catalog;
+use tocsin_core::providers::ProviderKind;
+use tocsin_local::stack::{start, StackOptions};
+use tocsin_local::store::Store;
+
+const SAMPLE_CONFIG: &str = include_str!("../tocsin.sample.yaml");
+const SAMPLE_NAME: &str = "tocsin.sample.yaml (built in)";
+
+#[derive(Parser)]
+#[command(name = "tocsin", version, about = "Alert ingestion and notification, on AWS Lambda or one machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole stack on this machine: every endpoint, the processor,
+    /// the dispatcher and the notifiers, with state kept in --data.
+    Dev {
+        /// Config file (YAML). Without it, the built-in sample config.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:3000", env = "TOCSIN_LISTEN")]
+        listen: SocketAddr,
+        #[arg(long, default_value = ".tocsin", env = "TOCSIN_DATA")]
+        data: PathBuf,
+        /// Do not print a line per notification (the outbox still has them).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check a config file and print what it declares.
+    Validate {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Print a new integration key and the SHA-256 to put in config as
+    /// key_sha256.
+    Keygen,
+    /// List the providers and their endpoints.
+    Providers,
+    /// Events and notifications that could not be handled.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters as JSON lines.
+    List {
+        #[arg(long, default_value = ".tocsin", env = "TOCSIN_DATA")]
+        data: PathBuf,
+    },
+    /// Put a dead letter back on its queue.
+    Redrive {
+        id: i64,
+        #[arg(long, default_value = ".tocsin", env = "TOCSIN_DATA")]
+        data: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Dev {
+            file,
+            listen,
+            data,
+            quiet,
+        } => dev(file.as_deref(), listen, data, quiet).await,
+        Command::Validate { file } => {
+            let catalog = load(Some(&file))?;
+            println!(
+                "{}: {} services, {} integrations, {} API keys",
+                file.display(),
+                catalog.services.len(),
+                catalog.integrations.len(),
+                catalog.api_keys.len()
+            );
+            Ok(())
+        }
+        Command::Keygen => {
+            let key = IntegrationKey::generate().map_err(|e| format!("no randomness available: {e}"))?;
+            println!("key:        {}", key.reveal());
+            println!("key_sha256: {}", key.hash().as_str());
+            Ok(())
+        }
+        Command::Providers => {
+            for kind in ProviderKind::ALL {
+                println!("{:<12} POST {:<28} {}", kind.as_str(), kind.path(), kind.title());
+            }
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::List { data }) => {
+            let store = open_store(&data)?;
+            let letters = store.dead_letters().await.map_err(|e| e.to_string())?;
+            for letter in &letters {
+                println!("{}", serde_json::to_string(letter).map_err(|e| e.to_string())?);
+            }
+            eprintln!("{} dead letters in {}", letters.len(), data.display());
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::Redrive { id, data }) => {
+            let store = open_store(&data)?;
+            if store.redrive(id).await.map_err(|e| e.to_string())? {
+                println!("dead letter {id} is back on its queue");
+                Ok(())
+            } else {
+                Err(format!("no dead letter {id}"))
+            }
+        }
+    }
+}
+
+fn open_store(data: &Path) -> Result<Store, String> {
+    if !data.join("tocsin.db").exists() {
+        return Err(format!("{} holds no Tocsin data (give --data)", data.display()));
+    }
+    Store::open(data).map_err(|e| format!("{}: {e}", data.display()))
+}
+
+fn load(file: Option<&Path>) -> Result<Catalog, String> {
+    match file {
+        None => Catalog::from_yaml(SAMPLE_CONFIG, SAMPLE_NAME).map_err(|e| e.to_string()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Catalog::from_yaml(&text, &path.display().to_string()).map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn dev(file: Option<&Path>, listen: SocketAddr, data: PathBuf, quiet: bool) -> Result<(), String> {
+    let catalog = load(file)?;
+    let banner = banner(&catalog, file, &data);
+    let mut stack = start(StackOptions {
+        catalog,
+        listen,
+        data_dir: data,
+        echo_deliveries: !quiet,
+    })
+    .await
+    .map_err(|e| error_chain(&e))?;
+    println!(
+        "Tocsin is listening on http://{}\n{}",
+        stack.addr,
+        banner.replace("$TOCSIN", &stack.addr.to_string())
+    );
+
+    let shutdown = stack.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("stopping: finishing the messages in hand");
+        let _ = shutdown.send(true);
+    });
+    stack.wait().await.map_err(|e| error_chain(&e))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What a newcomer needs to try it: each webhook URL with a curl line.
+fn banner(catalog: &Catalog, file: Option<&Path>, data: &Path) -> String {
+    let base = "http://$TOCSIN";
+    let mut out = format!(
+        "config: {}\ndata:   {} (incidents survive restarts; notifications in {}/outbox.jsonl)\n",
+        file.map(|f| f.display().to_string()).unwrap_or_else(|| SAMPLE_NAME.to_owned()),
+        data.display(),
+        data.display()
+    );
+    for integration in &catalog.integrations {
+        let path = integration.provider.path();
+        out.push_str(&format!(
+            "\n{} / {} ({}{})\n  POST {base}{path}\n",
+            integration.service,
+            integration.id,
+            integration.provider.title(),
+            if integration.enabled { "" } else { ", disabled" },
+        ));
+        let Some(key) = catalog.plain_keys.get(&integration.id) else {
+            out.push_str("  (key given as key_sha256: use the key you hashed)\n");
+            continue;
+        };
+        let key = key.reveal();
+        let example = match integration.provider {
+            ProviderKind::EventsV2 => format!(
+                "curl -s {base}{path} -H 'Content-Type: application/json' -d '{{\"routing_key\":\"{key}\",\"event_action\":\"trigger\",\"dedup_key\":\"disk-full\",\"payload\":{{\"summary\":\"Disk full on db-1\",\"source\":\"db-1\",\"severity\":\"critical\"}}}}'"
+            ),
+            ProviderKind::Prometheus => format!(
+                "curl -s {base}{path} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' --data-binary @events/prometheus/firing.json"
+            ),
+            ProviderKind::Webhook if integration.secret.is_some() => format!(
+                "body='{{\"alert\":{{\"title\":\"Card declines up\",\"level\":\"error\",\"id\":\"declines\",\"state\":\"raised\"}}}}'; curl -s {base}{path} -H 'X-Integration-Key: {key}' -H \"X-Signature: sha256=$(printf %s \"$body\" | openssl dgst -sha256 -hmac \"$SECRET\" -r | cut -d' ' -f1)\" -d \"$body\"   # SECRET: the integration's secret"
+            ),
+            ProviderKind::Webhook => format!(
+                "curl -s {base}{path} -H 'X-Integration-Key: {key}' -H 'Content-Type: application/json' -d '{{\"title\":\"Checkout latency high\",\"severity\":\"warning\",\"id\":\"latency\",\"status\":\"triggered\"}}'"
+            ),
+            ProviderKind::Generic => format!(
+                "curl -s '{base}{path}?token={key}' -H 'Accept: application/json' -d summary='Queue backed up' -d dedup=queue"
+            ),
+        };
+        out.push_str(&format!("  {example}\n"));
+    }
+    if !catalog.api_keys.is_empty() {
+        out.push_str(&format!(
+            "\nincidents: curl -s {base}/incidents -H 'Authorization: Bearer <an api_keys key from the config>'\n"
+        ));
+    }
+    out
+}

@@ -1,0 +1,559 @@
+//! Config as code: services, their integrations and notification policies,
+//! API keys. Parsed from YAML into a [`Catalog`] that is valid as a whole or
+//! refused with the file, the field and the reason.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::auth::{ApiKey, IntegrationKey, KeyHash, Scope};
+use crate::event::{FieldError, IntegrationId, ServiceId, Severity};
+use crate::incident::TransitionKind;
+use crate::providers::ProviderKind;
+
+/// A shared secret (HMAC signing secret, bot token). Debug never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where a generic webhook integration finds each value: dotted paths into
+/// the JSON body (`alert.labels.severity`), and which values of the action
+/// field mean trigger or resolve. Empty means the built-in aliases.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMapping {
+    #[serde(default, alias = "summaryField")]
+    pub summary_field: Option<String>,
+    #[serde(default, alias = "severityField")]
+    pub severity_field: Option<String>,
+    #[serde(default, alias = "dedupKeyField")]
+    pub dedup_key_field: Option<String>,
+    #[serde(default, alias = "actionField")]
+    pub action_field: Option<String>,
+    #[serde(default, alias = "sourceField")]
+    pub source_field: Option<String>,
+    #[serde(default, alias = "triggerValues")]
+    pub trigger_values: Vec<String>,
+    #[serde(default, alias = "resolveValues")]
+    pub resolve_values: Vec<String>,
+    #[serde(default, alias = "acknowledgeValues")]
+    pub acknowledge_values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Integration {
+    pub id: IntegrationId,
+    pub service: ServiceId,
+    pub provider: ProviderKind,
+    pub key_hash: KeyHash,
+    /// When set, every request must carry an HMAC-SHA256 of its raw body.
+    pub secret: Option<Secret>,
+    pub enabled: bool,
+    pub fields: FieldMapping,
+}
+
+/// An E.164 phone number: `+`, then 8 to 15 digits, the first not 0.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    pub fn parse(value: &str) -> Result<Self, FieldError> {
+        let digits = value.strip_prefix('+').unwrap_or("");
+        let ok = (8..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if ok {
+            Ok(PhoneNumber(value.to_owned()))
+        } else {
+            Err(FieldError::new(
+                "sms",
+                format!("'{value}' is not an E.164 number such as +15555550123"),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An email address, checked for the shape SES will accept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(value: &str) -> Result<Self, FieldError> {
+        let ok = match value.split_once('@') {
+            Some((local, domain)) => {
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+                    && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+                    && !domain.contains('@')
+            }
+            None => false,
+        };
+        if ok && value.len() <= 254 {
+            Ok(EmailAddress(value.to_owned()))
+        } else {
+            Err(FieldError::new("email", format!("'{value}' is not an email address")))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who hears about a service's incidents, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationPolicy {
+    pub email: Vec<EmailAddress>,
+    pub sms: Vec<PhoneNumber>,
+    pub slack: Option<String>,
+    /// Which transitions notify at all.
+    pub on: Vec<TransitionKind>,
+    /// Incidents below this severity notify no one.
+    pub min_severity: Severity,
+}
+
+impl NotificationPolicy {
+    pub fn notifies(&self, kind: TransitionKind, severity: Severity) -> bool {
+        self.on.contains(&kind) && severity >= self.min_severity
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub id: ServiceId,
+    pub name: String,
+    pub policy: NotificationPolicy,
+}
+
+/// Where the local stack delivers Slack messages for real, when configured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlackDelivery {
+    IncomingWebhook { url: Secret },
+    Bot { token: Secret },
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Settings {
+    /// The sender of notification emails.
+    pub email_from: Option<String>,
+    /// The base URL people open links against (the API, the console).
+    pub public_url: Option<String>,
+    pub slack: Option<SlackDelivery>,
+}
+
+/// Everything a deployment is configured with, validated as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub services: Vec<Service>,
+    pub integrations: Vec<Integration>,
+    pub api_keys: Vec<ApiKey>,
+    pub settings: Settings,
+    /// Plain-text keys given in the config file, kept so that a local run
+    /// can print ready-to-paste curl lines. Never stored anywhere.
+    pub plain_keys: HashMap<IntegrationId, IntegrationKey>,
+}
+
+impl Catalog {
+    pub fn service(&self, id: &ServiceId) -> Option<&Service> {
+        self.services.iter().find(|s| &s.id == id)
+    }
+
+    pub fn integration_by_key(&self, hash: &KeyHash) -> Option<&Integration> {
+        self.integrations.iter().find(|i| &i.key_hash == hash)
+    }
+
+    pub fn api_key(&self, hash: &KeyHash) -> Option<&ApiKey> {
+        self.api_keys.iter().find(|k| &k.key_hash == hash)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ports::ConfigStore for Catalog {
+    async fn integration_by_key(&self, key: &KeyHash) -> Result<Option<Integration>, crate::ports::BackendError> {
+        Ok(Catalog::integration_by_key(self, key).cloned())
+    }
+
+    async fn service(&self, id: &ServiceId) -> Result<Option<Service>, crate::ports::BackendError> {
+        Ok(Catalog::service(self, id).cloned())
+    }
+
+    async fn api_key(&self, key: &KeyHash) -> Result<Option<ApiKey>, crate::ports::BackendError> {
+        Ok(Catalog::api_key(self, key).cloned())
+    }
+}
+
+/// A config refused: the file, the field (a path such as
+/// `services[0].integrations[1].key`) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {field}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub field: String,
+    pub reason: String,
+}
+
+// The file's shape, as people write it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    api_keys: Vec<ApiKeyEntry>,
+    #[serde(default)]
+    services: Vec<ServiceEntry>,
+    #[serde(default)]
+    settings: SettingsEntry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyEntry {
+    name: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    key_sha256: Option<String>,
+    scopes: Vec<Scope>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceEntry {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    integrations: Vec<IntegrationEntry>,
+    #[serde(default)]
+    notify: NotifyEntry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationEntry {
+    id: String,
+    #[serde(rename = "type")]
+    provider: ProviderKind,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    key_sha256: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+    #[serde(default)]
+    fields: FieldMapping,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NotifyEntry {
+    #[serde(default)]
+    email: Vec<String>,
+    #[serde(default)]
+    sms: Vec<String>,
+    #[serde(default)]
+    slack: Option<String>,
+    #[serde(default)]
+    on: Option<Vec<TransitionKind>>,
+    #[serde(default)]
+    min_severity: Option<Severity>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SettingsEntry {
+    #[serde(default)]
+    email_from: Option<String>,
+    #[serde(default)]
+    public_url: Option<String>,
+    #[serde(default)]
+    slack_webhook_url: Option<String>,
+    #[serde(default)]
+    slack_bot_token: Option<String>,
+}
+
+impl Catalog {
+    /// Parses and validates a config file's text. `file` names it in errors.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Catalog, ConfigError> {
+        let error = |field: &str, reason: String| ConfigError {
+            file: file.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let parsed: ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "(document)".to_owned() } else { path };
+            error(&field, e.into_inner().to_string())
+        })?;
+
+        let mut catalog = Catalog {
+            settings: Settings {
+                email_from: parsed.settings.email_from,
+                public_url: parsed.settings.public_url,
+                slack: match (parsed.settings.slack_webhook_url, parsed.settings.slack_bot_token) {
+                    (Some(_), Some(_)) => {
+                        return Err(error(
+                            "settings",
+                            "give slack_webhook_url or slack_bot_token, not both".into(),
+                        ))
+                    }
+                    (Some(url), None) => Some(SlackDelivery::IncomingWebhook { url: Secret::new(url) }),
+                    (None, Some(token)) => Some(SlackDelivery::Bot { token: Secret::new(token) }),
+                    (None, None) => None,
+                },
+            },
+            ..Catalog::default()
+        };
+
+        let mut api_key_hashes = HashSet::new();
+        for (i, entry) in parsed.api_keys.into_iter().enumerate() {
+            let at = |field: &str| format!("api_keys[{i}].{field}");
+            if entry.name.trim().is_empty() {
+                return Err(error(&at("name"), "must not be empty".into()));
+            }
+            let key_hash = match (entry.key, entry.key_sha256) {
+                (Some(key), None) if key.len() >= 16 => KeyHash::of(&key),
+                (Some(_), None) => return Err(error(&at("key"), "must be at least 16 characters".into())),
+                (None, Some(hash)) => KeyHash::parse(&hash).map_err(|e| error(&at("key_sha256"), e.reason))?,
+                _ => return Err(error(&at("key"), "give exactly one of key and key_sha256".into())),
+            };
+            if !api_key_hashes.insert(key_hash.clone()) {
+                return Err(error(&at("key"), "the same key is given twice".into()));
+            }
+            if entry.scopes.is_empty() {
+                return Err(error(&at("scopes"), "must name at least one scope".into()));
+            }
+            catalog.api_keys.push(ApiKey {
+                name: entry.name,
+                key_hash,
+                scopes: entry.scopes,
+            });
+        }
+
+        let mut service_ids = HashSet::new();
+        let mut integration_ids = HashSet::new();
+        let mut key_hashes = HashSet::new();
+        for (s, entry) in parsed.services.into_iter().enumerate() {
+            let at = |field: &str| format!("services[{s}].{field}");
+            let id = ServiceId::parse(&entry.id).map_err(|e| error(&at("id"), e.reason))?;
+            if !service_ids.insert(id.clone()) {
+                return Err(error(&at("id"), format!("service '{id}' is declared twice")));
+            }
+
+            for (n, integration) in entry.integrations.into_iter().enumerate() {
+                let at = |field: &str| format!("services[{s}].integrations[{n}].{field}");
+                let integration_id =
+                    IntegrationId::parse(&integration.id).map_err(|e| error(&at("id"), e.reason))?;
+                if !integration_ids.insert(integration_id.clone()) {
+                    return Err(error(
+                        &at("id"),
+                        format!("integration '{integration_id}' is declared twice"),
+                    ));
+                }
+                let key_hash = match (integration.key, integration.key_sha256) {
+                    (Some(key), None) => {
+                        let key = IntegrationKey::parse(&key).map_err(|e| error(&at("key"), e.reason))?;
+                        let hash = key.hash();
+                        catalog.plain_keys.insert(integration_id.clone(), key);
+                        hash
+                    }
+                    (None, Some(hash)) => {
+                        KeyHash::parse(&hash).map_err(|e| error(&at("key_sha256"), e.reason))?
+                    }
+                    _ => return Err(error(&at("key"), "give exactly one of key and key_sha256".into())),
+                };
+                if !key_hashes.insert(key_hash.clone()) {
+                    return Err(error(&at("key"), "another integration already uses this key".into()));
+                }
+                let secret = match integration.secret {
+                    Some(secret) if secret.len() < 16 => {
+                        return Err(error(&at("secret"), "must be at least 16 characters".into()))
+                    }
+                    other => other.map(Secret::new),
+                };
+                if integration.fields != FieldMapping::default() && integration.provider != ProviderKind::Webhook {
+                    return Err(error(&at("fields"), "field paths apply only to type webhook".into()));
+                }
+                catalog.integrations.push(Integration {
+                    id: integration_id,
+                    service: id.clone(),
+                    provider: integration.provider,
+                    key_hash,
+                    secret,
+                    enabled: integration.enabled,
+                    fields: integration.fields,
+                });
+            }
+
+            let notify = entry.notify;
+            let email = notify
+                .email
+                .iter()
+                .enumerate()
+                .map(|(i, v)| EmailAddress::parse(v).map_err(|e| error(&at(&format!("notify.email[{i}]")), e.reason)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sms = notify
+                .sms
+                .iter()
+                .enumerate()
+                .map(|(i, v)| PhoneNumber::parse(v).map_err(|e| error(&at(&format!("notify.sms[{i}]")), e.reason)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(channel) = &notify.slack {
+                let valid = channel.starts_with('#') && channel.len() > 1
+                    || channel.starts_with('C') && channel.len() > 1 && channel.bytes().all(|b| b.is_ascii_alphanumeric());
+                if !valid {
+                    return Err(error(
+                        &at("notify.slack"),
+                        format!("'{channel}' is neither a #channel name nor a channel id such as C0123ABCD"),
+                    ));
+                }
+            }
+            let on = notify.on.unwrap_or_else(|| {
+                vec![
+                    TransitionKind::Triggered,
+                    TransitionKind::Acknowledged,
+                    TransitionKind::Resolved,
+                ]
+            });
+            catalog.services.push(Service {
+                name: entry.name.unwrap_or_else(|| id.to_string()),
+                id,
+                policy: NotificationPolicy {
+                    email,
+                    sms,
+                    slack: notify.slack,
+                    on,
+                    min_severity: notify.min_severity.unwrap_or(Severity::Info),
+                },
+            });
+        }
+        Ok(catalog)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r##"
+api_keys:
+  - {name: ops, key: sk_test_0123456789abcdef, scopes: [events:write, incidents:read, incidents:write]}
+services:
+  - id: checkout
+    name: Checkout
+    integrations:
+      - {id: am, type: prometheus, key: 0123456789abcdef0123456789abcdef}
+      - {id: hook, type: webhook, key: fedcba9876543210fedcba9876543210, secret: a-long-enough-secret, enabled: false,
+         fields: {summaryField: alert.title, triggerValues: [boom]}}
+      - {id: pd, type: events-v2, key_sha256: 2360e842a6b366200ea69659589de878b1c227a34168c4f964b37a19d81af727}
+    notify:
+      email: [oncall@example.com]
+      sms: ["+15555550123"]
+      slack: "#checkout"
+      on: [triggered, resolved]
+      min_severity: warning
+"##;
+
+    #[test]
+    fn a_full_config_parses() {
+        let catalog = Catalog::from_yaml(GOOD, "tocsin.yaml").unwrap();
+        assert_eq!(catalog.services.len(), 1);
+        assert_eq!(catalog.integrations.len(), 3);
+        let hook = &catalog.integrations[1];
+        assert!(!hook.enabled);
+        assert_eq!(hook.fields.summary_field.as_deref(), Some("alert.title"));
+        assert_eq!(hook.fields.trigger_values, vec!["boom"]);
+        assert!(catalog.plain_keys.contains_key(&hook.id));
+        assert!(!catalog.plain_keys.contains_key(&catalog.integrations[2].id));
+        let policy = &catalog.services[0].policy;
+        assert!(policy.notifies(TransitionKind::Triggered, Severity::Critical));
+        assert!(!policy.notifies(TransitionKind::Acknowledged, Severity::Critical));
+        assert!(!policy.notifies(TransitionKind::Triggered, Severity::Info));
+        assert!(catalog.api_keys[0].allows(Scope::IncidentsRead));
+    }
+
+    fn refused(text: &str) -> ConfigError {
+        Catalog::from_yaml(text, "bad.yaml").unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_file_the_field_and_the_reason() {
+        let e = refused(&GOOD.replace("+15555550123", "555-0123"));
+        assert_eq!(e.file, "bad.yaml");
+        assert_eq!(e.field, "services[0].notify.sms[0]");
+        assert!(e.reason.contains("E.164"), "{e}");
+
+        let e = refused(&GOOD.replace("key: 0123456789abcdef0123456789abcdef", "key: short"));
+        assert_eq!(e.field, "services[0].integrations[0].key");
+
+        let e = refused(&GOOD.replace("type: prometheus", "type: nagios"));
+        assert!(e.field.starts_with("services[0].integrations[0]"), "{e}");
+        assert!(e.reason.contains("nagios"), "{e}");
+
+        let e = refused(&GOOD.replace("min_severity: warning", "min_severity: sev2"));
+        assert!(e.field.contains("min_severity"), "{e}");
+
+        let e = refused(&GOOD.replace("slack: \"#checkout\"", "slack: checkout"));
+        assert_eq!(e.field, "services[0].notify.slack");
+
+        let e = refused(&GOOD.replace("name: Checkout", "nmae: Checkout"));
+        assert!(e.reason.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_keys_and_ids_are_refused() {
+        let e = refused(&GOOD.replace("fedcba9876543210fedcba9876543210", "0123456789abcdef0123456789abcdef"));
+        assert_eq!(e.field, "services[0].integrations[1].key");
+        let e = refused(&GOOD.replace("id: hook", "id: am"));
+        assert_eq!(e.field, "services[0].integrations[1].id");
+    }
+
+    #[test]
+    fn emails_and_numbers_are_checked() {
+        assert!(EmailAddress::parse("a@b.co").is_ok());
+        for bad in ["a", "a@b", "@b.co", "a b@c.co", "a@.co"] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad}");
+        }
+        assert!(PhoneNumber::parse("+442071838750").is_ok());
+        for bad in ["15555550123", "+0555555012", "+1555", "+1555555012345678", "+1 555 555 0123"] {
+            assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_sample_config_is_valid() {
+        let text = include_str!("../../../cli/tocsin.sample.yaml");
+        Catalog::from_yaml(text, "tocsin.sample.yaml").unwrap();
+    }
+}

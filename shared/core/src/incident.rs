@@ -1,0 +1,355 @@
+//! Incidents and the state machine that folds events into them.
+//!
+//! At most one open incident per (service, dedup key). A trigger on an open
+//! incident counts a repeat; a trigger after resolve opens a new incident;
+//! acknowledge and resolve of an unknown or closed key change nothing and are
+//! recorded. An event older than the incident's last transition never undoes
+//! it.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::event::{Action, DedupKey, Event, EventId, Link, Origin, ServiceId, Severity};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IncidentId(String);
+
+impl IncidentId {
+    /// The id of the incident that `opening` event opens: derived, not random,
+    /// so a redelivered event names the same incident and an ingest endpoint
+    /// can tell a caller which incident its trigger will open.
+    pub fn for_opening(service: &ServiceId, dedup_key: &DedupKey, opening: &EventId) -> Self {
+        let mut hasher = Sha256::new();
+        for part in [service.as_str(), dedup_key.as_str(), opening.as_str()] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize();
+        IncidentId(format!("inc_{}", hex::encode(&digest[..10])))
+    }
+
+    /// Accepts what [`IncidentId::for_opening`] produces, and nothing else,
+    /// so a path parameter can be checked before any lookup.
+    pub fn parse(value: &str) -> Option<Self> {
+        let hex = value.strip_prefix("inc_")?;
+        (hex.len() == 20 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| IncidentId(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IncidentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentStatus {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+impl IncidentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::Open => "open",
+            IncidentStatus::Acknowledged => "acknowledged",
+            IncidentStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "open" => Some(IncidentStatus::Open),
+            "acknowledged" => Some(IncidentStatus::Acknowledged),
+            "resolved" => Some(IncidentStatus::Resolved),
+            _ => None,
+        }
+    }
+
+    pub fn is_closed(self) -> bool {
+        self == IncidentStatus::Resolved
+    }
+}
+
+impl fmt::Display for IncidentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: IncidentId,
+    pub service: ServiceId,
+    pub dedup_key: DedupKey,
+    pub status: IncidentStatus,
+    pub severity: Severity,
+    pub summary: String,
+    pub source: String,
+    /// Triggers merged into this incident, the opening one included.
+    pub occurrences: u64,
+    pub origin: Origin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_details: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The newest trigger time seen (provider time where given).
+    pub last_seen_at: DateTime<Utc>,
+    /// When the last transition (open, acknowledge, resolve) happened, by the
+    /// event's own clock: older events are ignored against it.
+    pub last_transition_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Bumped on every write; stores use it for conditional writes.
+    pub version: u64,
+}
+
+/// A change of status that people are told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransitionKind {
+    Triggered,
+    Acknowledged,
+    Resolved,
+}
+
+impl TransitionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Triggered => "triggered",
+            TransitionKind::Acknowledged => "acknowledged",
+            TransitionKind::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "triggered" => Some(TransitionKind::Triggered),
+            "acknowledged" => Some(TransitionKind::Acknowledged),
+            "resolved" => Some(TransitionKind::Resolved),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TransitionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A committed transition: what the dispatcher turns into notifications.
+/// Its id is stable (incident id and version), so a transition read twice
+/// yields the same notification jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub kind: TransitionKind,
+    pub incident: Incident,
+    pub event_id: EventId,
+}
+
+impl Transition {
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.incident.id, self.incident.version)
+    }
+}
+
+/// Why an event changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IgnoreReason {
+    /// Acknowledge or resolve for a key with no incident.
+    UnknownKey,
+    /// Acknowledge or resolve for a key whose incident is resolved.
+    AlreadyResolved,
+    /// Acknowledge of an incident already acknowledged.
+    AlreadyAcknowledged,
+    /// Older than the incident's last transition.
+    Stale,
+    /// A trigger without a payload (only possible from a buggy producer).
+    MissingPayload,
+}
+
+impl IgnoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IgnoreReason::UnknownKey => "unknown_key",
+            IgnoreReason::AlreadyResolved => "already_resolved",
+            IgnoreReason::AlreadyAcknowledged => "already_acknowledged",
+            IgnoreReason::Stale => "stale",
+            IgnoreReason::MissingPayload => "missing_payload",
+        }
+    }
+}
+
+impl fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What applying one event to the latest incident of its key does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A new incident: the key had none, or only a resolved one.
+    Open { incident: Incident },
+    /// A trigger merged into an open incident: counted, nobody notified.
+    Repeat { incident: Incident },
+    /// A transition of an existing incident.
+    Transition {
+        incident: Incident,
+        kind: TransitionKind,
+    },
+    Ignore {
+        reason: IgnoreReason,
+        incident: Option<IncidentId>,
+    },
+}
+
+impl Decision {
+    /// The incident as it must be stored, with the version it must replace
+    /// (`None` when it is new).
+    pub fn write(&self) -> Option<(&Incident, Option<u64>)> {
+        match self {
+            Decision::Open { incident } => Some((incident, None)),
+            Decision::Repeat { incident } | Decision::Transition { incident, .. } => {
+                Some((incident, Some(incident.version - 1)))
+            }
+            Decision::Ignore { .. } => None,
+        }
+    }
+
+    /// The transition people are told about, if this decision makes one.
+    pub fn transition(&self, event: &Event) -> Option<Transition> {
+        match self {
+            Decision::Open { incident } => Some(Transition {
+                kind: TransitionKind::Triggered,
+                incident: incident.clone(),
+                event_id: event.id.clone(),
+            }),
+            Decision::Transition { incident, kind } => Some(Transition {
+                kind: *kind,
+                incident: incident.clone(),
+                event_id: event.id.clone(),
+            }),
+            Decision::Repeat { .. } | Decision::Ignore { .. } => None,
+        }
+    }
+}
+
+/// Folds `event` into `latest`, the newest incident of the event's service and
+/// dedup key (open or resolved), or `None` when the key has never been seen.
+/// `now` is when the change is written (`updated_at`).
+pub fn decide(latest: Option<&Incident>, event: &Event, now: DateTime<Utc>) -> Decision {
+    let at = event.occurred_at();
+    let ignore = |reason, incident: Option<&Incident>| Decision::Ignore {
+        reason,
+        incident: incident.map(|i| i.id.clone()),
+    };
+
+    match (event.action(), latest) {
+        (Action::Trigger, None) => open(event, now),
+        (Action::Trigger, Some(incident)) if incident.status.is_closed() => {
+            if at < incident.last_transition_at {
+                ignore(IgnoreReason::Stale, Some(incident))
+            } else {
+                open(event, now)
+            }
+        }
+        (Action::Trigger, Some(incident)) => {
+            let Some(payload) = event.alert.payload.as_ref() else {
+                return ignore(IgnoreReason::MissingPayload, Some(incident));
+            };
+            let mut next = incident.clone();
+            next.occurrences += 1;
+            next.severity = next.severity.max(payload.severity);
+            next.last_seen_at = next.last_seen_at.max(at);
+            next.updated_at = now;
+            next.version += 1;
+            Decision::Repeat { incident: next }
+        }
+        (Action::Acknowledge | Action::Resolve, None) => ignore(IgnoreReason::UnknownKey, None),
+        (Action::Acknowledge | Action::Resolve, Some(incident)) if incident.status.is_closed() => {
+            ignore(IgnoreReason::AlreadyResolved, Some(incident))
+        }
+        (Action::Acknowledge | Action::Resolve, Some(incident))
+            if at < incident.last_transition_at =>
+        {
+            ignore(IgnoreReason::Stale, Some(incident))
+        }
+        (Action::Acknowledge, Some(incident)) if incident.status == IncidentStatus::Acknowledged => {
+            ignore(IgnoreReason::AlreadyAcknowledged, Some(incident))
+        }
+        (Action::Acknowledge, Some(incident)) => {
+            let mut next = incident.clone();
+            next.status = IncidentStatus::Acknowledged;
+            next.acknowledged_at = Some(at);
+            next.last_transition_at = at;
+            next.updated_at = now;
+            next.version += 1;
+            Decision::Transition {
+                incident: next,
+                kind: TransitionKind::Acknowledged,
+            }
+        }
+        (Action::Resolve, Some(incident)) => {
+            let mut next = incident.clone();
+            next.status = IncidentStatus::Resolved;
+            next.resolved_at = Some(at);
+            next.last_transition_at = at;
+            next.updated_at = now;
+            next.version += 1;
+            Decision::Transition {
+                incident: next,
+                kind: TransitionKind::Resolved,
+            }
+        }
+    }
+}
+
+fn open(event: &Event, now: DateTime<Utc>) -> Decision {
+    let Some(payload) = event.alert.payload.as_ref() else {
+        return Decision::Ignore {
+            reason: IgnoreReason::MissingPayload,
+            incident: None,
+        };
+    };
+    let at = event.occurred_at();
+    Decision::Open {
+        incident: Incident {
+            id: IncidentId::for_opening(&event.service, event.dedup_key(), &event.id),
+            service: event.service.clone(),
+            dedup_key: event.dedup_key().clone(),
+            status: IncidentStatus::Open,
+            severity: payload.severity,
+            summary: payload.summary.clone(),
+            source: payload.source.clone(),
+            occurrences: 1,
+            origin: event.origin.clone(),
+            custom_details: payload.custom_details.clone(),
+            links: event.alert.links.clone(),
+            created_at: now,
+            updated_at: now,
+            last_seen_at: at,
+            last_transition_at: at,
+            acknowledged_at: None,
+            resolved_at: None,
+            version: 1,
+        },
+    }
+}

@@ -1,0 +1,21 @@
+//! tocsin-core: the domain of Tocsin. Events and their providers, signatures,
+//! the incident state machine, routing and message rendering, and the ports
+//! (async traits) with the services that use them. No AWS SDK, no runtime,
+//! no HTTP server: fast to compile, easy to test and fuzz.
+
+pub mod answer;
+pub mod auth;
+pub mod config;
+#[cfg(feature = "contract")]
+pub mod contract;
+pub mod dispatch;
+pub mod event;
+pub mod incident;
+pub mod ingest;
+pub mod memory;
+pub mod notify;
+pub mod ports;
+pub mod process;
+pub mod providers;
+pub mod render;
+pub mod signature;

@@ -1,0 +1,136 @@
+//! Notifications: the jobs the dispatcher plans from a transition and a
+//! service's policy, the messages rendered from them, and the notifier port.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Service;
+use crate::incident::{Incident, Transition, TransitionKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Email,
+    Sms,
+    Slack,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Slack];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Slack => "slack",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One message to one recipient about one transition. Its id is derived from
+/// the transition, channel and recipient, so a job planned twice is one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationJob {
+    pub id: String,
+    pub channel: Channel,
+    /// An email address, an E.164 number, or a Slack channel.
+    pub to: String,
+    pub transition: TransitionKind,
+    pub service_name: String,
+    pub incident: Incident,
+    pub planned_at: DateTime<Utc>,
+}
+
+/// Plans the notifications of one committed transition under its service's
+/// policy: one job per recipient per channel, none if the policy says the
+/// transition or the severity does not notify.
+pub fn plan(transition: &Transition, service: &Service, now: DateTime<Utc>) -> Vec<NotificationJob> {
+    let policy = &service.policy;
+    if !policy.notifies(transition.kind, transition.incident.severity) {
+        return Vec::new();
+    }
+    let recipients = policy
+        .email
+        .iter()
+        .map(|e| (Channel::Email, e.as_str().to_owned()))
+        .chain(policy.sms.iter().map(|n| (Channel::Sms, n.as_str().to_owned())))
+        .chain(policy.slack.iter().map(|c| (Channel::Slack, c.clone())));
+    recipients
+        .map(|(channel, to)| NotificationJob {
+            id: format!("{}:{}:{}", transition.id(), channel, to),
+            channel,
+            to,
+            transition: transition.kind,
+            service_name: service.name.clone(),
+            incident: transition.incident.clone(),
+            planned_at: now,
+        })
+        .collect()
+}
+
+/// A message rendered for its channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Message {
+    Email {
+        subject: String,
+        text: String,
+        html: String,
+    },
+    Sms {
+        text: String,
+        /// `gsm7` or `ucs2`: which alphabet the text needs.
+        encoding: String,
+        segments: u32,
+    },
+    Slack {
+        channel: String,
+        /// The fallback shown in notifications and by clients without blocks.
+        text: String,
+        /// Block Kit attachments, colored by severity.
+        attachments: serde_json::Value,
+    },
+}
+
+/// What a notifier reports after handing a message over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The provider's id of the message (SES MessageId, SNS MessageId,
+    /// Slack ts), or the local outbox line.
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// Worth retrying: throttled, timed out, 5xx.
+    #[error("delivery failed, will retry: {reason}")]
+    Transient {
+        reason: String,
+        retry_after_secs: Option<u64>,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Will never succeed as sent: bad recipient, revoked token.
+    #[error("delivery refused: {reason}")]
+    Permanent {
+        reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+/// One channel's delivery.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    fn channel(&self) -> Channel;
+    async fn deliver(&self, job: &NotificationJob, message: &Message) -> Result<Receipt, NotifyError>;
+}

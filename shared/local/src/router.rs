@@ -1,0 +1,291 @@
+//! The local HTTP router: every provider endpoint, the incidents API and the
+//! health check, served by one process. Provider endpoints answer through
+//! tocsin-core's ingest service, exactly as the Lambda functions do.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use serde::Deserialize;
+use tocsin_core::answer::{error_answer, json_answer, Answer};
+use tocsin_core::auth::{bearer_token, KeyHash, Scope};
+use tocsin_core::event::{Action, ServiceId};
+use tocsin_core::incident::{IncidentId, IncidentStatus};
+use tocsin_core::ingest::{IngestRequest, IngestService};
+use tocsin_core::ports::{ConfigStore, IncidentFilter, IncidentStore};
+use tocsin_core::process::{act_on_incident, ActionError, ProcessService};
+use tocsin_core::providers::{provider, ProviderKind};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: IngestService,
+    pub process: ProcessService,
+    pub incidents: Arc<dyn IncidentStore>,
+    pub config: Arc<dyn ConfigStore>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v2/enqueue", post(enqueue_events_v2))
+        .route("/api/v2/generic/incoming", post(generic_incoming))
+        .route("/integrations/{provider}", post(integration))
+        .route("/incidents", get(list_incidents))
+        .route("/incidents/{id}", get(get_incident))
+        .route("/incidents/{id}/acknowledge", post(acknowledge))
+        .route("/incidents/{id}/resolve", post(resolve))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn send(answer: Answer) -> Response {
+    let (parts, body) = answer.into_parts();
+    Response::from_parts(parts, Body::from(body))
+}
+
+async fn healthz() -> Response {
+    send(json_answer(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    send(error_answer(
+        StatusCode::NOT_FOUND,
+        "not found",
+        format!("no endpoint {method} {}", uri.path()),
+        Vec::new(),
+    ))
+}
+
+async fn enqueue_events_v2(State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    ingest(state, ProviderKind::EventsV2, uri, headers, body).await
+}
+
+async fn generic_incoming(State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    ingest(state, ProviderKind::Generic, uri, headers, body).await
+}
+
+async fn integration(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match ProviderKind::parse(&name) {
+        Some(kind) => ingest(state, kind, uri, headers, body).await,
+        None => send(error_answer(
+            StatusCode::NOT_FOUND,
+            "not found",
+            format!(
+                "no provider '{name}'; known providers: {}",
+                ProviderKind::ALL.map(|k| k.as_str()).join(", ")
+            ),
+            Vec::new(),
+        )),
+    }
+}
+
+async fn ingest(state: AppState, kind: ProviderKind, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let received_at = Utc::now();
+    let limit = provider(kind).max_body_bytes();
+    // Read one byte past the limit, so that the ingest service (not the HTTP
+    // stack) answers a body too large, with the same JSON as on AWS.
+    let body = match to_bytes(body, limit + 1).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return send(error_answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large",
+                format!("the request body is over the limit of {limit} bytes"),
+                Vec::new(),
+            ))
+        }
+    };
+    send(
+        state
+            .ingest
+            .handle(IngestRequest {
+                provider: kind,
+                headers: &headers,
+                query: uri.query(),
+                body: &body,
+                received_at,
+            })
+            .await,
+    )
+}
+
+/// An API request that may not go on, already answered.
+struct Refused(Answer);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        send(self.0)
+    }
+}
+
+async fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<String, Refused> {
+    let Some(token) = bearer_token(headers) else {
+        return Err(Refused(error_answer(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send an API key as Authorization: Bearer KEY",
+            Vec::new(),
+        )));
+    };
+    let key = state
+        .config
+        .api_key(&KeyHash::of(token))
+        .await
+        .map_err(|e| Refused(unavailable(&e)))?
+        .ok_or_else(|| {
+            Refused(error_answer(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the API key is not valid",
+                Vec::new(),
+            ))
+        })?;
+    if !key.allows(scope) {
+        return Err(Refused(error_answer(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("API key '{}' lacks the scope {}", key.name, scope.as_str()),
+            Vec::new(),
+        )));
+    }
+    Ok(key.name)
+}
+
+fn unavailable(error: &dyn std::error::Error) -> Answer {
+    tracing::error!(%error, "store unavailable");
+    error_answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the incident store is unavailable; retry",
+        Vec::new(),
+    )
+}
+
+fn bad_request(message: String) -> Refused {
+    Refused(error_answer(
+        StatusCode::BAD_REQUEST,
+        "invalid request",
+        message.clone(),
+        vec![message],
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    service: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_incidents(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Option<Query<ListQuery>>,
+) -> Result<Response, Refused> {
+    authorize(&state, &headers, Scope::IncidentsRead).await?;
+    let Some(Query(query)) = query else {
+        return Err(bad_request("the query string is malformed".into()));
+    };
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(value) => Some(IncidentStatus::parse(value).ok_or_else(|| {
+            bad_request(format!("status: '{value}' is not one of open, acknowledged, resolved"))
+        })?),
+    };
+    let service = match query.service.as_deref() {
+        None => None,
+        Some(value) => Some(ServiceId::parse(value).map_err(|e| bad_request(e.to_string()))?),
+    };
+    let limit = match query.limit.as_deref() {
+        None => None,
+        Some(value) => match value.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Some(n),
+            _ => return Err(bad_request(format!("limit: '{value}' is not a number from 1 to 1000"))),
+        },
+    };
+    let incidents = state
+        .incidents
+        .list(&IncidentFilter { status, service, limit })
+        .await
+        .map_err(|e| Refused(unavailable(&e)))?;
+    Ok(send(json_answer(
+        StatusCode::OK,
+        &serde_json::json!({ "incidents": incidents }),
+    )))
+}
+
+fn no_incident(id: &str) -> Refused {
+    Refused(error_answer(
+        StatusCode::NOT_FOUND,
+        "not found",
+        format!("no incident '{id}'"),
+        Vec::new(),
+    ))
+}
+
+fn incident_id(value: &str) -> Result<IncidentId, Refused> {
+    IncidentId::parse(value).ok_or_else(|| no_incident(value))
+}
+
+async fn get_incident(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    authorize(&state, &headers, Scope::IncidentsRead).await?;
+    let id = incident_id(&id)?;
+    match state.incidents.get(&id).await.map_err(|e| Refused(unavailable(&e)))? {
+        Some(incident) => Ok(send(json_answer(StatusCode::OK, &incident))),
+        None => Err(no_incident(id.as_str())),
+    }
+}
+
+async fn acknowledge(state: State<AppState>, id: Path<String>, headers: HeaderMap) -> Result<Response, Refused> {
+    act(state, id, headers, Action::Acknowledge).await
+}
+
+async fn resolve(state: State<AppState>, id: Path<String>, headers: HeaderMap) -> Result<Response, Refused> {
+    act(state, id, headers, Action::Resolve).await
+}
+
+async fn act(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    action: Action,
+) -> Result<Response, Refused> {
+    let actor = authorize(&state, &headers, Scope::IncidentsWrite).await?;
+    let id = incident_id(&id)?;
+    match act_on_incident(
+        state.incidents.as_ref(),
+        &state.process,
+        &id,
+        action,
+        &format!("api-key:{actor}"),
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(incident) => Ok(send(json_answer(StatusCode::OK, &incident))),
+        Err(ActionError::NotFound) => Err(no_incident(id.as_str())),
+        Err(error @ ActionError::AlreadyDone(_)) => Err(Refused(error_answer(
+            StatusCode::CONFLICT,
+            "conflict",
+            error.to_string(),
+            Vec::new(),
+        ))),
+        Err(ActionError::Process(error)) => Err(Refused(unavailable(&error))),
+    }
+}

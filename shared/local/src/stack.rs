@@ -1,0 +1,341 @@
+//! The whole pipeline in one process: the HTTP router, and the processor,
+//! dispatcher and notifiers as tasks draining the store's queues, each the
+//! local twin of a Lambda function behind an SQS queue.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use tocsin_core::config::{Catalog, SlackDelivery};
+use tocsin_core::dispatch::{DeliveryError, DispatchService, NotifyService};
+use tocsin_core::event::Event;
+use tocsin_core::incident::Transition;
+use tocsin_core::ingest::IngestService;
+use tocsin_core::notify::{Channel, NotificationJob, Notifier, NotifyError};
+use tocsin_core::ports::{BackendError, ConfigStore, IncidentStore};
+use tocsin_core::process::ProcessService;
+use tocsin_core::render::RenderContext;
+
+use crate::notifiers::{Outbox, OutboxNotifier, SlackNotifier};
+use crate::router::{router, AppState};
+use crate::store::{Delivery, Failed, QueueName, Store};
+
+/// How often a queue is polled when no enqueue woke its worker (for
+/// messages whose visibility timeout or retry delay ran out).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// As SQS's maxReceiveCount: after this many failed attempts a message goes
+/// to the dead-letter store.
+const MAX_RECEIVES: u32 = 5;
+const VISIBILITY: Duration = Duration::from_secs(30);
+const BATCH: usize = 10;
+
+pub struct StackOptions {
+    pub catalog: Catalog,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Print one line per delivery to stdout.
+    pub echo_deliveries: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("cannot open the data folder")]
+    Store(#[source] BackendError),
+    #[error("cannot open the outbox {path}")]
+    Outbox {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A started stack: its address, and a handle to stop it.
+pub struct RunningStack {
+    pub addr: SocketAddr,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), StackError>>,
+}
+
+impl RunningStack {
+    /// Stops accepting requests, lets every worker finish the message in
+    /// hand, and waits for all of them.
+    pub async fn stop(mut self) -> Result<(), StackError> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+
+    /// Runs until a task fails or the stack is stopped.
+    pub async fn wait(&mut self) -> Result<(), StackError> {
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(panic) => tracing::error!(%panic, "a stack task panicked"),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
+    let store = Store::open(&options.data_dir).map_err(StackError::Store)?;
+    let outbox_path = options.data_dir.join("outbox.jsonl");
+    let outbox = Arc::new(Outbox::open(&outbox_path, options.echo_deliveries).map_err(|source| {
+        StackError::Outbox {
+            path: outbox_path.clone(),
+            source,
+        }
+    })?);
+
+    let context = RenderContext {
+        public_url: options.catalog.settings.public_url.clone(),
+    };
+    let slack: Arc<dyn Notifier> = match &options.catalog.settings.slack {
+        Some(SlackDelivery::IncomingWebhook { url }) => Arc::new(SlackNotifier::incoming_webhook(url.clone(), outbox.clone())),
+        Some(SlackDelivery::Bot { token }) => Arc::new(SlackNotifier::bot(token.clone(), outbox.clone())),
+        None => Arc::new(OutboxNotifier::new(Channel::Slack, outbox.clone())),
+    };
+    let notifiers: Vec<Arc<dyn Notifier>> = vec![
+        Arc::new(OutboxNotifier::new(Channel::Email, outbox.clone())),
+        Arc::new(OutboxNotifier::new(Channel::Sms, outbox.clone())),
+        slack,
+    ];
+
+    let config: Arc<dyn ConfigStore> = Arc::new(options.catalog);
+    let incidents: Arc<dyn IncidentStore> = Arc::new(store.clone());
+    let process = ProcessService::new(incidents.clone());
+    let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()));
+    let notify = NotifyService::new(notifiers, context);
+    let state = AppState {
+        ingest: IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone()),
+        process: process.clone(),
+        incidents,
+        config,
+    };
+
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| StackError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StackError::Listen {
+        addr: options.listen,
+        source,
+    })?;
+
+    let (shutdown, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    {
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+                .map_err(StackError::Serve)
+        });
+    }
+    tasks.spawn(drain(store.clone(), QueueName::Events, stopped.clone(), {
+        let process = process.clone();
+        move |delivery| {
+            let process = process.clone();
+            async move { apply_event(&process, &delivery).await }
+        }
+    }));
+    tasks.spawn(drain(store.clone(), QueueName::Transitions, stopped.clone(), {
+        let dispatch = dispatch.clone();
+        move |delivery| {
+            let dispatch = dispatch.clone();
+            async move { dispatch_transition(&dispatch, &delivery).await }
+        }
+    }));
+    tasks.spawn(drain(store.clone(), QueueName::Notifications, stopped, {
+        let notify = notify.clone();
+        move |delivery| {
+            let notify = notify.clone();
+            async move { deliver_job(&notify, &delivery).await }
+        }
+    }));
+
+    Ok(RunningStack {
+        addr,
+        store,
+        shutdown,
+        tasks,
+    })
+}
+
+/// How handling one message ended.
+enum Handled {
+    Done,
+    /// Try again later (after the given delay, or the default backoff).
+    Retry { error: String, after: Option<Duration> },
+    /// Will never succeed: straight to the dead-letter store.
+    Poison { error: String },
+}
+
+async fn apply_event(process: &ProcessService, delivery: &Delivery) -> Handled {
+    let event: Event = match serde_json::from_str(&delivery.body) {
+        Ok(event) => event,
+        Err(error) => {
+            return Handled::Poison {
+                error: format!("not an event: {error}"),
+            }
+        }
+    };
+    match process.apply(&event, Utc::now()).await {
+        Ok(_) => Handled::Done,
+        Err(error) => Handled::Retry {
+            error: error_chain(&error),
+            after: None,
+        },
+    }
+}
+
+async fn dispatch_transition(dispatch: &DispatchService, delivery: &Delivery) -> Handled {
+    let transition: Transition = match serde_json::from_str(&delivery.body) {
+        Ok(transition) => transition,
+        Err(error) => {
+            return Handled::Poison {
+                error: format!("not a transition: {error}"),
+            }
+        }
+    };
+    match dispatch.dispatch(&transition, Utc::now()).await {
+        Ok(_) => Handled::Done,
+        Err(error) => Handled::Retry {
+            error: error_chain(&error),
+            after: None,
+        },
+    }
+}
+
+async fn deliver_job(notify: &NotifyService, delivery: &Delivery) -> Handled {
+    let job: NotificationJob = match serde_json::from_str(&delivery.body) {
+        Ok(job) => job,
+        Err(error) => {
+            return Handled::Poison {
+                error: format!("not a notification job: {error}"),
+            }
+        }
+    };
+    match notify.deliver(&job).await {
+        Ok(_) => Handled::Done,
+        Err(DeliveryError::Notify(NotifyError::Transient { retry_after_secs, .. }))
+            if retry_after_secs.is_some() =>
+        {
+            Handled::Retry {
+                error: "throttled by the channel".into(),
+                after: retry_after_secs.map(Duration::from_secs),
+            }
+        }
+        Err(error @ DeliveryError::Notify(NotifyError::Transient { .. })) => Handled::Retry {
+            error: error_chain(&error),
+            after: None,
+        },
+        Err(error) => Handled::Poison {
+            error: error_chain(&error),
+        },
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Exponential backoff between attempts, like an SQS redrive with growing
+/// visibility timeouts: 1 s, 2 s, 4 s, 8 s …
+fn backoff(receive_count: u32) -> Duration {
+    Duration::from_secs(1u64 << receive_count.saturating_sub(1).min(6))
+}
+
+/// Drains one queue until shutdown: receive a batch, handle each message in
+/// order (a FIFO group's messages are never handled out of order), delete
+/// what succeeded, and retry or dead-letter what failed.
+async fn drain<H, F>(store: Store, queue: QueueName, mut stopped: watch::Receiver<bool>, handle: H) -> Result<(), StackError>
+where
+    H: Fn(Delivery) -> F + Send + 'static,
+    F: Future<Output = Handled> + Send,
+{
+    let wakeup = store.wakeup(queue);
+    loop {
+        if *stopped.borrow() {
+            return Ok(());
+        }
+        let batch = match store.receive(queue, BATCH, VISIBILITY).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(queue = queue.as_str(), error = %error_chain(&error), "cannot receive");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = wakeup.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+            }
+            continue;
+        }
+        for delivery in batch {
+            let span = tracing::info_span!("message", queue = queue.as_str(), id = delivery.id, attempt = delivery.receive_count);
+            let outcome = handle(delivery.clone()).instrument(span).await;
+            let result = match outcome {
+                Handled::Done => store.delete(&delivery).await.map(|_| ()),
+                Handled::Retry { error, after } => {
+                    let after = after.unwrap_or_else(|| backoff(delivery.receive_count));
+                    store
+                        .fail(&delivery, &error, MAX_RECEIVES, after)
+                        .await
+                        .map(|failed| report(queue, &delivery, &error, failed))
+                }
+                Handled::Poison { error } => store
+                    .fail(&delivery, &error, delivery.receive_count, Duration::ZERO)
+                    .await
+                    .map(|failed| report(queue, &delivery, &error, failed)),
+            };
+            if let Err(error) = result {
+                // The message stays invisible until its timeout, then comes back.
+                tracing::error!(error = %error_chain(&error), "cannot settle message");
+            }
+        }
+    }
+}
+
+fn report(queue: QueueName, delivery: &Delivery, error: &str, failed: Failed) {
+    match failed {
+        Failed::Retrying => tracing::warn!(queue = queue.as_str(), id = delivery.id, error, "will retry"),
+        Failed::DeadLettered => {
+            tracing::error!(queue = queue.as_str(), id = delivery.id, error, "moved to the dead-letter store")
+        }
+    }
+}

@@ -1,0 +1,1399 @@
+//! The durable embedded store of `tocsin dev`: incidents, the applied-event
+//! marks, ignored events and the queues with their dead letters, in one
+//! SQLite file (`<dir>/tocsin.db`).
+//!
+//! Durability: WAL with `synchronous=NORMAL`. A committed write survives the
+//! process being killed (kill -9, panic=abort); a power loss or OS crash may
+//! lose the last few commits, never corrupt the file. Good enough for one
+//! machine; AWS is the production store.
+//!
+//! The queues follow SQS FIFO: messages of one group are delivered strictly
+//! in order, one at a time (only the oldest remaining message of a group is
+//! receivable), different groups in parallel; delivery is at least once,
+//! with a visibility timeout, a receive count and a dead-letter table.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use tocsin_core::event::{DedupKey, Event, EventId, ServiceId};
+use tocsin_core::incident::{Incident, IncidentId};
+use tocsin_core::notify::NotificationJob;
+use tocsin_core::ports::{
+    BackendError, Commit, CommitOutcome, EventQueue, IgnoredEvent, IncidentFilter, IncidentStore, NotificationQueue,
+};
+
+/// The database file inside the store's directory.
+pub const DB_FILE: &str = "tocsin.db";
+
+/// No message is received more often than this. A message that reaches it
+/// without being deleted or failed (its consumer died on it, or timed out
+/// every time) is dead-lettered by the next receive instead of looping
+/// forever. Consumers normally dead-letter earlier through [`Store::fail`].
+pub const RECEIVE_LIMIT: u32 = 10;
+
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 1000;
+
+/// How long a call waits for another process holding the write lock (the
+/// `tocsin` CLI reading or writing while `tocsin dev` runs).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Separates service and dedup key in an event's group key; cannot occur in
+/// a service id.
+const GROUP_SEPARATOR: char = '\u{1f}';
+
+/// The schema, one migration per entry; `PRAGMA user_version` records how
+/// many have run. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE incidents (
+    id          TEXT PRIMARY KEY,
+    service     TEXT NOT NULL,
+    dedup_key   TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('open', 'acknowledged', 'resolved')),
+    created_at  TEXT NOT NULL,  -- RFC 3339, UTC, microseconds: sorts as text
+    updated_at  TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    body        TEXT NOT NULL   -- the Incident as JSON
+);
+CREATE INDEX incidents_by_key ON incidents (service, dedup_key, created_at DESC);
+CREATE INDEX incidents_by_status ON incidents (status, created_at DESC);
+CREATE INDEX incidents_by_service ON incidents (service, created_at DESC);
+CREATE INDEX incidents_by_created ON incidents (created_at DESC);
+-- At most one open incident per key, enforced by the database itself.
+CREATE UNIQUE INDEX incidents_one_open_per_key ON incidents (service, dedup_key)
+    WHERE status != 'resolved';
+
+CREATE TABLE applied_events (
+    event_id    TEXT PRIMARY KEY,
+    applied_at  TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE ignored_events (
+    id          INTEGER PRIMARY KEY,
+    event_id    TEXT NOT NULL,
+    incident_id TEXT,
+    reason      TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    body        TEXT NOT NULL   -- the IgnoredEvent as JSON
+);
+
+CREATE TABLE messages (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale delivery never names a new message
+    queue         TEXT NOT NULL,
+    group_key     TEXT NOT NULL,
+    dedup_id      TEXT,
+    body          TEXT NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    visible_at    INTEGER NOT NULL,  -- unix milliseconds
+    enqueued_at   INTEGER NOT NULL,  -- unix milliseconds
+    last_error    TEXT,
+    UNIQUE (queue, dedup_id)
+);
+CREATE INDEX messages_by_group ON messages (queue, group_key, id);
+CREATE INDEX messages_by_visibility ON messages (queue, visible_at, id);
+
+CREATE TABLE dead_letters (
+    id            INTEGER PRIMARY KEY,
+    queue         TEXT NOT NULL,
+    group_key     TEXT NOT NULL,
+    dedup_id      TEXT,
+    body          TEXT NOT NULL,
+    error         TEXT NOT NULL,
+    receive_count INTEGER NOT NULL,
+    enqueued_at   INTEGER NOT NULL,
+    dead_at       INTEGER NOT NULL
+);
+"#];
+
+/// The queues of the local stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueName {
+    /// Events from ingest to the processor, grouped by service and dedup key.
+    Events,
+    /// Committed incident transitions to the dispatcher, grouped by incident.
+    Transitions,
+    /// Notification jobs to the notifiers, grouped by channel and recipient.
+    Notifications,
+}
+
+impl QueueName {
+    pub const ALL: [QueueName; 3] = [QueueName::Events, QueueName::Transitions, QueueName::Notifications];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Events => "events",
+            QueueName::Transitions => "transitions",
+            QueueName::Notifications => "notifications",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        QueueName::ALL.into_iter().find(|q| q.as_str() == value)
+    }
+
+    fn index(self) -> usize {
+        match self {
+            QueueName::Events => 0,
+            QueueName::Transitions => 1,
+            QueueName::Notifications => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for QueueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A received message. Until it is deleted or failed, or its visibility
+/// timeout expires, no one else receives it or any later message of its
+/// group. `receive_count` doubles as the receipt: once the message has been
+/// received again, this delivery is stale and can no longer delete or fail it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub queue: QueueName,
+    pub id: i64,
+    pub group_key: String,
+    pub body: String,
+    /// How often the message has been received, this time included.
+    pub receive_count: u32,
+    pub enqueued_at: DateTime<Utc>,
+    /// Why the previous attempt failed, if one did.
+    pub last_error: Option<String>,
+}
+
+/// What [`Store::fail`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failed {
+    /// It becomes visible again after the retry delay. Also the answer for a
+    /// stale delivery: the message was received again since, and that newer
+    /// receive decides what becomes of it.
+    Retrying,
+    /// It reached its maximum receives and moved to the dead letters.
+    DeadLettered,
+}
+
+/// A message that failed too often, kept with its last error until it is
+/// redriven.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub queue: String,
+    pub group_key: String,
+    pub body: String,
+    pub error: String,
+    pub receive_count: u32,
+    pub enqueued_at: DateTime<Utc>,
+    pub dead_at: DateTime<Utc>,
+}
+
+/// The SQLite store. Cheap to clone: clones share one connection.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    /// One connection: SQLite has one writer anyway, and the calls are short.
+    conn: Mutex<Connection>,
+    /// One per queue, indexed by [`QueueName::index`].
+    wakeups: [Notify; 3],
+}
+
+/// What can go wrong inside the store; reported as a [`BackendError`].
+#[derive(Debug, thiserror::Error)]
+enum StoreError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a stored value is not valid JSON of its type")]
+    Json(#[from] serde_json::Error),
+    #[error("{0} does not fit the database's 64-bit integers")]
+    OutOfRange(u64),
+    #[error("a dead letter names an unknown queue '{0}'")]
+    UnknownQueue(String),
+    #[error("the database has schema version {found}, newer than this build's {known}: upgrade tocsin")]
+    NewerSchema { found: i64, known: usize },
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and brings its schema up
+    /// to date. Blocks briefly: call it at startup, before serving.
+    pub fn open(dir: &Path) -> Result<Store, BackendError> {
+        std::fs::create_dir_all(dir).map_err(|e| BackendError::new("create the store directory", e))?;
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path).map_err(|e| BackendError::new("open the store", e))?;
+        configure(&conn).map_err(|e| BackendError::new("configure the store", e))?;
+        migrate(&mut conn).map_err(|e| BackendError::new("migrate the store", e))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                conn: Mutex::new(conn),
+                wakeups: [Notify::new(), Notify::new(), Notify::new()],
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Signalled whenever a message of `queue` may have become receivable
+    /// (enqueue, a group's head deleted or dead-lettered, redrive). A
+    /// consumer waits on it with a poll interval as fallback: expired
+    /// visibility timeouts and retry delays are only found by polling.
+    pub fn wakeup(&self, queue: QueueName) -> &Notify {
+        &self.inner.wakeups[queue.index()]
+    }
+
+    fn wake(&self, queue: QueueName) {
+        let notify = self.wakeup(queue);
+        // Wake every waiting consumer, and leave one permit for a consumer
+        // between an empty receive and its wait, so the wake-up is not lost.
+        notify.notify_waiters();
+        notify.notify_one();
+    }
+
+    /// Runs `f` on the connection on the blocking pool: SQLite calls never
+    /// block the async runtime.
+    async fn run<T, F>(&self, operation: &'static str, f: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock left no open transaction behind
+            // (dropping one rolls it back), so the connection is still sound.
+            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| BackendError::new(operation, e))?
+        .map_err(|e| BackendError::new(operation, e))
+    }
+
+    /// Claims up to `max` receivable messages: the oldest remaining message
+    /// of each group, if it is visible. Each stays invisible for
+    /// `visibility`, then is delivered again unless deleted or failed.
+    pub async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, BackendError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let (deliveries, buried) = self
+            .run("receive messages", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                let buried = bury_exhausted(&tx, queue, now)?;
+                let mut deliveries = Vec::new();
+                {
+                    let mut heads = tx.prepare_cached(
+                        "SELECT id, group_key, body, receive_count, enqueued_at, last_error
+                         FROM messages AS m
+                         WHERE m.queue = ?1 AND m.visible_at <= ?2
+                           AND NOT EXISTS (
+                               SELECT 1 FROM messages AS m2
+                               WHERE m2.queue = m.queue AND m2.group_key = m.group_key AND m2.id < m.id)
+                         ORDER BY m.id
+                         LIMIT ?3",
+                    )?;
+                    let rows = heads.query_map(params![queue.as_str(), now, clamp_i64(max)], |row| {
+                        Ok(Delivery {
+                            queue,
+                            id: row.get(0)?,
+                            group_key: row.get(1)?,
+                            body: row.get(2)?,
+                            receive_count: row.get::<_, u32>(3)?.saturating_add(1),
+                            enqueued_at: from_ms(row.get(4)?),
+                            last_error: row.get(5)?,
+                        })
+                    })?;
+                    for delivery in rows {
+                        deliveries.push(delivery?);
+                    }
+                    let mut claim = tx.prepare_cached(
+                        "UPDATE messages SET visible_at = ?2, receive_count = receive_count + 1 WHERE id = ?1",
+                    )?;
+                    let until = now.saturating_add(duration_ms(visibility));
+                    for delivery in &deliveries {
+                        claim.execute(params![delivery.id, until])?;
+                    }
+                }
+                tx.commit()?;
+                Ok((deliveries, buried))
+            })
+            .await?;
+        if buried > 0 {
+            tracing::warn!(queue = %queue, count = buried, "messages dead-lettered after {RECEIVE_LIMIT} receives without an answer");
+            self.wake(queue);
+        }
+        Ok(deliveries)
+    }
+
+    /// Acknowledges a delivery: the message is gone and the next one of its
+    /// group becomes receivable. False when the delivery is stale (the
+    /// message was received again since, or is already gone).
+    pub async fn delete(&self, delivery: &Delivery) -> Result<bool, BackendError> {
+        let (id, receive_count) = (delivery.id, delivery.receive_count);
+        let deleted = self
+            .run("delete a message", move |conn| {
+                let n = conn.execute(
+                    "DELETE FROM messages WHERE id = ?1 AND receive_count = ?2",
+                    params![id, receive_count],
+                )?;
+                Ok(n == 1)
+            })
+            .await?;
+        if deleted {
+            self.wake(delivery.queue);
+        }
+        Ok(deleted)
+    }
+
+    /// Reports that handling a delivery failed. Once the message has been
+    /// received `max_receives` times it moves to the dead letters with
+    /// `error`; before that it is delivered again after `retry_after`.
+    pub async fn fail(
+        &self,
+        delivery: &Delivery,
+        error: &str,
+        max_receives: u32,
+        retry_after: Duration,
+    ) -> Result<Failed, BackendError> {
+        let (id, receive_count, error) = (delivery.id, delivery.receive_count, error.to_owned());
+        let failed = self
+            .run("fail a message", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                let held = tx
+                    .query_row(
+                        "SELECT 1 FROM messages WHERE id = ?1 AND receive_count = ?2",
+                        params![id, receive_count],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                let failed = if !held {
+                    Failed::Retrying
+                } else if receive_count >= max_receives {
+                    bury(&tx, id, &error, now)?;
+                    Failed::DeadLettered
+                } else {
+                    tx.execute(
+                        "UPDATE messages SET visible_at = ?2, last_error = ?3 WHERE id = ?1",
+                        params![id, now.saturating_add(duration_ms(retry_after)), error],
+                    )?;
+                    Failed::Retrying
+                };
+                tx.commit()?;
+                Ok(failed)
+            })
+            .await?;
+        if failed == Failed::DeadLettered || retry_after.is_zero() {
+            self.wake(delivery.queue);
+        }
+        Ok(failed)
+    }
+
+    /// Every dead letter, newest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, BackendError> {
+        self.run("list dead letters", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, queue, group_key, body, error, receive_count, enqueued_at, dead_at
+                 FROM dead_letters ORDER BY id DESC",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(DeadLetter {
+                    id: row.get(0)?,
+                    queue: row.get(1)?,
+                    group_key: row.get(2)?,
+                    body: row.get(3)?,
+                    error: row.get(4)?,
+                    receive_count: row.get(5)?,
+                    enqueued_at: from_ms(row.get(6)?),
+                    dead_at: from_ms(row.get(7)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Moves a dead letter back to the end of its queue, with a fresh receive
+    /// count. False when there is no such dead letter.
+    pub async fn redrive(&self, id: i64) -> Result<bool, BackendError> {
+        let queue = self
+            .run("redrive a dead letter", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let letter = tx
+                    .query_row(
+                        "SELECT queue, group_key, dedup_id, body FROM dead_letters WHERE id = ?1",
+                        params![id],
+                        |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, Option<String>>(2)?,
+                                row.get::<_, String>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()?;
+                let Some((queue, group_key, dedup_id, body)) = letter else {
+                    return Ok(None);
+                };
+                let queue = QueueName::parse(&queue).ok_or(StoreError::UnknownQueue(queue))?;
+                // Were the same message enqueued again meanwhile, the two merge.
+                push(&tx, queue, &group_key, dedup_id.as_deref(), &body, now_ms())?;
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
+                tx.commit()?;
+                Ok(Some(queue))
+            })
+            .await?;
+        match queue {
+            Some(queue) => {
+                self.wake(queue);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Messages in `queue`, in flight or not.
+    pub async fn depth(&self, queue: QueueName) -> Result<u64, BackendError> {
+        self.run("count messages", move |conn| {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM messages WHERE queue = ?1",
+                params![queue.as_str()],
+                |row| row.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// The most recent events that changed nothing, newest first.
+    pub async fn ignored_events(&self, limit: usize) -> Result<Vec<IgnoredEvent>, BackendError> {
+        self.run("list ignored events", move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT body FROM ignored_events ORDER BY id DESC LIMIT ?1")?;
+            let bodies = stmt
+                .query_map(params![clamp_i64(limit)], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            bodies
+                .iter()
+                .map(|body| serde_json::from_str(body).map_err(StoreError::from))
+                .collect()
+        })
+        .await
+    }
+
+    /// Enqueues (group key, dedup id, body) messages all or none, then wakes
+    /// the queue's consumers.
+    async fn enqueue_messages(
+        &self,
+        operation: &'static str,
+        queue: QueueName,
+        messages: Vec<(String, String, String)>,
+    ) -> Result<(), BackendError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let added = self
+            .run(operation, move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                let mut added = false;
+                for (group_key, dedup_id, body) in &messages {
+                    added |= push(&tx, queue, group_key, Some(dedup_id), body, now)?;
+                }
+                tx.commit()?;
+                Ok(added)
+            })
+            .await?;
+        if added {
+            self.wake(queue);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl IncidentStore for Store {
+    async fn latest(&self, service: &ServiceId, dedup_key: &DedupKey) -> Result<Option<Incident>, BackendError> {
+        let (service, dedup_key) = (service.as_str().to_owned(), dedup_key.as_str().to_owned());
+        self.run("read the latest incident", move |conn| {
+            // The open incident, if any, is by construction the newest; asking
+            // for it first keeps the answer right even if the clock went back.
+            let body = conn
+                .query_row(
+                    "SELECT body FROM incidents WHERE service = ?1 AND dedup_key = ?2
+                     ORDER BY status != 'resolved' DESC, created_at DESC, id DESC
+                     LIMIT 1",
+                    params![service, dedup_key],
+                    |row| row.get::<_, String>(0),
+                )
+                .optional()?;
+            Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        })
+        .await
+    }
+
+    async fn get(&self, id: &IncidentId) -> Result<Option<Incident>, BackendError> {
+        let id = id.as_str().to_owned();
+        self.run("read an incident", move |conn| {
+            let body = conn
+                .query_row("SELECT body FROM incidents WHERE id = ?1", params![id], |row| {
+                    row.get::<_, String>(0)
+                })
+                .optional()?;
+            Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, BackendError> {
+        let status = filter.status.map(|s| s.as_str());
+        let service = filter.service.as_ref().map(|s| s.as_str().to_owned());
+        let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT);
+        self.run("list incidents", move |conn| {
+            // Only the filters given appear in the query, so each shape uses
+            // its own index.
+            let mut conditions = Vec::new();
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::new();
+            if let Some(status) = &status {
+                values.push(status);
+                conditions.push(format!("status = ?{}", values.len()));
+            }
+            if let Some(service) = &service {
+                values.push(service);
+                conditions.push(format!("service = ?{}", values.len()));
+            }
+            let limit = clamp_i64(limit);
+            values.push(&limit);
+            let filter = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            };
+            let sql = format!(
+                "SELECT body FROM incidents {filter} ORDER BY created_at DESC, id DESC LIMIT ?{}",
+                values.len()
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let bodies = stmt
+                .query_map(values.as_slice(), |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            bodies
+                .iter()
+                .map(|body| serde_json::from_str(body).map_err(StoreError::from))
+                .collect()
+        })
+        .await
+    }
+
+    async fn is_applied(&self, event: &EventId) -> Result<bool, BackendError> {
+        let event = event.as_str().to_owned();
+        self.run("check an applied event", move |conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM applied_events WHERE event_id = ?1)",
+                params![event],
+                |row| row.get::<_, bool>(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, BackendError> {
+        let write = CommitRows::of(commit)?;
+        let (outcome, transition_added) = self.run("commit an event", move |conn| write.apply(conn)).await?;
+        if transition_added {
+            self.wake(QueueName::Transitions);
+        }
+        Ok(outcome)
+    }
+}
+
+/// A commit turned into the rows it writes, ready to move to the blocking
+/// pool.
+enum CommitRows {
+    Incident {
+        event_id: String,
+        id: String,
+        service: String,
+        dedup_key: String,
+        status: &'static str,
+        created_at: String,
+        updated_at: String,
+        version: i64,
+        body: String,
+        expected_version: Option<i64>,
+        /// dedup id and body of the transition message.
+        transition: Option<(String, String)>,
+    },
+    Ignored {
+        event_id: String,
+        incident_id: Option<String>,
+        reason: &'static str,
+        at: String,
+        body: String,
+    },
+}
+
+impl CommitRows {
+    fn of(commit: &Commit) -> Result<Self, BackendError> {
+        fn encode(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
+            BackendError::new("encode a commit", e)
+        }
+        Ok(match commit {
+            Commit::Incident {
+                event_id,
+                incident,
+                expected_version,
+                transition,
+            } => CommitRows::Incident {
+                event_id: event_id.as_str().to_owned(),
+                id: incident.id.as_str().to_owned(),
+                service: incident.service.as_str().to_owned(),
+                dedup_key: incident.dedup_key.as_str().to_owned(),
+                status: incident.status.as_str(),
+                created_at: stamp(incident.created_at),
+                updated_at: stamp(incident.updated_at),
+                version: to_i64(incident.version).map_err(encode)?,
+                body: serde_json::to_string(incident).map_err(encode)?,
+                expected_version: expected_version.map(to_i64).transpose().map_err(encode)?,
+                transition: transition
+                    .as_ref()
+                    .map(|t| Ok::<_, serde_json::Error>((t.id(), serde_json::to_string(t)?)))
+                    .transpose()
+                    .map_err(encode)?,
+            },
+            Commit::Ignored(ignored) => CommitRows::Ignored {
+                event_id: ignored.event.id.as_str().to_owned(),
+                incident_id: ignored.incident.as_ref().map(|i| i.as_str().to_owned()),
+                reason: ignored.reason.as_str(),
+                at: stamp(ignored.at),
+                body: serde_json::to_string(ignored).map_err(encode)?,
+            },
+        })
+    }
+
+    /// Writes the commit in one transaction. Also tells whether a
+    /// transition message was added.
+    fn apply(self, conn: &mut Connection) -> Result<(CommitOutcome, bool), StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = Utc::now();
+        let event_id = match &self {
+            CommitRows::Incident { event_id, .. } | CommitRows::Ignored { event_id, .. } => event_id,
+        };
+        let applied: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM applied_events WHERE event_id = ?1)",
+            params![event_id],
+            |row| row.get(0),
+        )?;
+        if applied {
+            return Ok((CommitOutcome::AlreadyApplied, false));
+        }
+        tx.execute(
+            "INSERT INTO applied_events (event_id, applied_at) VALUES (?1, ?2)",
+            params![event_id, stamp(now)],
+        )?;
+        let mut transition_added = false;
+        match &self {
+            CommitRows::Incident {
+                id,
+                service,
+                dedup_key,
+                status,
+                created_at,
+                updated_at,
+                version,
+                body,
+                expected_version,
+                transition,
+                ..
+            } => {
+                let written = match expected_version {
+                    None => tx.execute(
+                        "INSERT INTO incidents (id, service, dedup_key, status, created_at, updated_at, version, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![id, service, dedup_key, status, created_at, updated_at, version, body],
+                    ),
+                    Some(expected) => tx.execute(
+                        "UPDATE incidents
+                         SET service = ?2, dedup_key = ?3, status = ?4, created_at = ?5, updated_at = ?6,
+                             version = ?7, body = ?8
+                         WHERE id = ?1 AND version = ?9",
+                        params![id, service, dedup_key, status, created_at, updated_at, version, body, expected],
+                    ),
+                };
+                match written {
+                    Ok(1) => {}
+                    // No row at that version, or the key's open slot (or the
+                    // id) is taken: someone else wrote first.
+                    Ok(_) => return Ok((CommitOutcome::Conflict, false)),
+                    Err(e) if is_unique_violation(&e) => return Ok((CommitOutcome::Conflict, false)),
+                    Err(e) => return Err(e.into()),
+                }
+                if let Some((dedup_id, body)) = transition {
+                    transition_added = push(&tx, QueueName::Transitions, id, Some(dedup_id), body, now.timestamp_millis())?;
+                }
+            }
+            CommitRows::Ignored {
+                event_id,
+                incident_id,
+                reason,
+                at,
+                body,
+            } => {
+                tx.execute(
+                    "INSERT INTO ignored_events (event_id, incident_id, reason, at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![event_id, incident_id, reason, at, body],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok((CommitOutcome::Written, transition_added))
+    }
+}
+
+#[async_trait]
+impl EventQueue for Store {
+    async fn enqueue(&self, events: &[Event]) -> Result<(), BackendError> {
+        let messages = events
+            .iter()
+            .map(|event| {
+                let group_key = format!("{}{GROUP_SEPARATOR}{}", event.service, event.dedup_key());
+                Ok((group_key, event.id.as_str().to_owned(), serde_json::to_string(event)?))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(|e| BackendError::new("encode events", e))?;
+        self.enqueue_messages("enqueue events", QueueName::Events, messages).await
+    }
+}
+
+#[async_trait]
+impl NotificationQueue for Store {
+    async fn enqueue(&self, jobs: &[NotificationJob]) -> Result<(), BackendError> {
+        let messages = jobs
+            .iter()
+            .map(|job| {
+                let group_key = format!("{}:{}", job.channel, job.to);
+                Ok((group_key, job.id.clone(), serde_json::to_string(job)?))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(|e| BackendError::new("encode notification jobs", e))?;
+        self.enqueue_messages("enqueue notification jobs", QueueName::Notifications, messages).await
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Some filesystems (network mounts) refuse WAL; the rollback journal
+        // is as durable, only slower with a concurrent reader.
+        tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // IMMEDIATE: two processes opening a new store at once migrate it once.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let done = usize::try_from(found).unwrap_or(usize::MAX);
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::NewerSchema {
+            found,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", clamp_i64(n + 1))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Inserts a message unless one with the same dedup id is in the queue.
+/// True when it was inserted.
+fn push(
+    conn: &Connection,
+    queue: QueueName,
+    group_key: &str,
+    dedup_id: Option<&str>,
+    body: &str,
+    now: i64,
+) -> Result<bool, rusqlite::Error> {
+    let n = conn.execute(
+        "INSERT INTO messages (queue, group_key, dedup_id, body, receive_count, visible_at, enqueued_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)
+         ON CONFLICT (queue, dedup_id) DO NOTHING",
+        params![queue.as_str(), group_key, dedup_id, body, now],
+    )?;
+    Ok(n == 1)
+}
+
+/// Moves a message to the dead letters.
+fn bury(conn: &Connection, id: i64, error: &str, now: i64) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO dead_letters (queue, group_key, dedup_id, body, error, receive_count, enqueued_at, dead_at)
+         SELECT queue, group_key, dedup_id, body, ?2, receive_count, enqueued_at, ?3 FROM messages WHERE id = ?1",
+        params![id, error, now],
+    )?;
+    conn.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Dead-letters the visible group heads that reached [`RECEIVE_LIMIT`].
+/// Only a group's head is ever received, so only heads can have reached it.
+fn bury_exhausted(conn: &Connection, queue: QueueName, now: i64) -> Result<usize, rusqlite::Error> {
+    let exhausted = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, last_error FROM messages WHERE queue = ?1 AND visible_at <= ?2 AND receive_count >= ?3",
+        )?;
+        let rows = stmt.query_map(params![queue.as_str(), now, RECEIVE_LIMIT], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    for (id, last_error) in &exhausted {
+        let mut error = format!("received {RECEIVE_LIMIT} times without being deleted (did its consumer crash on it?)");
+        if let Some(last) = last_error {
+            error.push_str("; last error: ");
+            error.push_str(last);
+        }
+        bury(conn, *id, &error, now)?;
+    }
+    Ok(exhausted.len())
+}
+
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn clamp_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_i64(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::OutOfRange(n))
+}
+
+/// Incident times as text that sorts chronologically: fixed width, UTC,
+/// microseconds.
+fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use tocsin_core::event::{Action, Alert, Origin, Payload, Severity};
+    use tocsin_core::incident::{decide, Decision, IgnoreReason, IncidentStatus, Transition, TransitionKind};
+    use tocsin_core::notify::Channel;
+
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    fn temp() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path()).expect("the store opens");
+        (dir, store)
+    }
+
+    fn event(key: &str, action: Action) -> Event {
+        let now = Utc::now();
+        Event {
+            id: EventId::generate(),
+            service: ServiceId::parse("checkout").unwrap(),
+            origin: Origin::Api { actor: "test".into() },
+            received_at: now,
+            alert: Alert {
+                event_action: action,
+                dedup_key: DedupKey::parse(key).unwrap(),
+                payload: (action == Action::Trigger).then(|| Payload {
+                    summary: format!("{key} is down"),
+                    source: "host-1".into(),
+                    severity: Severity::Critical,
+                    timestamp: Some(now),
+                    component: None,
+                    group: None,
+                    class: None,
+                    custom_details: None,
+                }),
+                links: Vec::new(),
+                images: Vec::new(),
+                client: None,
+                client_url: None,
+            },
+        }
+    }
+
+    fn job(id: &str, to: &str) -> NotificationJob {
+        let trigger = event("disk", Action::Trigger);
+        let Decision::Open { incident } = decide(None, &trigger, Utc::now()) else {
+            panic!("a first trigger opens");
+        };
+        NotificationJob {
+            id: id.into(),
+            channel: Channel::Email,
+            to: to.into(),
+            transition: TransitionKind::Triggered,
+            service_name: "Checkout".into(),
+            incident,
+            planned_at: Utc::now(),
+        }
+    }
+
+    /// Reads, decides and commits one event, as the processor does.
+    async fn apply(store: &Store, event: &Event) -> (Decision, CommitOutcome) {
+        let latest = store.latest(&event.service, event.dedup_key()).await.unwrap();
+        let now = Utc::now();
+        let decision = decide(latest.as_ref(), event, now);
+        let commit = match (decision.write(), &decision) {
+            (Some((incident, expected_version)), _) => Commit::Incident {
+                event_id: event.id.clone(),
+                incident: incident.clone(),
+                expected_version,
+                transition: decision.transition(event),
+            },
+            (None, Decision::Ignore { reason, incident }) => Commit::Ignored(IgnoredEvent {
+                event: event.clone(),
+                reason: *reason,
+                incident: incident.clone(),
+                at: now,
+            }),
+            (None, other) => panic!("unexpected {other:?}"),
+        };
+        let outcome = store.commit(&commit).await.unwrap();
+        (decision, outcome)
+    }
+
+    fn event_ids(deliveries: &[Delivery]) -> Vec<EventId> {
+        deliveries
+            .iter()
+            .map(|d| serde_json::from_str::<Event>(&d.body).unwrap().id)
+            .collect()
+    }
+
+    async fn events(store: &Store, events: &[Event]) -> Result<(), BackendError> {
+        EventQueue::enqueue(store, events).await
+    }
+
+    #[tokio::test]
+    async fn store_passes_the_port_contracts() {
+        let (_dir, store) = temp();
+        tocsin_core::contract::incident_store(&store).await;
+        tocsin_core::contract::event_queue(&store).await;
+        tocsin_core::contract::notification_queue(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_group_is_delivered_in_order_one_message_at_a_time() {
+        let (_dir, store) = temp();
+        let a1 = event("disk", Action::Trigger);
+        let a2 = event("disk", Action::Resolve);
+        let b1 = event("cpu", Action::Trigger);
+        events(&store, &[a1.clone(), a2.clone(), b1.clone()]).await.unwrap();
+
+        let first = store.receive(QueueName::Events, 10, LONG).await.unwrap();
+        assert_eq!(event_ids(&first), [a1.id.clone(), b1.id.clone()], "one head per group, oldest first");
+        assert_eq!(first[0].group_key, format!("checkout{GROUP_SEPARATOR}disk"));
+        assert_eq!(first[0].receive_count, 1);
+        assert!(
+            store.receive(QueueName::Events, 10, LONG).await.unwrap().is_empty(),
+            "a2 waits while a1 is in flight"
+        );
+
+        assert!(store.delete(&first[0]).await.unwrap());
+        let next = store.receive(QueueName::Events, 10, LONG).await.unwrap();
+        assert_eq!(event_ids(&next), [a2.id]);
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn receive_takes_at_most_max_messages() {
+        let (_dir, store) = temp();
+        let batch: Vec<Event> = (0..5).map(|n| event(&format!("k{n}"), Action::Trigger)).collect();
+        events(&store, &batch).await.unwrap();
+        assert!(store.receive(QueueName::Events, 0, LONG).await.unwrap().is_empty());
+        assert_eq!(store.receive(QueueName::Events, 2, LONG).await.unwrap().len(), 2);
+        assert_eq!(store.receive(QueueName::Events, 10, LONG).await.unwrap().len(), 3);
+        assert!(store.receive(QueueName::Transitions, 10, LONG).await.unwrap().is_empty(), "queues are separate");
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_message_is_delivered_again_after_its_visibility_timeout() {
+        let (_dir, store) = temp();
+        events(&store, &[event("disk", Action::Trigger)]).await.unwrap();
+        let first = store.receive(QueueName::Events, 1, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(store.receive(QueueName::Events, 1, LONG).await.unwrap().is_empty());
+
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let second = store.receive(QueueName::Events, 1, LONG).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].id, first[0].id);
+        assert_eq!(second[0].receive_count, 2);
+
+        assert!(!store.delete(&first[0]).await.unwrap(), "a stale delivery cannot delete");
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 1);
+        assert!(store.delete(&second[0]).await.unwrap());
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_enqueue_of_a_queued_dedup_id_is_a_no_op() {
+        let (_dir, store) = temp();
+        let e = event("disk", Action::Trigger);
+        events(&store, &[e.clone()]).await.unwrap();
+        events(&store, &[e.clone(), e.clone()]).await.unwrap();
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 1);
+
+        let jobs = [job("t:1:email:a", "a@example.com"), job("t:1:email:b", "b@example.com")];
+        NotificationQueue::enqueue(&store, &jobs).await.unwrap();
+        NotificationQueue::enqueue(&store, &jobs[..1]).await.unwrap();
+        assert_eq!(store.depth(QueueName::Notifications).await.unwrap(), 2);
+        let received = store.receive(QueueName::Notifications, 10, LONG).await.unwrap();
+        let groups: Vec<&str> = received.iter().map(|d| d.group_key.as_str()).collect();
+        assert_eq!(groups, ["email:a@example.com", "email:b@example.com"]);
+
+        // The id only dedups while its message is queued, as SQS's window.
+        let delivered = store.receive(QueueName::Events, 1, LONG).await.unwrap();
+        assert!(store.delete(&delivered[0]).await.unwrap());
+        events(&store, &[e]).await.unwrap();
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_message_is_retried_then_dead_lettered_and_unblocks_its_group() {
+        let (_dir, store) = temp();
+        let a1 = event("disk", Action::Trigger);
+        let a2 = event("disk", Action::Resolve);
+        events(&store, &[a1.clone(), a2.clone()]).await.unwrap();
+
+        for attempt in 1..=2 {
+            let d = store.receive(QueueName::Events, 10, LONG).await.unwrap();
+            assert_eq!(event_ids(&d), [a1.id.clone()]);
+            assert_eq!(d[0].receive_count, attempt);
+            let failed = store.fail(&d[0], &format!("boom {attempt}"), 3, Duration::ZERO).await.unwrap();
+            assert_eq!(failed, Failed::Retrying);
+        }
+        let d = store.receive(QueueName::Events, 10, LONG).await.unwrap();
+        assert_eq!(d[0].last_error.as_deref(), Some("boom 2"));
+        assert_eq!(store.fail(&d[0], "boom 3", 3, Duration::ZERO).await.unwrap(), Failed::DeadLettered);
+
+        let next = store.receive(QueueName::Events, 10, LONG).await.unwrap();
+        assert_eq!(event_ids(&next), [a2.id], "the group moves on past its dead letter");
+        let dead = store.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].queue, "events");
+        assert_eq!(dead[0].error, "boom 3");
+        assert_eq!(dead[0].receive_count, 3);
+        assert_eq!(serde_json::from_str::<Event>(&dead[0].body).unwrap().id, a1.id);
+    }
+
+    #[tokio::test]
+    async fn a_failed_message_waits_out_its_retry_delay() {
+        let (_dir, store) = temp();
+        events(&store, &[event("disk", Action::Trigger)]).await.unwrap();
+        let d = store.receive(QueueName::Events, 1, LONG).await.unwrap();
+        assert_eq!(store.fail(&d[0], "later", 5, LONG).await.unwrap(), Failed::Retrying);
+        assert!(store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stale_delivery_cannot_fail_the_message() {
+        let (_dir, store) = temp();
+        events(&store, &[event("disk", Action::Trigger)]).await.unwrap();
+        let old = store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap();
+        let new = store.receive(QueueName::Events, 1, LONG).await.unwrap();
+        assert_eq!(new[0].receive_count, 2);
+        assert_eq!(store.fail(&old[0], "late", 1, Duration::ZERO).await.unwrap(), Failed::Retrying);
+        assert!(store.dead_letters().await.unwrap().is_empty());
+        assert!(
+            store.receive(QueueName::Events, 1, LONG).await.unwrap().is_empty(),
+            "the newer receive still holds it"
+        );
+        assert_eq!(store.fail(&new[0], "boom", 2, Duration::ZERO).await.unwrap(), Failed::DeadLettered);
+    }
+
+    #[tokio::test]
+    async fn a_message_never_answered_is_dead_lettered_at_the_receive_limit() {
+        let (_dir, store) = temp();
+        events(&store, &[event("disk", Action::Trigger)]).await.unwrap();
+        for _ in 0..RECEIVE_LIMIT {
+            assert_eq!(store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap().len(), 1);
+        }
+        assert!(store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap().is_empty());
+        let dead = store.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].receive_count, RECEIVE_LIMIT);
+        assert!(dead[0].error.contains("without being deleted"), "{}", dead[0].error);
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn redrive_moves_a_dead_letter_to_the_end_of_its_queue() {
+        let (_dir, store) = temp();
+        let a1 = event("disk", Action::Trigger);
+        let a2 = event("disk", Action::Resolve);
+        events(&store, &[a1.clone(), a2.clone()]).await.unwrap();
+        let d = store.receive(QueueName::Events, 1, LONG).await.unwrap();
+        assert_eq!(store.fail(&d[0], "boom", 1, Duration::ZERO).await.unwrap(), Failed::DeadLettered);
+        let dead = store.dead_letters().await.unwrap();
+
+        assert!(store.redrive(dead[0].id).await.unwrap());
+        assert!(store.dead_letters().await.unwrap().is_empty());
+        assert!(!store.redrive(dead[0].id).await.unwrap(), "a dead letter is redriven once");
+        assert!(!store.redrive(999_999).await.unwrap());
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 2);
+
+        let d = store.receive(QueueName::Events, 10, LONG).await.unwrap();
+        assert_eq!(event_ids(&d), [a2.id], "the redriven message queues behind newer ones");
+        assert!(store.delete(&d[0]).await.unwrap());
+        let d = store.receive(QueueName::Events, 10, LONG).await.unwrap();
+        assert_eq!(event_ids(&d), [a1.id]);
+        assert_eq!(d[0].receive_count, 1, "a redriven message starts afresh");
+    }
+
+    #[tokio::test]
+    async fn an_enqueue_is_all_or_nothing() {
+        let (_dir, store) = temp();
+        store
+            .inner
+            .conn
+            .lock()
+            .unwrap()
+            .execute_batch(
+                "CREATE TEMP TRIGGER refuse_poison BEFORE INSERT ON messages
+                 WHEN NEW.group_key LIKE '%poison%'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+            )
+            .unwrap();
+        let batch = [event("disk", Action::Trigger), event("poison", Action::Trigger)];
+        let err = events(&store, &batch).await.unwrap_err();
+        assert_eq!(err.operation, "enqueue events");
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 0, "nothing of a failed batch stays");
+        events(&store, &batch[..1]).await.unwrap();
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_commit_publishes_its_transition_once() {
+        let (_dir, store) = temp();
+        let trigger = event("disk", Action::Trigger);
+        let (decision, outcome) = apply(&store, &trigger).await;
+        assert_eq!(outcome, CommitOutcome::Written);
+        let Decision::Open { incident } = decision else {
+            panic!("expected an open, got {decision:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(1), store.wakeup(QueueName::Transitions).notified())
+            .await
+            .expect("the dispatcher is woken");
+
+        let (_, outcome) = apply(&store, &event("disk", Action::Trigger)).await;
+        assert_eq!(outcome, CommitOutcome::Written);
+        assert_eq!(store.depth(QueueName::Transitions).await.unwrap(), 1, "a repeat notifies no one");
+
+        let d = store.receive(QueueName::Transitions, 10, LONG).await.unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].group_key, incident.id.as_str());
+        let transition: Transition = serde_json::from_str(&d[0].body).unwrap();
+        assert_eq!(transition.kind, TransitionKind::Triggered);
+        assert_eq!(transition.incident, incident);
+        assert_eq!(transition.event_id, trigger.id);
+    }
+
+    #[tokio::test]
+    async fn an_enqueue_wakes_a_waiting_consumer() {
+        let (_dir, store) = temp();
+        let waiting = store.wakeup(QueueName::Events).notified();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        let worker = store.clone();
+        events(&worker, &[event("disk", Action::Trigger)]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("woken by the enqueue");
+        // A consumer that starts waiting just after is not left asleep either.
+        tokio::time::timeout(Duration::from_secs(1), store.wakeup(QueueName::Events).notified())
+            .await
+            .expect("the wake-up is kept for it");
+    }
+
+    #[tokio::test]
+    async fn ignored_events_are_kept_newest_first() {
+        let (_dir, store) = temp();
+        let ghost = event("ghost", Action::Resolve);
+        let ghost_ack = event("ghost", Action::Acknowledge);
+        assert_eq!(apply(&store, &ghost).await.1, CommitOutcome::Written);
+        assert_eq!(apply(&store, &ghost_ack).await.1, CommitOutcome::Written);
+        let ignored = store.ignored_events(10).await.unwrap();
+        assert_eq!(ignored.len(), 2);
+        assert_eq!(ignored[0].event, ghost_ack);
+        assert_eq!(ignored[1].event, ghost);
+        assert_eq!(ignored[1].reason, IgnoreReason::UnknownKey);
+        assert_eq!(store.ignored_events(1).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn everything_survives_closing_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let trigger = event("disk", Action::Trigger);
+        let queued = event("cpu", Action::Trigger);
+        let incident = {
+            let store = Store::open(dir.path()).unwrap();
+            let (Decision::Open { incident }, CommitOutcome::Written) = apply(&store, &trigger).await else {
+                panic!("expected an open");
+            };
+            events(&store, &[queued.clone(), event("mem", Action::Trigger)]).await.unwrap();
+            let d = store.receive(QueueName::Events, 1, LONG).await.unwrap();
+            assert_eq!(event_ids(&d), [queued.id.clone()]);
+            incident
+        };
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get(&incident.id).await.unwrap(), Some(incident.clone()));
+        assert!(store.is_applied(&trigger.id).await.unwrap());
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 2);
+        assert_eq!(store.depth(QueueName::Transitions).await.unwrap(), 1);
+        let d = store.receive(QueueName::Events, 10, LONG).await.unwrap();
+        assert_eq!(d.len(), 1, "the in-flight message stays in flight across the restart");
+        assert_ne!(event_ids(&d), [queued.id]);
+    }
+
+    #[tokio::test]
+    async fn commits_survive_a_process_that_never_closed_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let trigger = event("disk", Action::Trigger);
+        let store = Store::open(dir.path()).unwrap();
+        let (Decision::Open { incident }, CommitOutcome::Written) = apply(&store, &trigger).await else {
+            panic!("expected an open");
+        };
+        // As after kill -9: the connection is never closed nor checkpointed;
+        // the commits are in the WAL file.
+        std::mem::forget(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.latest(&incident.service, &incident.dedup_key).await.unwrap(), Some(incident));
+        assert!(store.is_applied(&trigger.id).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_database_allows_one_open_incident_per_key() {
+        let (_dir, store) = temp();
+        let conn = store.inner.conn.lock().unwrap();
+        let insert = |id: &str, key: &str, status: &str| {
+            conn.execute(
+                "INSERT INTO incidents (id, service, dedup_key, status, created_at, updated_at, version, body)
+                 VALUES (?1, 'checkout', ?2, ?3, '2024-01-01T00:00:00.000000Z', '2024-01-01T00:00:00.000000Z', 1, '{}')",
+                params![id, key, status],
+            )
+        };
+        insert("inc_a", "disk", "open").unwrap();
+        let err = insert("inc_b", "disk", "acknowledged").unwrap_err();
+        assert!(is_unique_violation(&err), "{err}");
+        insert("inc_c", "disk", "resolved").unwrap();
+        insert("inc_d", "cpu", "open").unwrap();
+        conn.execute("UPDATE incidents SET status = 'resolved' WHERE id = 'inc_a'", [])
+            .unwrap();
+        insert("inc_b", "disk", "open").unwrap();
+        assert!(insert("inc_b", "mem", "resolved").is_err_and(|e| is_unique_violation(&e)), "ids are unique");
+    }
+
+    #[tokio::test]
+    async fn latest_prefers_the_open_incident_even_if_the_clock_went_back() {
+        let (_dir, store) = temp();
+        let trigger = event("disk", Action::Trigger);
+        apply(&store, &trigger).await;
+        apply(&store, &event("disk", Action::Resolve)).await;
+        // A new incident whose clock reads earlier than the resolved one's.
+        let again = event("disk", Action::Trigger);
+        let latest = store.latest(&again.service, again.dedup_key()).await.unwrap();
+        let Decision::Open { mut incident } = decide(latest.as_ref(), &again, Utc::now()) else {
+            panic!("a trigger after resolve opens");
+        };
+        incident.created_at -= chrono::TimeDelta::hours(1);
+        let commit = Commit::Incident {
+            event_id: again.id.clone(),
+            incident: incident.clone(),
+            expected_version: None,
+            transition: None,
+        };
+        assert_eq!(store.commit(&commit).await.unwrap(), CommitOutcome::Written);
+        let latest = store.latest(&again.service, again.dedup_key()).await.unwrap().unwrap();
+        assert_eq!(latest.id, incident.id);
+        assert_eq!(latest.status, IncidentStatus::Open);
+    }
+
+    #[tokio::test]
+    async fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let version: i64 = store
+            .inner
+            .conn
+            .lock()
+            .unwrap()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = store
+            .inner
+            .conn
+            .lock()
+            .unwrap()
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(store);
+
+        let store = Store::open(dir.path()).expect("reopening runs no migration again");
+        store
+            .inner
+            .conn
+            .lock()
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        drop(store);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert_eq!(err.operation, "migrate the store");
+        assert!(err.source.to_string().contains("newer"), "{}", err.source);
+    }
+}

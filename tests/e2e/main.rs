@@ -1,0 +1,16 @@
+//! End-to-end tests: the real `tocsin` binary started as a process on a free
+//! port and driven over HTTP, as a user or a monitoring tool would.
+//!
+//! Build the binary first (`cargo build -p tocsin`; tests/run does it), or
+//! point TOCSIN_BIN at one.
+
+mod alertmanager;
+mod app;
+mod bad_input;
+mod config;
+mod events_v2;
+mod generic;
+mod incidents_api;
+mod prometheus;
+mod restart;
+mod webhook;
