@@ -1,6 +1,7 @@
 //! `tocsin`: run the whole pipeline locally, check configs, make keys and
 //! look after dead letters.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +17,11 @@ const SAMPLE_CONFIG: &str = include_str!("../tocsin.sample.yaml");
 const SAMPLE_NAME: &str = "tocsin.sample.yaml (built in)";
 
 #[derive(Parser)]
-#[command(name = "tocsin", version, about = "Alert ingestion and notification, on AWS Lambda or one machine")]
+#[command(
+    name = "tocsin",
+    version,
+    about = "Alert ingestion and notification, on AWS Lambda or one machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -227,7 +233,8 @@ fn banner(catalog: &Catalog, file: Option<&Path>, data: &Path) -> String {
     let base = "http://$TOCSIN";
     let mut out = format!(
         "config: {}\ndata:   {} (incidents survive restarts; notifications in {}/outbox.jsonl)\n",
-        file.map(|f| f.display().to_string()).unwrap_or_else(|| SAMPLE_NAME.to_owned()),
+        file.map(|f| f.display().to_string())
+            .unwrap_or_else(|| SAMPLE_NAME.to_owned()),
         data.display(),
         data.display()
     );

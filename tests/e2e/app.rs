@@ -42,7 +42,6 @@ pub mod keys {
 
     /// Keys of the shipped sample config (cli/tocsin.sample.yaml).
     pub const SAMPLE_PROMETHEUS: &str = "11111111111111111111111111111111";
-    pub const SAMPLE_EVENTS: &str = "22222222222222222222222222222222";
     pub const SAMPLE_API_KEY: &str = "sk_local_0123456789abcdef";
 }
 
@@ -109,20 +108,12 @@ pub fn fixture(relative: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()))
 }
 
-pub fn fixture_json(relative: &str) -> Value {
-    serde_json::from_slice(&fixture(relative)).unwrap_or_else(|e| panic!("fixture {relative} is not JSON: {e}"))
-}
-
 /// The `tocsin` binary under test: $TOCSIN_BIN, else `debug/tocsin` in the
 /// cargo target folder ($CARGO_TARGET_DIR or `<workspace>/target`).
 pub fn tocsin_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("TOCSIN_BIN") {
         let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "TOCSIN_BIN={} is not a file",
-            bin.display()
-        );
+        assert!(bin.is_file(), "TOCSIN_BIN={} is not a file", bin.display());
         return bin;
     }
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
@@ -190,8 +181,7 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON; panics (showing the answer) if it is not.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("the answer is not JSON ({e}): {self}"))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("the answer is not JSON ({e}): {self}"))
     }
 
     /// Asserts the status, showing the whole answer when it differs.
@@ -278,11 +268,6 @@ impl TestApp {
         self.dir.path().join("data")
     }
 
-    /// A scratch folder for the test's own files, removed with the app.
-    pub fn scratch_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -318,7 +303,11 @@ impl TestApp {
                 .arg("--quiet")
                 .env_remove("TOCSIN_LISTEN")
                 .env_remove("TOCSIN_DATA")
-                .env("RUST_LOG", std::env::var("TOCSIN_E2E_LOG").unwrap_or_else(|_| "info".into()))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("TOCSIN_E2E_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(stdout)
                 .stderr(stderr);
@@ -350,12 +339,7 @@ impl TestApp {
                     return Err(format!("it exited with {status}"));
                 }
             }
-            let answer = self
-                .client
-                .get(&url)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await;
+            let answer = self.client.get(&url).timeout(Duration::from_secs(1)).send().await;
             if let Ok(answer) = answer {
                 if answer.status().as_u16() == 200 {
                     return Ok(());
@@ -372,10 +356,15 @@ impl TestApp {
     /// 15 s) and returns how it exited.
     pub async fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the app is not running");
-        let _ = Command::new("kill")
+        let signalled = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
-            .status();
+            .status()
+            .is_ok_and(|status| status.success());
+        if !signalled {
+            // No kill(1) here: a hard stop is the best we can do.
+            let _ = child.kill();
+        }
         let started = Instant::now();
         loop {
             match child.try_wait() {
@@ -500,9 +489,7 @@ impl TestApp {
         };
         text.lines()
             .filter(|line| !line.trim().is_empty())
-            .map(|line| {
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("outbox line is not JSON ({e}): {line}"))
-            })
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("outbox line is not JSON ({e}): {line}")))
             .collect()
     }
 

@@ -17,7 +17,13 @@ struct Case {
     error_mentions: Option<&'static str>,
 }
 
-fn case(name: &'static str, path: &str, headers: &[(&'static str, &str)], body: impl Into<Vec<u8>>, status: u16) -> Case {
+fn case(
+    name: &'static str,
+    path: &str,
+    headers: &[(&'static str, &str)],
+    body: impl Into<Vec<u8>>,
+    status: u16,
+) -> Case {
     Case {
         name,
         method: "POST",
@@ -63,7 +69,10 @@ fn cases() -> Vec<Case> {
     let generic_query = format!("/api/v2/generic/incoming?token={}", keys::CHECKOUT_GENERIC);
 
     let over_limit = 600 * 1024;
-    let big_webhook = format!(r#"{{"title":"big","id":"bad-input","pad":"{}"}}"#, "a".repeat(over_limit));
+    let big_webhook = format!(
+        r#"{{"title":"big","id":"bad-input","pad":"{}"}}"#,
+        "a".repeat(over_limit)
+    );
     let big_event = events_v2(json!({
         "routing_key": keys::CHECKOUT_EVENTS,
         "event_action": "trigger",
@@ -98,7 +107,13 @@ fn cases() -> Vec<Case> {
 
     vec![
         // Credentials.
-        case("webhook without a key", "/integrations/webhook", &[JSON], webhook_body.clone(), 401),
+        case(
+            "webhook without a key",
+            "/integrations/webhook",
+            &[JSON],
+            webhook_body.clone(),
+            401,
+        ),
         case(
             "prometheus without a key",
             "/integrations/prometheus",
@@ -138,8 +153,10 @@ fn cases() -> Vec<Case> {
             "unknown routing_key",
             "/v2/enqueue",
             &[JSON],
-            events_v2(json!({"routing_key": keys::UNKNOWN, "event_action": "trigger", "dedup_key": "bad-input",
-                             "payload": {"summary": "x", "source": "e2e", "severity": "info"}})),
+            events_v2(
+                json!({"routing_key": keys::UNKNOWN, "event_action": "trigger", "dedup_key": "bad-input",
+                             "payload": {"summary": "x", "source": "e2e", "severity": "info"}}),
+            ),
             404,
         ),
         case(
@@ -166,7 +183,11 @@ fn cases() -> Vec<Case> {
         case(
             "bad signature",
             "/integrations/webhook",
-            &[JSON, ("x-integration-key", keys::PAYMENTS_SIGNED), ("x-signature", &wrong_signature)],
+            &[
+                JSON,
+                ("x-integration-key", keys::PAYMENTS_SIGNED),
+                ("x-signature", &wrong_signature),
+            ],
             webhook_body.clone(),
             401,
         ),
@@ -178,10 +199,23 @@ fn cases() -> Vec<Case> {
             401,
         ),
         // Size.
-        case("webhook body over 512 KB", "/integrations/webhook", &[JSON, hook_key], big_webhook, 413),
+        case(
+            "webhook body over 512 KB",
+            "/integrations/webhook",
+            &[JSON, hook_key],
+            big_webhook,
+            413,
+        ),
         case("events v2 body over 512 KB", "/v2/enqueue", &[JSON], big_event, 413),
         // Bodies that are not JSON.
-        case("invalid JSON", "/integrations/webhook", &[JSON, hook_key], r#"{"title": "#, 400).mentioning("body"),
+        case(
+            "invalid JSON",
+            "/integrations/webhook",
+            &[JSON, hook_key],
+            r#"{"title": "#,
+            400,
+        )
+        .mentioning("body"),
         case(
             "invalid JSON to prometheus",
             "/integrations/prometheus",
@@ -233,8 +267,10 @@ fn cases() -> Vec<Case> {
             "events v2 dedup_key over 255 characters",
             "/v2/enqueue",
             &[JSON],
-            events_v2(json!({"routing_key": keys::CHECKOUT_EVENTS, "event_action": "trigger", "dedup_key": "d".repeat(256),
-                             "payload": {"summary": "x", "source": "e2e", "severity": "info"}})),
+            events_v2(
+                json!({"routing_key": keys::CHECKOUT_EVENTS, "event_action": "trigger", "dedup_key": "d".repeat(256),
+                             "payload": {"summary": "x", "source": "e2e", "severity": "info"}}),
+            ),
             400,
         )
         .mentioning("dedup_key"),
@@ -242,8 +278,10 @@ fn cases() -> Vec<Case> {
             "events v2 unknown event_action",
             "/v2/enqueue",
             &[JSON],
-            events_v2(json!({"routing_key": keys::CHECKOUT_EVENTS, "event_action": "explode", "dedup_key": "bad-input",
-                             "payload": {"summary": "x", "source": "e2e", "severity": "info"}})),
+            events_v2(
+                json!({"routing_key": keys::CHECKOUT_EVENTS, "event_action": "explode", "dedup_key": "bad-input",
+                             "payload": {"summary": "x", "source": "e2e", "severity": "info"}}),
+            ),
             400,
         )
         .mentioning("event_action"),
@@ -373,7 +411,12 @@ async fn every_bad_input_is_refused_in_json_and_leaves_nothing_behind() {
         failures.push(format!("no dead letters expected: {dead:#?}"));
     }
 
-    assert!(failures.is_empty(), "{} bad-input failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} bad-input failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]

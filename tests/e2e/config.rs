@@ -76,10 +76,7 @@ fn an_invalid_config_is_refused_with_file_field_and_reason() {
         ),
         (
             "a short integration key",
-            TEST_CONFIG.replace(
-                "key: a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
-                "key: a1a1",
-            ),
+            TEST_CONFIG.replace("key: a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1", "key: a1a1"),
             "services[0].integrations[0].key",
             "32 hex",
         ),

@@ -23,7 +23,9 @@ async fn a_form_post_answers_204_and_repeats_land_on_the_same_incident() {
     reply.expect(204);
     assert!(reply.text.is_empty(), "204 has no body: {reply}");
     let incident = app
-        .wait_for_incident("the form trigger", |i| i["summary"] == "Disk usage above 90% on batch-7")
+        .wait_for_incident("the form trigger", |i| {
+            i["summary"] == "Disk usage above 90% on batch-7"
+        })
         .await;
     assert_eq!(incident["service"], "checkout");
     assert_eq!(incident["status"], "open");
@@ -92,7 +94,10 @@ async fn token_and_fields_may_come_from_the_body_or_the_query_string() {
         .await;
 
     // Everything in the query string, no body.
-    let base = format!("{PATH}?token={}&summary=Nightly+backup+late&dedup=backup", keys::CHECKOUT_GENERIC);
+    let base = format!(
+        "{PATH}?token={}&summary=Nightly+backup+late&dedup=backup",
+        keys::CHECKOUT_GENERIC
+    );
     app.post_bytes(&base, &[], Vec::new()).await.expect(204);
     let backup = app
         .wait_for_incident("the query-string trigger", |i| i["dedup_key"] == "backup")

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::app::{count_transition, keys, TestApp};
+use crate::app::{count_transition, keys, wait_for, TestApp};
 
 async fn trigger(app: &TestApp, routing_key: &str, dedup_key: &str) {
     app.enqueue(&json!({
@@ -24,7 +24,11 @@ async fn api_keys_and_scopes_are_enforced() {
     reply.expect_error(401);
 
     let reply = app
-        .send(app.client.get(app.url("/incidents")).bearer_auth("sk_e2e_not_a_key_0123456789"))
+        .send(
+            app.client
+                .get(app.url("/incidents"))
+                .bearer_auth("sk_e2e_not_a_key_0123456789"),
+        )
         .await;
     reply.expect_error(401);
 
@@ -32,7 +36,10 @@ async fn api_keys_and_scopes_are_enforced() {
         .send(app.client.get(app.url("/incidents")).bearer_auth(keys::EVENTS_ONLY))
         .await;
     let body = reply.expect_error(403);
-    assert!(body["message"].as_str().unwrap_or_default().contains("incidents:read"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains("incidents:read"),
+        "{body}"
+    );
 
     let reply = app
         .send(app.client.get(app.url("/incidents")).bearer_auth(keys::READER))
@@ -41,7 +48,9 @@ async fn api_keys_and_scopes_are_enforced() {
 
     // incidents:read does not allow acknowledging.
     trigger(&app, keys::CHECKOUT_EVENTS, "scoped").await;
-    let incident = app.wait_for_incident("the incident", |i| i["dedup_key"] == "scoped").await;
+    let incident = app
+        .wait_for_incident("the incident", |i| i["dedup_key"] == "scoped")
+        .await;
     let id = incident["id"].as_str().expect("id").to_owned();
     for action in ["acknowledge", "resolve"] {
         let path = format!("/incidents/{id}/{action}");
@@ -59,9 +68,11 @@ async fn incidents_are_listed_filtered_read_acknowledged_and_resolved() {
     trigger(&app, keys::CHECKOUT_EVENTS, "checkout-1").await;
     trigger(&app, keys::CHECKOUT_EVENTS, "checkout-2").await;
     trigger(&app, keys::PAYMENTS_EVENTS, "payments-1").await;
-    for key in ["checkout-1", "checkout-2", "payments-1"] {
-        app.wait_for_incident("the three incidents", |i| i["dedup_key"] == key).await;
-    }
+    let app_ref = &app;
+    wait_for("the three incidents", || async move {
+        (app_ref.incidents("").await.len() == 3).then_some(())
+    })
+    .await;
 
     assert_eq!(app.incidents("").await.len(), 3);
     assert_eq!(app.incidents("status=open&service=checkout").await.len(), 2);
@@ -133,5 +144,9 @@ async fn incidents_are_listed_filtered_read_acknowledged_and_resolved() {
     let all = app.incidents("").await;
     assert_eq!(all.len(), 3, "{all:#?}");
     let lines = app.outbox();
-    assert_eq!(count_transition(&lines, &id, "resolved"), 3, "resolved is notified once");
+    assert_eq!(
+        count_transition(&lines, &id, "resolved"),
+        3,
+        "resolved is notified once"
+    );
 }

@@ -15,7 +15,11 @@ async fn one_incident_per_alert_then_resolved_by_the_resolved_webhook() {
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
 
     let reply = app
-        .post_bytes("/integrations/prometheus", &headers, fixture("events/prometheus/firing.json"))
+        .post_bytes(
+            "/integrations/prometheus",
+            &headers,
+            fixture("events/prometheus/firing.json"),
+        )
         .await;
     let body = reply.expect(202).json();
     assert_eq!(body["status"], "success", "{body}");
@@ -29,8 +33,14 @@ async fn one_incident_per_alert_then_resolved_by_the_resolved_webhook() {
     assert_eq!(latency["summary"], "High request latency on checkout-api-0:8080");
     assert_eq!(latency["source"], "checkout-api-0:8080", "source is the instance label");
     let details = latency["custom_details"].to_string();
-    for expected in ["HighRequestLatency", "https://runbooks.example.com/checkout/high-latency"] {
-        assert!(details.contains(expected), "labels and annotations belong in custom_details: {details}");
+    for expected in [
+        "HighRequestLatency",
+        "https://runbooks.example.com/checkout/high-latency",
+    ] {
+        assert!(
+            details.contains(expected),
+            "labels and annotations belong in custom_details: {details}"
+        );
     }
     assert_eq!(latency["origin"]["integration"], "checkout-prometheus", "{latency}");
 
@@ -39,13 +49,20 @@ async fn one_incident_per_alert_then_resolved_by_the_resolved_webhook() {
         .await;
     assert_eq!(errors["severity"], "warning", "labels.severity=warning");
     assert_eq!(errors["summary"], "Checkout 5xx error rate above 1%");
-    assert_eq!(errors["source"], "checkout-api", "without an instance, the source is the job");
+    assert_eq!(
+        errors["source"], "checkout-api",
+        "without an instance, the source is the job"
+    );
     assert_eq!(app.incidents("").await.len(), 2);
 
     // Alertmanager repeats a firing group: repeats, not new incidents.
-    app.post_bytes("/integrations/prometheus", &headers, fixture("events/prometheus/firing.json"))
-        .await
-        .expect(202);
+    app.post_bytes(
+        "/integrations/prometheus",
+        &headers,
+        fixture("events/prometheus/firing.json"),
+    )
+    .await
+    .expect(202);
     for fingerprint in [LATENCY, ERRORS] {
         app.wait_for_incident("the repeat to be counted", |i| {
             i["dedup_key"] == fingerprint && i["occurrences"] == 2
@@ -54,9 +71,13 @@ async fn one_incident_per_alert_then_resolved_by_the_resolved_webhook() {
     }
     assert_eq!(app.incidents("").await.len(), 2);
 
-    app.post_bytes("/integrations/prometheus", &headers, fixture("events/prometheus/resolved.json"))
-        .await
-        .expect(202);
+    app.post_bytes(
+        "/integrations/prometheus",
+        &headers,
+        fixture("events/prometheus/resolved.json"),
+    )
+    .await
+    .expect(202);
     for incident in [&latency, &errors] {
         app.wait_for_incident("the resolved webhook to resolve the incident", |i| {
             i["id"] == incident["id"] && i["status"] == "resolved"

@@ -105,8 +105,10 @@ async fn events_accepted_just_before_a_stop_are_not_lost() {
     // in the data folder, and the next start handles it.
     app.restart().await;
     for key in &keys {
-        app.wait_for_incident("every accepted event to become an incident", |i| i["dedup_key"] == key.as_str())
-            .await;
+        app.wait_for_incident("every accepted event to become an incident", |i| {
+            i["dedup_key"] == key.as_str()
+        })
+        .await;
     }
     assert_eq!(app.incidents("").await.len(), keys.len());
 }

@@ -13,7 +13,7 @@ async fn aliases_for_summary_severity_status_and_id_are_understood() {
     let key = ("x-integration-key", keys::CHECKOUT_WEBHOOK);
     let json_type = ("content-type", "application/json");
 
-    // title / severity / status / id
+    // title / severity / status / id / source, then the sample resolve.
     app.post_bytes(PATH, &[key, json_type], fixture("events/webhook/trigger.json"))
         .await
         .expect(202);
@@ -25,8 +25,15 @@ async fn aliases_for_summary_severity_status_and_id_are_understood() {
     assert_eq!(incident["source"], "checkout-api.prod.example.com");
     assert_eq!(incident["service"], "checkout");
     assert_eq!(incident["status"], "open");
+    app.post_bytes(PATH, &[key, json_type], fixture("events/webhook/resolve.json"))
+        .await
+        .expect(202);
+    app.wait_for_incident("the sample resolve", |i| {
+        i["id"] == incident["id"] && i["status"] == "resolved"
+    })
+    .await;
 
-    // name / level / state / alert_id / origin, key as a bearer token
+    // name / level / state / alert_id / origin, the key as a bearer token.
     let bearer = format!("Bearer {}", keys::CHECKOUT_WEBHOOK);
     let reply = app
         .post_json(
@@ -43,8 +50,22 @@ async fn aliases_for_summary_severity_status_and_id_are_understood() {
     assert_eq!(queue["summary"], "Queue depth high");
     assert_eq!(queue["severity"], "error");
     assert_eq!(queue["source"], "worker-1");
+    assert_eq!(queue["status"], "open");
 
-    // message / action, key in the query string
+    // status: ack
+    app.post_json(
+        PATH,
+        &[key],
+        &json!({"title": "Queue depth high", "status": "ack", "id": "queue-depth"}),
+    )
+    .await
+    .expect(202);
+    app.wait_for_incident("'ack' to acknowledge it", |i| {
+        i["id"] == queue["id"] && i["status"] == "acknowledged"
+    })
+    .await;
+
+    // message / action: ok, the key in the query string.
     let query = format!("{PATH}?token={}", keys::CHECKOUT_WEBHOOK);
     app.post_json(
         &query,
@@ -57,27 +78,37 @@ async fn aliases_for_summary_severity_status_and_id_are_understood() {
         i["id"] == queue["id"] && i["status"] == "resolved"
     })
     .await;
+    assert_eq!(app.incidents("").await.len(), 2);
+}
 
-    // status: ack, then the sample resolve
-    app.post_json(
-        PATH,
-        &[key],
-        &json!({"title": "Checkout API error rate above 5%", "status": "ack", "id": "checkout-error-rate"}),
-    )
-    .await
-    .expect(202);
-    app.wait_for_incident("'ack' to acknowledge it", |i| {
-        i["id"] == incident["id"] && i["status"] == "acknowledged"
-    })
-    .await;
+/// The tour a newcomer follows: the sample trigger, an acknowledge through
+/// the API, the sample resolve. The resolve carries the monitoring tool's
+/// own timestamp (from 2024 in the sample), the acknowledge the server's
+/// clock: a resolve after an acknowledge moves the incident forward and
+/// must not be dropped as "stale".
+#[tokio::test]
+async fn a_provider_resolve_after_an_api_acknowledge_closes_the_incident() {
+    let app = TestApp::start().await;
+    let key = ("x-integration-key", keys::CHECKOUT_WEBHOOK);
+    let json_type = ("content-type", "application/json");
+
+    app.post_bytes(PATH, &[key, json_type], fixture("events/webhook/trigger.json"))
+        .await
+        .expect(202);
+    let incident = app
+        .wait_for_incident("the webhook trigger", |i| i["dedup_key"] == "checkout-error-rate")
+        .await;
+    let id = incident["id"].as_str().expect("id").to_owned();
+    let acked = app.api_post(&format!("/incidents/{id}/acknowledge"), keys::OPS).await;
+    assert_eq!(acked.expect(200).json()["status"], "acknowledged");
+
     app.post_bytes(PATH, &[key, json_type], fixture("events/webhook/resolve.json"))
         .await
         .expect(202);
-    app.wait_for_incident("the sample resolve", |i| {
-        i["id"] == incident["id"] && i["status"] == "resolved"
+    app.wait_for_incident("the provider's resolve after the API acknowledge", |i| {
+        i["id"] == id.as_str() && i["status"] == "resolved"
     })
     .await;
-    assert_eq!(app.incidents("").await.len(), 2);
 }
 
 #[tokio::test]
@@ -111,7 +142,10 @@ async fn a_signed_integration_requires_the_hmac_of_the_raw_body() {
         }
         let reply = app.post_bytes(PATH, &headers, tampered.to_vec()).await;
         reply.expect_error(401);
-        assert!(!reply.text.contains(keys::PAYMENTS_SECRET), "{case}: the secret is echoed: {reply}");
+        assert!(
+            !reply.text.contains(keys::PAYMENTS_SECRET),
+            "{case}: the secret is echoed: {reply}"
+        );
         assert!(
             !reply.text.contains(&expected["sha256=".len()..]),
             "{case}: the expected signature is echoed: {reply}"
@@ -131,7 +165,11 @@ async fn a_signed_integration_requires_the_hmac_of_the_raw_body() {
 
     settle().await;
     let incidents = app.incidents("").await;
-    assert_eq!(incidents.len(), 1, "refused requests must store nothing: {incidents:#?}");
+    assert_eq!(
+        incidents.len(),
+        1,
+        "refused requests must store nothing: {incidents:#?}"
+    );
 }
 
 #[tokio::test]

@@ -90,7 +90,10 @@ fn bench_ingest(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("ingest/prometheus");
     let mut headers = HeaderMap::new();
-    headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {PROMETHEUS_KEY}")).unwrap());
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {PROMETHEUS_KEY}")).unwrap(),
+    );
     for alerts in [1usize, 10, 100] {
         let body = alertmanager_payload(alerts);
         group.throughput(Throughput::Elements(alerts as u64));

@@ -27,7 +27,10 @@ impl KeyHash {
         if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(KeyHash(value))
         } else {
-            Err(FieldError::new("key_sha256", "must be 64 hex characters (the SHA-256 of the key)"))
+            Err(FieldError::new(
+                "key_sha256",
+                "must be 64 hex characters (the SHA-256 of the key)",
+            ))
         }
     }
 
@@ -217,7 +220,11 @@ mod tests {
             ("authorization", format!("bearer {KEY}")),
             ("x-integration-key", KEY.to_owned()),
         ] {
-            assert_eq!(key_from_request(&headers(name, &value), None).as_deref(), Some(KEY), "{name}: {value}");
+            assert_eq!(
+                key_from_request(&headers(name, &value), None).as_deref(),
+                Some(KEY),
+                "{name}: {value}"
+            );
         }
         assert_eq!(
             key_from_request(&HeaderMap::new(), Some(&format!("a=1&token={KEY}"))).as_deref(),

@@ -76,9 +76,8 @@ pub struct PhoneNumber(String);
 impl PhoneNumber {
     pub fn parse(value: &str) -> Result<Self, FieldError> {
         let digits = value.strip_prefix('+').unwrap_or("");
-        let ok = (8..=15).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
+        let ok =
+            (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
         if ok {
             Ok(PhoneNumber(value.to_owned()))
         } else {
@@ -329,7 +328,9 @@ impl Catalog {
                         ))
                     }
                     (Some(url), None) => Some(SlackDelivery::IncomingWebhook { url: Secret::new(url) }),
-                    (None, Some(token)) => Some(SlackDelivery::Bot { token: Secret::new(token) }),
+                    (None, Some(token)) => Some(SlackDelivery::Bot {
+                        token: Secret::new(token),
+                    }),
                     (None, None) => None,
                 },
             },
@@ -373,8 +374,7 @@ impl Catalog {
 
             for (n, integration) in entry.integrations.into_iter().enumerate() {
                 let at = |field: &str| format!("services[{s}].integrations[{n}].{field}");
-                let integration_id =
-                    IntegrationId::parse(&integration.id).map_err(|e| error(&at("id"), e.reason))?;
+                let integration_id = IntegrationId::parse(&integration.id).map_err(|e| error(&at("id"), e.reason))?;
                 if !integration_ids.insert(integration_id.clone()) {
                     return Err(error(
                         &at("id"),
@@ -388,9 +388,7 @@ impl Catalog {
                         catalog.plain_keys.insert(integration_id.clone(), key);
                         hash
                     }
-                    (None, Some(hash)) => {
-                        KeyHash::parse(&hash).map_err(|e| error(&at("key_sha256"), e.reason))?
-                    }
+                    (None, Some(hash)) => KeyHash::parse(&hash).map_err(|e| error(&at("key_sha256"), e.reason))?,
                     _ => return Err(error(&at("key"), "give exactly one of key and key_sha256".into())),
                 };
                 if !key_hashes.insert(key_hash.clone()) {
@@ -431,7 +429,9 @@ impl Catalog {
                 .collect::<Result<Vec<_>, _>>()?;
             if let Some(channel) = &notify.slack {
                 let valid = channel.starts_with('#') && channel.len() > 1
-                    || channel.starts_with('C') && channel.len() > 1 && channel.bytes().all(|b| b.is_ascii_alphanumeric());
+                    || channel.starts_with('C')
+                        && channel.len() > 1
+                        && channel.bytes().all(|b| b.is_ascii_alphanumeric());
                 if !valid {
                     return Err(error(
                         &at("notify.slack"),
@@ -546,7 +546,13 @@ services:
             assert!(EmailAddress::parse(bad).is_err(), "{bad}");
         }
         assert!(PhoneNumber::parse("+442071838750").is_ok());
-        for bad in ["15555550123", "+0555555012", "+1555", "+1555555012345678", "+1 555 555 0123"] {
+        for bad in [
+            "15555550123",
+            "+0555555012",
+            "+1555",
+            "+1555555012345678",
+            "+1 555 555 0123",
+        ] {
             assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
         }
     }

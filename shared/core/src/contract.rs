@@ -28,7 +28,10 @@ pub async fn incident_store(store: &dyn IncidentStore) {
 
 pub async fn latest_is_none_for_an_unknown_key(store: &dyn IncidentStore) {
     let case = Case::new("unknown");
-    assert_eq!(store.latest(&case.service, &key("never-seen")).await.expect("latest"), None);
+    assert_eq!(
+        store.latest(&case.service, &key("never-seen")).await.expect("latest"),
+        None
+    );
     assert!(!store.is_applied(&EventId::generate()).await.expect("is_applied"));
 }
 
@@ -41,9 +44,17 @@ pub async fn a_new_incident_reads_back_as_written(store: &dyn IncidentStore) {
         panic!("a first trigger must open an incident, got {decision:?}");
     };
     let latest = store.latest(&case.service, &key("disk")).await.expect("latest");
-    assert_eq!(latest.as_ref(), Some(&incident), "latest returns the incident exactly as written");
+    assert_eq!(
+        latest.as_ref(),
+        Some(&incident),
+        "latest returns the incident exactly as written"
+    );
     let got = store.get(&incident.id).await.expect("get");
-    assert_eq!(got.as_ref(), Some(&incident), "get returns the incident exactly as written");
+    assert_eq!(
+        got.as_ref(),
+        Some(&incident),
+        "get returns the incident exactly as written"
+    );
     assert!(store.is_applied(&trigger.id).await.expect("is_applied"));
     // Another key of the same service is untouched.
     assert_eq!(store.latest(&case.service, &key("cpu")).await.expect("latest"), None);
@@ -62,7 +73,10 @@ pub async fn a_second_open_incident_on_one_key_conflicts(store: &dyn IncidentSto
     let second = case.event("disk", Action::Trigger, 1);
     let racing = decide(None, &second, case.at(1));
     assert!(matches!(racing, Decision::Open { .. }));
-    let outcome = store.commit(&commit_of(&racing, &second, case.at(1))).await.expect("commit");
+    let outcome = store
+        .commit(&commit_of(&racing, &second, case.at(1)))
+        .await
+        .expect("commit");
     assert_eq!(outcome, CommitOutcome::Conflict, "one open incident per key");
     assert!(
         !store.is_applied(&second.id).await.expect("is_applied"),
@@ -92,7 +106,13 @@ pub async fn a_stale_expected_version_conflicts(store: &dyn IncidentStore) {
     let resolve = case.event("disk", Action::Resolve, 20);
     let stale = decide(Some(&v1), &resolve, case.at(20));
     let commit = commit_of(&stale, &resolve, case.at(20));
-    assert!(matches!(commit, Commit::Incident { expected_version: Some(1), .. }));
+    assert!(matches!(
+        commit,
+        Commit::Incident {
+            expected_version: Some(1),
+            ..
+        }
+    ));
     assert_eq!(store.commit(&commit).await.expect("commit"), CommitOutcome::Conflict);
     assert!(!store.is_applied(&resolve.id).await.expect("is_applied"));
     assert_eq!(store.get(&v1.id).await.expect("get"), Some(v2.clone()));
@@ -117,12 +137,18 @@ pub async fn an_event_is_applied_at_most_once(store: &dyn IncidentStore) {
     let written = store.latest(&case.service, &key("disk")).await.expect("latest");
 
     // The same commit again (a retry after a lost answer) …
-    assert_eq!(store.commit(&commit).await.expect("commit"), CommitOutcome::AlreadyApplied);
+    assert_eq!(
+        store.commit(&commit).await.expect("commit"),
+        CommitOutcome::AlreadyApplied
+    );
     // … and the same event decided again on the new state (a redelivery).
     let again = decide(written.as_ref(), &trigger, case.at(1));
     assert!(matches!(again, Decision::Repeat { .. }));
     let commit = commit_of(&again, &trigger, case.at(1));
-    assert_eq!(store.commit(&commit).await.expect("commit"), CommitOutcome::AlreadyApplied);
+    assert_eq!(
+        store.commit(&commit).await.expect("commit"),
+        CommitOutcome::AlreadyApplied
+    );
 
     let after = store.latest(&case.service, &key("disk")).await.expect("latest");
     assert_eq!(after, written, "an already applied event changes nothing");
@@ -144,7 +170,10 @@ pub async fn an_ignored_event_is_marked_applied(store: &dyn IncidentStore) {
     assert_eq!(outcome, CommitOutcome::Written);
     assert!(store.is_applied(&resolve.id).await.expect("is_applied"));
     let commit = commit_of(&decision, &resolve, case.at(0));
-    assert_eq!(store.commit(&commit).await.expect("commit"), CommitOutcome::AlreadyApplied);
+    assert_eq!(
+        store.commit(&commit).await.expect("commit"),
+        CommitOutcome::AlreadyApplied
+    );
     assert_eq!(store.latest(&case.service, &key("ghost")).await.expect("latest"), None);
 }
 
@@ -166,7 +195,11 @@ pub async fn a_trigger_after_resolve_opens_a_new_incident(store: &dyn IncidentSt
     assert_ne!(second.id, first.id);
     let latest = store.latest(&case.service, &key("disk")).await.expect("latest");
     assert_eq!(latest, Some(second), "latest is the newest incident of the key");
-    let old = store.get(&first.id).await.expect("get").expect("the first incident is kept");
+    let old = store
+        .get(&first.id)
+        .await
+        .expect("get")
+        .expect("the first incident is kept");
     assert_eq!(old.status, IncidentStatus::Resolved);
 }
 
@@ -176,7 +209,9 @@ pub async fn list_filters_by_status_and_service_newest_first(store: &dyn Inciden
     let mut opened = Vec::new();
     for (n, name) in ["k1", "k2", "k3"].into_iter().enumerate() {
         let second = n as i64 * 10;
-        let (decision, _) = case.apply(store, &case.event(name, Action::Trigger, second), second).await;
+        let (decision, _) = case
+            .apply(store, &case.event(name, Action::Trigger, second), second)
+            .await;
         let Decision::Open { incident } = decision else {
             panic!("expected an open, got {decision:?}");
         };
@@ -192,10 +227,20 @@ pub async fn list_filters_by_status_and_service_newest_first(store: &dyn Inciden
         limit,
     };
     let all = ids(store.list(&of_service(None, None)).await.expect("list"));
-    assert_eq!(all, [opened[2].clone(), opened[1].clone(), opened[0].clone()], "newest first, one service");
-    let resolved = ids(store.list(&of_service(Some(IncidentStatus::Resolved), None)).await.expect("list"));
+    assert_eq!(
+        all,
+        [opened[2].clone(), opened[1].clone(), opened[0].clone()],
+        "newest first, one service"
+    );
+    let resolved = ids(store
+        .list(&of_service(Some(IncidentStatus::Resolved), None))
+        .await
+        .expect("list"));
     assert_eq!(resolved, [opened[1].clone()]);
-    let open = ids(store.list(&of_service(Some(IncidentStatus::Open), None)).await.expect("list"));
+    let open = ids(store
+        .list(&of_service(Some(IncidentStatus::Open), None))
+        .await
+        .expect("list"));
     assert_eq!(open, [opened[2].clone(), opened[0].clone()]);
     let limited = ids(store.list(&of_service(None, Some(2))).await.expect("list"));
     assert_eq!(limited, [opened[2].clone(), opened[1].clone()]);
@@ -211,7 +256,10 @@ pub async fn list_filters_by_status_and_service_newest_first(store: &dyn Inciden
         .await
         .expect("list");
     assert!(everywhere.iter().all(|i| i.status == IncidentStatus::Open));
-    assert!(everywhere.windows(2).all(|w| w[0].created_at >= w[1].created_at), "newest first");
+    assert!(
+        everywhere.windows(2).all(|w| w[0].created_at >= w[1].created_at),
+        "newest first"
+    );
     assert!(everywhere.iter().any(|i| i.service == other.service));
 }
 

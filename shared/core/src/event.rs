@@ -44,12 +44,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    pub const ALL: [Severity; 4] = [
-        Severity::Info,
-        Severity::Warning,
-        Severity::Error,
-        Severity::Critical,
-    ];
+    pub const ALL: [Severity; 4] = [Severity::Info, Severity::Warning, Severity::Error, Severity::Critical];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -154,11 +149,7 @@ impl DedupKey {
         }
         if trimmed.chars().count() > Self::MAX_CHARS {
             let digest = Sha256::digest(trimmed.as_bytes());
-            return Ok(DedupKey(format!(
-                "{}{}",
-                Self::HASH_PREFIX,
-                hex::encode(digest)
-            )));
+            return Ok(DedupKey(format!("{}{}", Self::HASH_PREFIX, hex::encode(digest))));
         }
         Ok(DedupKey(trimmed.to_owned()))
     }
@@ -171,11 +162,7 @@ impl DedupKey {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part.as_bytes());
         }
-        DedupKey(format!(
-            "{}{}",
-            Self::HASH_PREFIX,
-            hex::encode(hasher.finalize())
-        ))
+        DedupKey(format!("{}{}", Self::HASH_PREFIX, hex::encode(hasher.finalize())))
     }
 
     /// A fresh random key, as PagerDuty returns for a trigger without one.
@@ -443,7 +430,10 @@ mod tests {
     #[test]
     fn action_refuses_unknown_values() {
         assert_eq!(Action::parse("event_action", "resolve"), Ok(Action::Resolve));
-        assert_eq!(Action::parse("event_action", "close").unwrap_err().field, "event_action");
+        assert_eq!(
+            Action::parse("event_action", "close").unwrap_err().field,
+            "event_action"
+        );
     }
 
     #[test]

@@ -211,10 +211,7 @@ pub enum Decision {
     /// A trigger merged into an open incident: counted, nobody notified.
     Repeat { incident: Incident },
     /// A transition of an existing incident.
-    Transition {
-        incident: Incident,
-        kind: TransitionKind,
-    },
+    Transition { incident: Incident, kind: TransitionKind },
     Ignore {
         reason: IgnoreReason,
         incident: Option<IncidentId>,
@@ -287,9 +284,7 @@ pub fn decide(latest: Option<&Incident>, event: &Event, now: DateTime<Utc>) -> D
         (Action::Acknowledge | Action::Resolve, Some(incident)) if incident.status.is_closed() => {
             ignore(IgnoreReason::AlreadyResolved, Some(incident))
         }
-        (Action::Acknowledge | Action::Resolve, Some(incident))
-            if at < incident.last_transition_at =>
-        {
+        (Action::Acknowledge | Action::Resolve, Some(incident)) if at < incident.last_transition_at => {
             ignore(IgnoreReason::Stale, Some(incident))
         }
         (Action::Acknowledge, Some(incident)) if incident.status == IncidentStatus::Acknowledged => {

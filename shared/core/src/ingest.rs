@@ -12,7 +12,7 @@ use crate::config::Integration;
 use crate::event::{Action, Event, EventId, IntegrationId, Origin};
 use crate::incident::IncidentId;
 use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore};
-use crate::providers::{provider, Accepted, IncidentHint, Inbound, InvalidPayload, ProviderKind};
+use crate::providers::{provider, Accepted, Inbound, IncidentHint, InvalidPayload, ProviderKind};
 use crate::signature::SignatureError;
 
 /// Every way a request is refused, each with one status code.
@@ -44,9 +44,7 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
             IngestError::UnknownIntegration | IngestError::WrongProvider { .. } => StatusCode::NOT_FOUND,
             IngestError::Disabled(_) => StatusCode::FORBIDDEN,
             IngestError::Payload(_) => StatusCode::BAD_REQUEST,

@@ -58,6 +58,8 @@ pub struct IgnoredEvent {
 /// What applying one event writes, atomically: the event is marked applied
 /// in the same write as the incident change, so a redelivered event is
 /// detected and never counted twice.
+// One short-lived value per event: boxing would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Commit {
     /// Create (`expected_version: None`) or update the incident; a

@@ -149,7 +149,9 @@ pub async fn act_on_incident(
     let event = Event {
         id: EventId::generate(),
         service: incident.service.clone(),
-        origin: Origin::Api { actor: actor.to_owned() },
+        origin: Origin::Api {
+            actor: actor.to_owned(),
+        },
         received_at: now,
         alert: crate::event::Alert {
             event_action: action,
@@ -195,7 +197,9 @@ mod tests {
     }
 
     fn at(second: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_700_000_000 + second, 0).single().expect("valid time")
+        Utc.timestamp_opt(1_700_000_000 + second, 0)
+            .single()
+            .expect("valid time")
     }
 
     fn event(n: usize, key: &str, action: Action, second: i64) -> Event {
@@ -256,8 +260,14 @@ mod tests {
         ]);
         assert!(matches!(outcomes[0], Applied::Opened(_)));
         assert!(matches!(outcomes[1], Applied::Repeated(_)));
-        assert!(matches!(outcomes[3], Applied::Transitioned(TransitionKind::Acknowledged, _)));
-        assert!(matches!(outcomes[4], Applied::Transitioned(TransitionKind::Resolved, _)));
+        assert!(matches!(
+            outcomes[3],
+            Applied::Transitioned(TransitionKind::Acknowledged, _)
+        ));
+        assert!(matches!(
+            outcomes[4],
+            Applied::Transitioned(TransitionKind::Resolved, _)
+        ));
         let incidents = store.incidents();
         assert_eq!(incidents.len(), 1);
         let incident = &incidents[0];
@@ -269,7 +279,11 @@ mod tests {
         let kinds: Vec<_> = store.transitions().iter().map(|t| t.kind).collect();
         assert_eq!(
             kinds,
-            [TransitionKind::Triggered, TransitionKind::Acknowledged, TransitionKind::Resolved],
+            [
+                TransitionKind::Triggered,
+                TransitionKind::Acknowledged,
+                TransitionKind::Resolved
+            ],
             "repeats notify no one"
         );
     }
@@ -366,7 +380,11 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let process = ProcessService::new(store.clone());
         block_on(async {
-            let opened = match process.apply(&event(1, "disk", Action::Trigger, 0), at(0)).await.unwrap() {
+            let opened = match process
+                .apply(&event(1, "disk", Action::Trigger, 0), at(0))
+                .await
+                .unwrap()
+            {
                 Applied::Opened(incident) => incident,
                 other => panic!("expected an incident, got {other:?}"),
             };
@@ -375,7 +393,10 @@ mod tests {
                 .unwrap();
             assert_eq!(acked.status, IncidentStatus::Acknowledged);
             let again = act_on_incident(store.as_ref(), &process, &opened.id, Action::Acknowledge, "ops", at(6)).await;
-            assert!(matches!(again, Err(ActionError::AlreadyDone(IncidentStatus::Acknowledged))));
+            assert!(matches!(
+                again,
+                Err(ActionError::AlreadyDone(IncidentStatus::Acknowledged))
+            ));
             let resolved = act_on_incident(store.as_ref(), &process, &opened.id, Action::Resolve, "ops", at(7))
                 .await
                 .unwrap();

@@ -122,7 +122,10 @@ mod tests {
         headers.insert("x-webhook-signature", HeaderValue::from_str(&v.expected).unwrap());
         let old = Secret::new("an-older-secret-in-rotation");
         let new = Secret::new(v.secret.clone());
-        assert_eq!(verify_body_signature(&headers, v.body.as_bytes(), &[&old, &new]), Ok(()));
+        assert_eq!(
+            verify_body_signature(&headers, v.body.as_bytes(), &[&old, &new]),
+            Ok(())
+        );
         assert_eq!(
             verify_body_signature(&headers, v.body.as_bytes(), &[&old]),
             Err(SignatureError::Mismatch)
@@ -138,6 +141,9 @@ mod tests {
         ));
         let mut headers = HeaderMap::new();
         headers.insert("x-signature", HeaderValue::from_static("sha256=zz"));
-        assert_eq!(verify_body_signature(&headers, b"{}", &[&secret]), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify_body_signature(&headers, b"{}", &[&secret]),
+            Err(SignatureError::Malformed)
+        );
     }
 }

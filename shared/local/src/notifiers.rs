@@ -146,11 +146,7 @@ fn console_line(record: &OutboxRecord) -> String {
         Some((cut, _)) => format!("{}…", &summary[..cut]),
         None => summary,
     };
-    let service: String = record
-        .service_name
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
+    let service: String = record.service_name.chars().filter(|c| !c.is_control()).collect();
     format!(
         "📣 {} → {}  [{}] {} {}: {}",
         record.channel, record.to, record.transition, record.incident_id, service, summary
@@ -195,11 +191,7 @@ impl Notifier for OutboxNotifier {
         self.channel
     }
 
-    async fn deliver(
-        &self,
-        job: &NotificationJob,
-        message: &Message,
-    ) -> Result<Receipt, NotifyError> {
+    async fn deliver(&self, job: &NotificationJob, message: &Message) -> Result<Receipt, NotifyError> {
         if message_channel(message) != self.channel {
             return Err(wrong_channel(message, self.channel));
         }
@@ -223,10 +215,7 @@ enum SlackMode {
     /// An incoming webhook: the channel is fixed by the webhook.
     Webhook { url: Secret },
     /// A bot token and `chat.postMessage`, to any channel the bot is in.
-    Bot {
-        token: Secret,
-        post_message_url: String,
-    },
+    Bot { token: Secret, post_message_url: String },
 }
 
 /// Delivers Slack messages for real, then records them in the outbox.
@@ -240,9 +229,7 @@ impl fmt::Debug for SlackNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match &self.mode {
             SlackMode::Webhook { .. } => "incoming webhook".to_owned(),
-            SlackMode::Bot {
-                post_message_url, ..
-            } => format!("bot via {post_message_url}"),
+            SlackMode::Bot { post_message_url, .. } => format!("bot via {post_message_url}"),
         };
         f.debug_struct("SlackNotifier")
             .field("mode", &mode)
@@ -367,8 +354,7 @@ impl SlackNotifier {
         text: &str,
         attachments: &serde_json::Value,
     ) -> Result<Option<String>, NotifyError> {
-        let body =
-            serde_json::json!({ "channel": channel, "text": text, "attachments": attachments });
+        let body = serde_json::json!({ "channel": channel, "text": text, "attachments": attachments });
         let response = self
             .client
             .post(url)
@@ -384,12 +370,11 @@ impl SlackNotifier {
             let reason = format!("Slack answered {status} to chat.postMessage");
             return Err(http_error(status, reason, retry_after));
         }
-        let answer: PostMessageAnswer =
-            response.json().await.map_err(|e| NotifyError::Transient {
-                reason: "Slack's answer to chat.postMessage was not the JSON expected".to_owned(),
-                retry_after_secs: None,
-                source: Some(Box::new(e.without_url())),
-            })?;
+        let answer: PostMessageAnswer = response.json().await.map_err(|e| NotifyError::Transient {
+            reason: "Slack's answer to chat.postMessage was not the JSON expected".to_owned(),
+            retry_after_secs: None,
+            source: Some(Box::new(e.without_url())),
+        })?;
         if answer.ok {
             return Ok(answer.ts);
         }
@@ -417,11 +402,7 @@ impl Notifier for SlackNotifier {
     }
 
     #[tracing::instrument(name = "slack_deliver", skip_all, fields(job = %job.id, channel = %job.to))]
-    async fn deliver(
-        &self,
-        job: &NotificationJob,
-        message: &Message,
-    ) -> Result<Receipt, NotifyError> {
+    async fn deliver(&self, job: &NotificationJob, message: &Message) -> Result<Receipt, NotifyError> {
         let Message::Slack {
             channel,
             text,
@@ -473,10 +454,7 @@ fn request_failed(error: reqwest::Error) -> NotifyError {
         };
     }
     let reason = if error.is_timeout() {
-        format!(
-            "Slack did not answer within {}s",
-            SlackNotifier::TIMEOUT.as_secs()
-        )
+        format!("Slack did not answer within {}s", SlackNotifier::TIMEOUT.as_secs())
     } else if error.is_connect() {
         "could not connect to Slack".to_owned()
     } else {
@@ -491,20 +469,14 @@ fn request_failed(error: reqwest::Error) -> NotifyError {
 
 /// Throttling, timeouts and server errors pass; other refusals do not.
 fn http_error(status: StatusCode, reason: String, retry_after: Option<u64>) -> NotifyError {
-    if status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error()
-    {
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
         NotifyError::Transient {
             reason,
             retry_after_secs: retry_after,
             source: None,
         }
     } else {
-        NotifyError::Permanent {
-            reason,
-            source: None,
-        }
+        NotifyError::Permanent { reason, source: None }
     }
 }
 
@@ -540,10 +512,7 @@ mod tests {
     const WEBHOOK_PATH: &str = "/services/T000/B000/webhook-secret-path";
 
     fn job(channel: Channel, summary: &str) -> NotificationJob {
-        let at = Utc
-            .timestamp_opt(1_718_000_000, 0)
-            .single()
-            .expect("a valid time");
+        let at = Utc.timestamp_opt(1_718_000_000, 0).single().expect("a valid time");
         let incident = Incident {
             id: IncidentId::parse("inc_3f9a1c07d2e84b6a90c1").expect("a valid id"),
             service: ServiceId::parse("checkout").expect("a valid service"),
@@ -586,12 +555,15 @@ mod tests {
         Arc::new(Outbox::open(dir.path().join("data/outbox.jsonl"), false).expect("outbox"))
     }
 
-    /// What the fake Slack received: the Authorization header and the body.
+    /// One request to the fake Slack: its Authorization header and body.
+    type Request = (Option<String>, Value);
+
+    /// What the fake Slack received.
     #[derive(Clone, Default)]
-    struct Received(Arc<StdMutex<Vec<(Option<String>, Value)>>>);
+    struct Received(Arc<StdMutex<Vec<Request>>>);
 
     impl Received {
-        fn take(&self) -> Vec<(Option<String>, Value)> {
+        fn take(&self) -> Vec<Request> {
             std::mem::take(&mut *self.0.lock().expect("lock"))
         }
     }
@@ -621,24 +593,17 @@ mod tests {
         received.0.lock().expect("lock").push((auth.clone(), body));
         match auth.as_deref() {
             Some("Bearer xoxb-good") => {
-                Json(json!({"ok": true, "channel": "C0123ABCD", "ts": "1718000000.000100"}))
-                    .into_response()
+                Json(json!({"ok": true, "channel": "C0123ABCD", "ts": "1718000000.000100"})).into_response()
             }
-            Some("Bearer xoxb-revoked") => {
-                Json(json!({"ok": false, "error": "invalid_auth"})).into_response()
-            }
+            Some("Bearer xoxb-revoked") => Json(json!({"ok": false, "error": "invalid_auth"})).into_response(),
             Some("Bearer xoxb-busy") => (
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 [(axum::http::header::RETRY_AFTER, "7")],
                 Json(json!({"ok": false, "error": "ratelimited"})),
             )
                 .into_response(),
-            Some("Bearer xoxb-flaky") => {
-                Json(json!({"ok": false, "error": "internal_error"})).into_response()
-            }
-            Some("Bearer xoxb-down") => {
-                (axum::http::StatusCode::BAD_GATEWAY, "upstream down").into_response()
-            }
+            Some("Bearer xoxb-flaky") => Json(json!({"ok": false, "error": "internal_error"})).into_response(),
+            Some("Bearer xoxb-down") => (axum::http::StatusCode::BAD_GATEWAY, "upstream down").into_response(),
             _ => Json(json!({"ok": false, "error": "not_authed"})).into_response(),
         }
     }
@@ -650,9 +615,7 @@ mod tests {
             .route(WEBHOOK_PATH, post(fake_webhook))
             .route("/api/chat.postMessage", post(fake_post_message))
             .with_state(received.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         tokio::spawn(async move { axum::serve(listener, app).await });
         (format!("http://{address}"), received)
@@ -683,10 +646,7 @@ mod tests {
         assert_eq!(received.len(), 1);
         let (auth, body) = &received[0];
         assert_eq!(auth, &None);
-        let Message::Slack {
-            text, attachments, ..
-        } = &message
-        else {
+        let Message::Slack { text, attachments, .. } = &message else {
             panic!("not a Slack message")
         };
         assert_eq!(body, &json!({"text": text, "attachments": attachments}));
@@ -715,9 +675,7 @@ mod tests {
         let (auth, body) = &received[0];
         assert_eq!(auth.as_deref(), Some("Bearer xoxb-good"));
         assert_eq!(body["channel"], "#checkout");
-        assert!(body["text"]
-            .as_str()
-            .is_some_and(|t| t.contains("Disk full")));
+        assert!(body["text"].as_str().is_some_and(|t| t.contains("Disk full")));
         assert!(body["attachments"][0]["blocks"].is_array());
 
         let records = Outbox::read(outbox.path()).expect("outbox");
@@ -733,10 +691,7 @@ mod tests {
         let notifier = bot(&base, "xoxb-revoked", outbox.clone());
         let job = job(Channel::Slack, "Disk full");
 
-        let error = notifier
-            .deliver(&job, &slack_message(&job))
-            .await
-            .expect_err("refused");
+        let error = notifier.deliver(&job, &slack_message(&job)).await.expect_err("refused");
         match &error {
             NotifyError::Permanent { reason, .. } => {
                 assert!(reason.contains("invalid_auth"), "{reason}")
@@ -755,9 +710,7 @@ mod tests {
         let job = job(Channel::Slack, "Disk full");
 
         match notifier.deliver(&job, &slack_message(&job)).await {
-            Err(NotifyError::Transient {
-                retry_after_secs, ..
-            }) => assert_eq!(retry_after_secs, Some(7)),
+            Err(NotifyError::Transient { retry_after_secs, .. }) => assert_eq!(retry_after_secs, Some(7)),
             other => panic!("expected Transient, got {other:?}"),
         }
     }
@@ -787,18 +740,13 @@ mod tests {
         let notifier = SlackNotifier::incoming_webhook(url, outbox(&dir));
         let job = job(Channel::Slack, "Disk full");
         let result = notifier.deliver(&job, &slack_message(&job)).await;
-        assert!(
-            matches!(result, Err(NotifyError::Permanent { .. })),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(NotifyError::Permanent { .. })), "{result:?}");
     }
 
     #[tokio::test]
     async fn an_unreachable_slack_is_transient_and_the_webhook_url_stays_secret() {
         // Bind then drop a listener: nothing answers on that port.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         drop(listener);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -826,13 +774,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let notifier = bot("http://127.0.0.1:9", "xoxb-good", outbox(&dir));
         let job = job(Channel::Email, "Disk full");
-        let result = notifier
-            .deliver(&job, &render(&job, &RenderContext::default()))
-            .await;
-        assert!(
-            matches!(result, Err(NotifyError::Permanent { .. })),
-            "{result:?}"
-        );
+        let result = notifier.deliver(&job, &render(&job, &RenderContext::default())).await;
+        assert!(matches!(result, Err(NotifyError::Permanent { .. })), "{result:?}");
     }
 
     #[tokio::test]
@@ -883,10 +826,7 @@ mod tests {
             let outbox = outbox.clone();
             tasks.push(tokio::spawn(async move {
                 // Large lines, so that a torn write would show.
-                let job = job(
-                    Channel::Email,
-                    &format!("task {task} {}", "x".repeat(20_000)),
-                );
+                let job = job(Channel::Email, &format!("task {task} {}", "x".repeat(20_000)));
                 let message = render(&job, &RenderContext::default());
                 for _ in 0..25 {
                     outbox.record(&job, &message, None).await.expect("recorded");

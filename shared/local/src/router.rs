@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -121,18 +122,25 @@ async fn ingest(state: AppState, kind: ProviderKind, uri: Uri, headers: HeaderMa
     )
 }
 
-/// An API request that may not go on, already answered.
-struct Refused(Answer);
+/// An API request that may not go on, already answered. Boxed: it travels
+/// in every handler's `Result`, and the answer is large.
+struct Refused(Box<Answer>);
+
+impl From<Answer> for Refused {
+    fn from(answer: Answer) -> Self {
+        Refused(Box::new(answer))
+    }
+}
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        send(self.0)
+        send(*self.0)
     }
 }
 
 async fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<String, Refused> {
     let Some(token) = bearer_token(headers) else {
-        return Err(Refused(error_answer(
+        return Err(Refused::from(error_answer(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "send an API key as Authorization: Bearer KEY",
@@ -143,9 +151,9 @@ async fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Resul
         .config
         .api_key(&KeyHash::of(token))
         .await
-        .map_err(|e| Refused(unavailable(&e)))?
+        .map_err(|e| Refused::from(unavailable(&e)))?
         .ok_or_else(|| {
-            Refused(error_answer(
+            Refused::from(error_answer(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "the API key is not valid",
@@ -153,7 +161,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Resul
             ))
         })?;
     if !key.allows(scope) {
-        return Err(Refused(error_answer(
+        return Err(Refused::from(error_answer(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("API key '{}' lacks the scope {}", key.name, scope.as_str()),
@@ -174,7 +182,7 @@ fn unavailable(error: &dyn std::error::Error) -> Answer {
 }
 
 fn bad_request(message: String) -> Refused {
-    Refused(error_answer(
+    Refused::from(error_answer(
         StatusCode::BAD_REQUEST,
         "invalid request",
         message.clone(),
@@ -192,17 +200,16 @@ struct ListQuery {
 async fn list_incidents(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Option<Query<ListQuery>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Refused> {
     authorize(&state, &headers, Scope::IncidentsRead).await?;
-    let Some(Query(query)) = query else {
-        return Err(bad_request("the query string is malformed".into()));
-    };
+    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
     let status = match query.status.as_deref() {
         None => None,
-        Some(value) => Some(IncidentStatus::parse(value).ok_or_else(|| {
-            bad_request(format!("status: '{value}' is not one of open, acknowledged, resolved"))
-        })?),
+        Some(value) => Some(
+            IncidentStatus::parse(value)
+                .ok_or_else(|| bad_request(format!("status: '{value}' is not one of open, acknowledged, resolved")))?,
+        ),
     };
     let service = match query.service.as_deref() {
         None => None,
@@ -219,7 +226,7 @@ async fn list_incidents(
         .incidents
         .list(&IncidentFilter { status, service, limit })
         .await
-        .map_err(|e| Refused(unavailable(&e)))?;
+        .map_err(|e| Refused::from(unavailable(&e)))?;
     Ok(send(json_answer(
         StatusCode::OK,
         &serde_json::json!({ "incidents": incidents }),
@@ -227,7 +234,7 @@ async fn list_incidents(
 }
 
 fn no_incident(id: &str) -> Refused {
-    Refused(error_answer(
+    Refused::from(error_answer(
         StatusCode::NOT_FOUND,
         "not found",
         format!("no incident '{id}'"),
@@ -246,7 +253,12 @@ async fn get_incident(
 ) -> Result<Response, Refused> {
     authorize(&state, &headers, Scope::IncidentsRead).await?;
     let id = incident_id(&id)?;
-    match state.incidents.get(&id).await.map_err(|e| Refused(unavailable(&e)))? {
+    match state
+        .incidents
+        .get(&id)
+        .await
+        .map_err(|e| Refused::from(unavailable(&e)))?
+    {
         Some(incident) => Ok(send(json_answer(StatusCode::OK, &incident))),
         None => Err(no_incident(id.as_str())),
     }
@@ -280,12 +292,12 @@ async fn act(
     {
         Ok(incident) => Ok(send(json_answer(StatusCode::OK, &incident))),
         Err(ActionError::NotFound) => Err(no_incident(id.as_str())),
-        Err(error @ ActionError::AlreadyDone(_)) => Err(Refused(error_answer(
+        Err(error @ ActionError::AlreadyDone(_)) => Err(Refused::from(error_answer(
             StatusCode::CONFLICT,
             "conflict",
             error.to_string(),
             Vec::new(),
         ))),
-        Err(ActionError::Process(error)) => Err(Refused(unavailable(&error))),
+        Err(ActionError::Process(error)) => Err(Refused::from(unavailable(&error))),
     }
 }

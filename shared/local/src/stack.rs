@@ -9,10 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::Instrument;
 use tocsin_core::config::{Catalog, SlackDelivery};
 use tocsin_core::dispatch::{DeliveryError, DispatchService, NotifyService};
 use tocsin_core::event::Event;
@@ -22,6 +18,10 @@ use tocsin_core::notify::{Channel, NotificationJob, Notifier, NotifyError};
 use tocsin_core::ports::{BackendError, ConfigStore, IncidentStore};
 use tocsin_core::process::ProcessService;
 use tocsin_core::render::RenderContext;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::notifiers::{Outbox, OutboxNotifier, SlackNotifier};
 use crate::router::{router, AppState};
@@ -100,18 +100,21 @@ impl RunningStack {
 pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     let store = Store::open(&options.data_dir).map_err(StackError::Store)?;
     let outbox_path = options.data_dir.join("outbox.jsonl");
-    let outbox = Arc::new(Outbox::open(&outbox_path, options.echo_deliveries).map_err(|source| {
-        StackError::Outbox {
-            path: outbox_path.clone(),
-            source,
-        }
-    })?);
+    let outbox =
+        Arc::new(
+            Outbox::open(&outbox_path, options.echo_deliveries).map_err(|source| StackError::Outbox {
+                path: outbox_path.clone(),
+                source,
+            })?,
+        );
 
     let context = RenderContext {
         public_url: options.catalog.settings.public_url.clone(),
     };
     let slack: Arc<dyn Notifier> = match &options.catalog.settings.slack {
-        Some(SlackDelivery::IncomingWebhook { url }) => Arc::new(SlackNotifier::incoming_webhook(url.clone(), outbox.clone())),
+        Some(SlackDelivery::IncomingWebhook { url }) => {
+            Arc::new(SlackNotifier::incoming_webhook(url.clone(), outbox.clone()))
+        }
         Some(SlackDelivery::Bot { token }) => Arc::new(SlackNotifier::bot(token.clone(), outbox.clone())),
         None => Arc::new(OutboxNotifier::new(Channel::Slack, outbox.clone())),
     };
@@ -191,9 +194,14 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
 enum Handled {
     Done,
     /// Try again later (after the given delay, or the default backoff).
-    Retry { error: String, after: Option<Duration> },
+    Retry {
+        error: String,
+        after: Option<Duration>,
+    },
     /// Will never succeed: straight to the dead-letter store.
-    Poison { error: String },
+    Poison {
+        error: String,
+    },
 }
 
 async fn apply_event(process: &ProcessService, delivery: &Delivery) -> Handled {
@@ -243,9 +251,7 @@ async fn deliver_job(notify: &NotifyService, delivery: &Delivery) -> Handled {
     };
     match notify.deliver(&job).await {
         Ok(_) => Handled::Done,
-        Err(DeliveryError::Notify(NotifyError::Transient { retry_after_secs, .. }))
-            if retry_after_secs.is_some() =>
-        {
+        Err(DeliveryError::Notify(NotifyError::Transient { retry_after_secs, .. })) if retry_after_secs.is_some() => {
             Handled::Retry {
                 error: "throttled by the channel".into(),
                 after: retry_after_secs.map(Duration::from_secs),
@@ -281,7 +287,12 @@ fn backoff(receive_count: u32) -> Duration {
 /// Drains one queue until shutdown: receive a batch, handle each message in
 /// order (a FIFO group's messages are never handled out of order), delete
 /// what succeeded, and retry or dead-letter what failed.
-async fn drain<H, F>(store: Store, queue: QueueName, mut stopped: watch::Receiver<bool>, handle: H) -> Result<(), StackError>
+async fn drain<H, F>(
+    store: Store,
+    queue: QueueName,
+    mut stopped: watch::Receiver<bool>,
+    handle: H,
+) -> Result<(), StackError>
 where
     H: Fn(Delivery) -> F + Send + 'static,
     F: Future<Output = Handled> + Send,
@@ -307,7 +318,12 @@ where
             continue;
         }
         for delivery in batch {
-            let span = tracing::info_span!("message", queue = queue.as_str(), id = delivery.id, attempt = delivery.receive_count);
+            let span = tracing::info_span!(
+                "message",
+                queue = queue.as_str(),
+                id = delivery.id,
+                attempt = delivery.receive_count
+            );
             let outcome = handle(delivery.clone()).instrument(span).await;
             let result = match outcome {
                 Handled::Done => store.delete(&delivery).await.map(|_| ()),
@@ -335,7 +351,12 @@ fn report(queue: QueueName, delivery: &Delivery, error: &str, failed: Failed) {
     match failed {
         Failed::Retrying => tracing::warn!(queue = queue.as_str(), id = delivery.id, error, "will retry"),
         Failed::DeadLettered => {
-            tracing::error!(queue = queue.as_str(), id = delivery.id, error, "moved to the dead-letter store")
+            tracing::error!(
+                queue = queue.as_str(),
+                id = delivery.id,
+                error,
+                "moved to the dead-letter store"
+            )
         }
     }
 }

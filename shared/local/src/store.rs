@@ -750,7 +750,14 @@ impl CommitRows {
                     Err(e) => return Err(e.into()),
                 }
                 if let Some((dedup_id, body)) = transition {
-                    transition_added = push(&tx, QueueName::Transitions, id, Some(dedup_id), body, now.timestamp_millis())?;
+                    transition_added = push(
+                        &tx,
+                        QueueName::Transitions,
+                        id,
+                        Some(dedup_id),
+                        body,
+                        now.timestamp_millis(),
+                    )?;
                 }
             }
             CommitRows::Ignored {
@@ -782,7 +789,8 @@ impl EventQueue for Store {
             })
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(|e| BackendError::new("encode events", e))?;
-        self.enqueue_messages("enqueue events", QueueName::Events, messages).await
+        self.enqueue_messages("enqueue events", QueueName::Events, messages)
+            .await
     }
 }
 
@@ -797,7 +805,8 @@ impl NotificationQueue for Store {
             })
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(|e| BackendError::new("encode notification jobs", e))?;
-        self.enqueue_messages("enqueue notification jobs", QueueName::Notifications, messages).await
+        self.enqueue_messages("enqueue notification jobs", QueueName::Notifications, messages)
+            .await
     }
 }
 
@@ -1033,7 +1042,11 @@ mod tests {
         events(&store, &[a1.clone(), a2.clone(), b1.clone()]).await.unwrap();
 
         let first = store.receive(QueueName::Events, 10, LONG).await.unwrap();
-        assert_eq!(event_ids(&first), [a1.id.clone(), b1.id.clone()], "one head per group, oldest first");
+        assert_eq!(
+            event_ids(&first),
+            [a1.id.clone(), b1.id.clone()],
+            "one head per group, oldest first"
+        );
         assert_eq!(first[0].group_key, format!("checkout{GROUP_SEPARATOR}disk"));
         assert_eq!(first[0].receive_count, 1);
         assert!(
@@ -1055,14 +1068,24 @@ mod tests {
         assert!(store.receive(QueueName::Events, 0, LONG).await.unwrap().is_empty());
         assert_eq!(store.receive(QueueName::Events, 2, LONG).await.unwrap().len(), 2);
         assert_eq!(store.receive(QueueName::Events, 10, LONG).await.unwrap().len(), 3);
-        assert!(store.receive(QueueName::Transitions, 10, LONG).await.unwrap().is_empty(), "queues are separate");
+        assert!(
+            store
+                .receive(QueueName::Transitions, 10, LONG)
+                .await
+                .unwrap()
+                .is_empty(),
+            "queues are separate"
+        );
     }
 
     #[tokio::test]
     async fn an_unanswered_message_is_delivered_again_after_its_visibility_timeout() {
         let (_dir, store) = temp();
         events(&store, &[event("disk", Action::Trigger)]).await.unwrap();
-        let first = store.receive(QueueName::Events, 1, Duration::from_millis(100)).await.unwrap();
+        let first = store
+            .receive(QueueName::Events, 1, Duration::from_millis(100))
+            .await
+            .unwrap();
         assert_eq!(first.len(), 1);
         assert!(store.receive(QueueName::Events, 1, LONG).await.unwrap().is_empty());
 
@@ -1072,7 +1095,10 @@ mod tests {
         assert_eq!(second[0].id, first[0].id);
         assert_eq!(second[0].receive_count, 2);
 
-        assert!(!store.delete(&first[0]).await.unwrap(), "a stale delivery cannot delete");
+        assert!(
+            !store.delete(&first[0]).await.unwrap(),
+            "a stale delivery cannot delete"
+        );
         assert_eq!(store.depth(QueueName::Events).await.unwrap(), 1);
         assert!(store.delete(&second[0]).await.unwrap());
         assert_eq!(store.depth(QueueName::Events).await.unwrap(), 0);
@@ -1082,7 +1108,7 @@ mod tests {
     async fn an_enqueue_of_a_queued_dedup_id_is_a_no_op() {
         let (_dir, store) = temp();
         let e = event("disk", Action::Trigger);
-        events(&store, &[e.clone()]).await.unwrap();
+        events(&store, std::slice::from_ref(&e)).await.unwrap();
         events(&store, &[e.clone(), e.clone()]).await.unwrap();
         assert_eq!(store.depth(QueueName::Events).await.unwrap(), 1);
 
@@ -1110,14 +1136,20 @@ mod tests {
 
         for attempt in 1..=2 {
             let d = store.receive(QueueName::Events, 10, LONG).await.unwrap();
-            assert_eq!(event_ids(&d), [a1.id.clone()]);
+            assert_eq!(event_ids(&d), std::slice::from_ref(&a1.id));
             assert_eq!(d[0].receive_count, attempt);
-            let failed = store.fail(&d[0], &format!("boom {attempt}"), 3, Duration::ZERO).await.unwrap();
+            let failed = store
+                .fail(&d[0], &format!("boom {attempt}"), 3, Duration::ZERO)
+                .await
+                .unwrap();
             assert_eq!(failed, Failed::Retrying);
         }
         let d = store.receive(QueueName::Events, 10, LONG).await.unwrap();
         assert_eq!(d[0].last_error.as_deref(), Some("boom 2"));
-        assert_eq!(store.fail(&d[0], "boom 3", 3, Duration::ZERO).await.unwrap(), Failed::DeadLettered);
+        assert_eq!(
+            store.fail(&d[0], "boom 3", 3, Duration::ZERO).await.unwrap(),
+            Failed::DeadLettered
+        );
 
         let next = store.receive(QueueName::Events, 10, LONG).await.unwrap();
         assert_eq!(event_ids(&next), [a2.id], "the group moves on past its dead letter");
@@ -1135,7 +1167,11 @@ mod tests {
         events(&store, &[event("disk", Action::Trigger)]).await.unwrap();
         let d = store.receive(QueueName::Events, 1, LONG).await.unwrap();
         assert_eq!(store.fail(&d[0], "later", 5, LONG).await.unwrap(), Failed::Retrying);
-        assert!(store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap().is_empty());
+        assert!(store
+            .receive(QueueName::Events, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]
@@ -1145,13 +1181,19 @@ mod tests {
         let old = store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap();
         let new = store.receive(QueueName::Events, 1, LONG).await.unwrap();
         assert_eq!(new[0].receive_count, 2);
-        assert_eq!(store.fail(&old[0], "late", 1, Duration::ZERO).await.unwrap(), Failed::Retrying);
+        assert_eq!(
+            store.fail(&old[0], "late", 1, Duration::ZERO).await.unwrap(),
+            Failed::Retrying
+        );
         assert!(store.dead_letters().await.unwrap().is_empty());
         assert!(
             store.receive(QueueName::Events, 1, LONG).await.unwrap().is_empty(),
             "the newer receive still holds it"
         );
-        assert_eq!(store.fail(&new[0], "boom", 2, Duration::ZERO).await.unwrap(), Failed::DeadLettered);
+        assert_eq!(
+            store.fail(&new[0], "boom", 2, Duration::ZERO).await.unwrap(),
+            Failed::DeadLettered
+        );
     }
 
     #[tokio::test]
@@ -1159,9 +1201,16 @@ mod tests {
         let (_dir, store) = temp();
         events(&store, &[event("disk", Action::Trigger)]).await.unwrap();
         for _ in 0..RECEIVE_LIMIT {
-            assert_eq!(store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap().len(), 1);
+            assert_eq!(
+                store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap().len(),
+                1
+            );
         }
-        assert!(store.receive(QueueName::Events, 1, Duration::ZERO).await.unwrap().is_empty());
+        assert!(store
+            .receive(QueueName::Events, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
         let dead = store.dead_letters().await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].receive_count, RECEIVE_LIMIT);
@@ -1176,12 +1225,18 @@ mod tests {
         let a2 = event("disk", Action::Resolve);
         events(&store, &[a1.clone(), a2.clone()]).await.unwrap();
         let d = store.receive(QueueName::Events, 1, LONG).await.unwrap();
-        assert_eq!(store.fail(&d[0], "boom", 1, Duration::ZERO).await.unwrap(), Failed::DeadLettered);
+        assert_eq!(
+            store.fail(&d[0], "boom", 1, Duration::ZERO).await.unwrap(),
+            Failed::DeadLettered
+        );
         let dead = store.dead_letters().await.unwrap();
 
         assert!(store.redrive(dead[0].id).await.unwrap());
         assert!(store.dead_letters().await.unwrap().is_empty());
-        assert!(!store.redrive(dead[0].id).await.unwrap(), "a dead letter is redriven once");
+        assert!(
+            !store.redrive(dead[0].id).await.unwrap(),
+            "a dead letter is redriven once"
+        );
         assert!(!store.redrive(999_999).await.unwrap());
         assert_eq!(store.depth(QueueName::Events).await.unwrap(), 2);
 
@@ -1210,7 +1265,11 @@ mod tests {
         let batch = [event("disk", Action::Trigger), event("poison", Action::Trigger)];
         let err = events(&store, &batch).await.unwrap_err();
         assert_eq!(err.operation, "enqueue events");
-        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 0, "nothing of a failed batch stays");
+        assert_eq!(
+            store.depth(QueueName::Events).await.unwrap(),
+            0,
+            "nothing of a failed batch stays"
+        );
         events(&store, &batch[..1]).await.unwrap();
         assert_eq!(store.depth(QueueName::Events).await.unwrap(), 1);
     }
@@ -1230,7 +1289,11 @@ mod tests {
 
         let (_, outcome) = apply(&store, &event("disk", Action::Trigger)).await;
         assert_eq!(outcome, CommitOutcome::Written);
-        assert_eq!(store.depth(QueueName::Transitions).await.unwrap(), 1, "a repeat notifies no one");
+        assert_eq!(
+            store.depth(QueueName::Transitions).await.unwrap(),
+            1,
+            "a repeat notifies no one"
+        );
 
         let d = store.receive(QueueName::Transitions, 10, LONG).await.unwrap();
         assert_eq!(d.len(), 1);
@@ -1249,7 +1312,9 @@ mod tests {
         waiting.as_mut().enable();
         let worker = store.clone();
         events(&worker, &[event("disk", Action::Trigger)]).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("woken by the enqueue");
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken by the enqueue");
         // A consumer that starts waiting just after is not left asleep either.
         tokio::time::timeout(Duration::from_secs(1), store.wakeup(QueueName::Events).notified())
             .await
@@ -1281,9 +1346,11 @@ mod tests {
             let (Decision::Open { incident }, CommitOutcome::Written) = apply(&store, &trigger).await else {
                 panic!("expected an open");
             };
-            events(&store, &[queued.clone(), event("mem", Action::Trigger)]).await.unwrap();
+            events(&store, &[queued.clone(), event("mem", Action::Trigger)])
+                .await
+                .unwrap();
             let d = store.receive(QueueName::Events, 1, LONG).await.unwrap();
-            assert_eq!(event_ids(&d), [queued.id.clone()]);
+            assert_eq!(event_ids(&d), std::slice::from_ref(&queued.id));
             incident
         };
 
@@ -1310,8 +1377,70 @@ mod tests {
         std::mem::forget(store);
 
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.latest(&incident.service, &incident.dedup_key).await.unwrap(), Some(incident));
+        assert_eq!(
+            store.latest(&incident.service, &incident.dedup_key).await.unwrap(),
+            Some(incident)
+        );
         assert!(store.is_applied(&trigger.id).await.unwrap());
+    }
+
+    const KILL_DIR_VAR: &str = "TOCSIN_STORE_KILL_TEST_DIR";
+
+    /// Run in a child process by `commits_survive_kill_9`: commits, says so,
+    /// then waits to be killed.
+    #[tokio::test]
+    #[ignore = "run in a child process by commits_survive_kill_9"]
+    async fn store_child_commits_then_waits_to_be_killed() {
+        let Ok(dir) = std::env::var(KILL_DIR_VAR) else {
+            return;
+        };
+        let store = Store::open(Path::new(&dir)).unwrap();
+        let trigger = event("disk", Action::Trigger);
+        let (Decision::Open { incident }, CommitOutcome::Written) = apply(&store, &trigger).await else {
+            panic!("expected an open");
+        };
+        events(&store, &[event("cpu", Action::Trigger)]).await.unwrap();
+        println!("committed {} {}", incident.id, trigger.id);
+        // Exits on its own if never killed, so a broken parent cannot hang.
+        tokio::time::sleep(LONG).await;
+        panic!("the parent test never killed this process");
+    }
+
+    #[tokio::test]
+    async fn commits_survive_kill_9() {
+        use std::io::BufRead;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "store::tests::store_child_commits_then_waits_to_be_killed",
+                "--exact",
+                "--ignored",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(KILL_DIR_VAR, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        // libtest prints the test's name on the same line before it.
+        let line = stdout
+            .lines()
+            .map(Result::unwrap)
+            .find_map(|line| line.split_once("committed ").map(|(_, ids)| ids.to_owned()))
+            .expect("the child commits");
+        child.kill().unwrap(); // SIGKILL: no destructor, no close, no checkpoint
+        child.wait().unwrap();
+
+        let mut words = line.split_whitespace();
+        let incident = IncidentId::parse(words.next().unwrap()).unwrap();
+        let event = EventId::new(words.next().unwrap());
+        let store = Store::open(dir.path()).unwrap();
+        let found = store.get(&incident).await.unwrap().expect("the incident survived");
+        assert_eq!(found.status, IncidentStatus::Open);
+        assert!(store.is_applied(&event).await.unwrap());
+        assert_eq!(store.depth(QueueName::Events).await.unwrap(), 1);
+        assert_eq!(store.depth(QueueName::Transitions).await.unwrap(), 1);
     }
 
     #[tokio::test]
@@ -1333,7 +1462,10 @@ mod tests {
         conn.execute("UPDATE incidents SET status = 'resolved' WHERE id = 'inc_a'", [])
             .unwrap();
         insert("inc_b", "disk", "open").unwrap();
-        assert!(insert("inc_b", "mem", "resolved").is_err_and(|e| is_unique_violation(&e)), "ids are unique");
+        assert!(
+            insert("inc_b", "mem", "resolved").is_err_and(|e| is_unique_violation(&e)),
+            "ids are unique"
+        );
     }
 
     #[tokio::test]

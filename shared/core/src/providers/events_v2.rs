@@ -85,11 +85,7 @@ impl Provider for EventsV2 {
             .filter(|key| !key.is_empty())
     }
 
-    fn normalize(
-        &self,
-        inbound: &Inbound<'_>,
-        _integration: &Integration,
-    ) -> Result<Vec<Alert>, InvalidPayload> {
+    fn normalize(&self, inbound: &Inbound<'_>, _integration: &Integration) -> Result<Vec<Alert>, InvalidPayload> {
         let request = parse(inbound.body)?;
         alert_from(&request)
             .map(|alert| vec![alert])
@@ -171,9 +167,7 @@ fn alert_from(request: &EnqueueRequest) -> Result<Alert, Vec<FieldError>> {
             ));
             None
         }
-        (Some(Action::Trigger), Some(payload)) => {
-            payload_from(payload).map_err(|e| errors.extend(e)).ok()
-        }
+        (Some(Action::Trigger), Some(payload)) => payload_from(payload).map_err(|e| errors.extend(e)).ok(),
         // PagerDuty ignores the payload of acknowledge and resolve, so a
         // partial one there is no error; a complete one is kept for its
         // timestamp and details.
@@ -435,41 +429,23 @@ mod tests {
         assert_eq!(alert.event_action, Action::Trigger);
         assert_eq!(alert.dedup_key.as_str(), "disk-full/prod-datapipe03");
         let payload = alert.payload.unwrap();
-        assert_eq!(
-            payload.summary,
-            "DISK at 99% on machine prod-datapipe03.example.com"
-        );
+        assert_eq!(payload.summary, "DISK at 99% on machine prod-datapipe03.example.com");
         assert_eq!(payload.source, "prod-datapipe03.example.com");
         assert_eq!(payload.severity, Severity::Critical);
         assert_eq!(
             payload.timestamp,
-            Some(
-                Utc.with_ymd_and_hms(2015, 7, 17, 8, 42, 58).unwrap()
-                    + chrono::Duration::milliseconds(315)
-            )
+            Some(Utc.with_ymd_and_hms(2015, 7, 17, 8, 42, 58).unwrap() + chrono::Duration::milliseconds(315))
         );
         assert_eq!(payload.component.as_deref(), Some("mysql"));
         assert_eq!(payload.group.as_deref(), Some("prod-datapipe"));
         assert_eq!(payload.class.as_deref(), Some("disk"));
         assert_eq!(payload.custom_details.unwrap()["load avg"], json!(0.75));
-        assert_eq!(
-            alert.links[0].href,
-            "https://example.com/runbooks/disk-full"
-        );
+        assert_eq!(alert.links[0].href, "https://example.com/runbooks/disk-full");
         assert_eq!(alert.links[0].text.as_deref(), Some("Runbook: disk full"));
-        assert_eq!(
-            alert.images[0].alt.as_deref(),
-            Some("Disk usage over the last hour")
-        );
-        assert_eq!(
-            alert.images[0].href.as_deref(),
-            Some("https://example.com/")
-        );
+        assert_eq!(alert.images[0].alt.as_deref(), Some("Disk usage over the last hour"));
+        assert_eq!(alert.images[0].href.as_deref(), Some("https://example.com/"));
         assert_eq!(alert.client.as_deref(), Some("Sample Monitoring Service"));
-        assert_eq!(
-            alert.client_url.as_deref(),
-            Some("https://monitoring.example.com")
-        );
+        assert_eq!(alert.client_url.as_deref(), Some("https://monitoring.example.com"));
     }
 
     #[test]
@@ -535,10 +511,7 @@ mod tests {
 
     #[test]
     fn an_alertmanager_resolve_is_a_resolve() {
-        let body = ALERTMANAGER.replace(
-            "\"event_action\":\"trigger\"",
-            "\"event_action\":\"resolve\"",
-        );
+        let body = ALERTMANAGER.replace("\"event_action\":\"trigger\"", "\"event_action\":\"resolve\"");
         let alert = one(&body);
         assert_eq!(alert.event_action, Action::Resolve);
         assert_eq!(alert.dedup_key, one(ALERTMANAGER).dedup_key);
@@ -568,8 +541,7 @@ mod tests {
 
     #[test]
     fn a_trigger_needs_summary_source_and_severity_and_every_miss_is_listed() {
-        let body =
-            trigger_with(|v| v["payload"] = json!({"summary": " ", "custom_details": {"a": 1}}));
+        let body = trigger_with(|v| v["payload"] = json!({"summary": " ", "custom_details": {"a": 1}}));
         assert_eq!(
             refused(&body),
             vec!["payload.summary", "payload.source", "payload.severity"]
@@ -694,9 +666,7 @@ mod tests {
     fn the_routing_key_is_read_from_the_body() {
         let headers = HeaderMap::new();
         assert_eq!(
-            EventsV2
-                .key_in_body(&inbound(&headers, TRIGGER.as_bytes()))
-                .as_deref(),
+            EventsV2.key_in_body(&inbound(&headers, TRIGGER.as_bytes())).as_deref(),
             Some("22222222222222222222222222222222")
         );
         assert_eq!(EventsV2.key_in_body(&inbound(&headers, b"{}")), None);

@@ -4,8 +4,6 @@
 //! Fields: `token`, `summary`, `details`, `action` (`close` resolves), and
 //! `dedup`. As in GoAlert they may come in the query string, a form body or a
 //! JSON body; a value in the body wins over the same one in the query.
-//!
-//! <https://goalert.me/docs/integration-keys>
 
 use http::{header, HeaderMap, StatusCode};
 use serde_json::Value;
@@ -80,17 +78,9 @@ impl Provider for Generic {
         Some(token.trim().to_owned()).filter(|t| !t.is_empty())
     }
 
-    fn normalize(
-        &self,
-        inbound: &Inbound<'_>,
-        _integration: &Integration,
-    ) -> Result<Vec<Alert>, InvalidPayload> {
-        let from_query = inbound
-            .query
-            .map(|q| read_form(q.as_bytes()))
-            .unwrap_or_default();
-        let from_body =
-            read_body(inbound.body).map_err(|errors| InvalidPayload::new(INVALID, errors))?;
+    fn normalize(&self, inbound: &Inbound<'_>, _integration: &Integration) -> Result<Vec<Alert>, InvalidPayload> {
+        let from_query = inbound.query.map(|q| read_form(q.as_bytes())).unwrap_or_default();
+        let from_body = read_body(inbound.body).map_err(|errors| InvalidPayload::new(INVALID, errors))?;
         // As in GoAlert, a value in the body wins over one in the query.
         alert_from(from_body.or(from_query)).map(|alert| vec![alert])
     }
@@ -104,10 +94,7 @@ impl Provider for Generic {
         if !accepts_json(inbound.headers) {
             return empty_answer(StatusCode::NO_CONTENT);
         }
-        let is_trigger = accepted
-            .events
-            .first()
-            .is_some_and(|e| e.action() == Action::Trigger);
+        let is_trigger = accepted.events.first().is_some_and(|e| e.action() == Action::Trigger);
         json_answer(
             StatusCode::OK,
             &serde_json::json!({
@@ -151,8 +138,8 @@ fn read_body(body: &[u8]) -> Result<Request, Vec<FieldError>> {
 }
 
 fn read_json(body: &[u8]) -> Result<Request, Vec<FieldError>> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| vec![FieldError::new("body", format!("is not valid JSON: {e}"))])?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| vec![FieldError::new("body", format!("is not valid JSON: {e}"))])?;
     let Value::Object(object) = value else {
         return Err(vec![FieldError::new("body", "must be a JSON object")]);
     };
@@ -216,15 +203,8 @@ fn alert_from(request: Request) -> Result<Alert, InvalidPayload> {
 
     // GoAlert derives the key from summary and details when none is given,
     // so repeating the same alert does not page twice.
-    let dedup_key = match request
-        .dedup
-        .as_deref()
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-    {
-        Some(dedup) => {
-            DedupKey::parse(dedup).map_err(|e| InvalidPayload::field("dedup", e.reason))?
-        }
+    let dedup_key = match request.dedup.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        Some(dedup) => DedupKey::parse(dedup).map_err(|e| InvalidPayload::field("dedup", e.reason))?,
         None => DedupKey::digest_of(&[&summary, &details_text]),
     };
 
@@ -265,10 +245,7 @@ mod tests {
         env!("CARGO_MANIFEST_DIR"),
         "/../../events/generic/trigger.json"
     ));
-    const CLOSE: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../events/generic/close.json"
-    ));
+    const CLOSE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/generic/close.json"));
     const FORM: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../events/generic/trigger.form"
@@ -327,9 +304,7 @@ mod tests {
         assert_eq!(p.source, "goalert-generic");
         assert_eq!(p.severity, Severity::Error);
         assert_eq!(p.timestamp, None);
-        let details = p.custom_details.as_ref().unwrap()["details"]
-            .as_str()
-            .unwrap();
+        let details = p.custom_details.as_ref().unwrap()["details"].as_str().unwrap();
         assert!(details.starts_with("The invoice-export cron job"));
     }
 
@@ -386,11 +361,7 @@ mod tests {
 
     #[test]
     fn fields_may_come_in_the_query_string() {
-        let alert = normalize(
-            Some("token=x&summary=From+the+query&action=close&dedup=k1"),
-            "",
-        )
-        .unwrap();
+        let alert = normalize(Some("token=x&summary=From+the+query&action=close&dedup=k1"), "").unwrap();
         assert_eq!(payload(&alert).summary, "From the query");
         assert_eq!(alert.event_action, Action::Resolve);
         assert_eq!(alert.dedup_key.as_str(), "k1");
@@ -432,10 +403,7 @@ mod tests {
         assert_eq!(refused(None, ""), vec!["summary"]);
         let long = json!({"summary": "é".repeat(3000)}).to_string();
         assert_eq!(
-            payload(&normalize(None, &long).unwrap())
-                .summary
-                .chars()
-                .count(),
+            payload(&normalize(None, &long).unwrap()).summary.chars().count(),
             Payload::MAX_SUMMARY_CHARS
         );
     }
@@ -470,26 +438,16 @@ mod tests {
     fn the_token_is_read_from_a_form_or_json_body_only() {
         let headers = HeaderMap::new();
         assert_eq!(
-            Generic
-                .key_in_body(&inbound(&headers, None, FORM))
-                .as_deref(),
+            Generic.key_in_body(&inbound(&headers, None, FORM)).as_deref(),
             Some(TOKEN)
         );
         let json = format!(r#"{{"token": "{TOKEN}", "summary": "s"}}"#);
         assert_eq!(
-            Generic
-                .key_in_body(&inbound(&headers, None, &json))
-                .as_deref(),
+            Generic.key_in_body(&inbound(&headers, None, &json)).as_deref(),
             Some(TOKEN)
         );
-        assert_eq!(
-            Generic.key_in_body(&inbound(&headers, Some("token=q"), TRIGGER)),
-            None
-        );
-        assert_eq!(
-            Generic.key_in_body(&inbound(&headers, None, "{broken")),
-            None
-        );
+        assert_eq!(Generic.key_in_body(&inbound(&headers, Some("token=q"), TRIGGER)), None);
+        assert_eq!(Generic.key_in_body(&inbound(&headers, None, "{broken")), None);
     }
 
     fn event(alert: Alert) -> Event {
@@ -551,10 +509,7 @@ mod tests {
         let plain = answer(None, TRIGGER, None);
         assert_eq!(plain.status(), StatusCode::NO_CONTENT);
         assert!(plain.body().is_empty());
-        assert_eq!(
-            answer(Some("*/*"), TRIGGER, None).status(),
-            StatusCode::NO_CONTENT
-        );
+        assert_eq!(answer(Some("*/*"), TRIGGER, None).status(), StatusCode::NO_CONTENT);
     }
 
     #[test]

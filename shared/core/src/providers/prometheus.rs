@@ -61,11 +61,7 @@ impl Provider for Prometheus {
         ProviderKind::Prometheus
     }
 
-    fn normalize(
-        &self,
-        inbound: &Inbound<'_>,
-        _integration: &Integration,
-    ) -> Result<Vec<Alert>, InvalidPayload> {
+    fn normalize(&self, inbound: &Inbound<'_>, _integration: &Integration) -> Result<Vec<Alert>, InvalidPayload> {
         let notification: Notification = parse(inbound.body)?;
         tracing::debug!(
             group_key = notification.group_key.as_deref().unwrap_or(""),
@@ -76,9 +72,7 @@ impl Provider for Prometheus {
             "alertmanager notification"
         );
 
-        let mut errors: Vec<FieldError> = version_error(notification.version.as_deref())
-            .into_iter()
-            .collect();
+        let mut errors: Vec<FieldError> = version_error(notification.version.as_deref()).into_iter().collect();
         if notification.alerts.is_empty() {
             errors.push(FieldError::new(
                 "alerts",
@@ -89,8 +83,7 @@ impl Provider for Prometheus {
         let mut alerts = Vec::with_capacity(notification.alerts.len());
         for (i, raw) in notification.alerts.iter().enumerate() {
             let prefix = format!("alerts[{i}]");
-            let parsed = parse_alert(raw, &prefix)
-                .and_then(|alert| alert_from(&alert, &notification, &prefix));
+            let parsed = parse_alert(raw, &prefix).and_then(|alert| alert_from(&alert, &notification, &prefix));
             match parsed {
                 Ok(alert) => alerts.push(alert),
                 Err(mut e) => errors.append(&mut e),
@@ -140,10 +133,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidPayloa
     })
 }
 
-fn parse_alert(
-    raw: &serde_json::Value,
-    prefix: &str,
-) -> Result<AlertmanagerAlert, Vec<FieldError>> {
+fn parse_alert(raw: &serde_json::Value, prefix: &str) -> Result<AlertmanagerAlert, Vec<FieldError>> {
     serde_path_to_error::deserialize(raw).map_err(|error| {
         let path = error.path().to_string();
         let field = if path == "." {
@@ -158,11 +148,7 @@ fn parse_alert(
     })
 }
 
-fn alert_from(
-    alert: &AlertmanagerAlert,
-    group: &Notification,
-    prefix: &str,
-) -> Result<Alert, Vec<FieldError>> {
+fn alert_from(alert: &AlertmanagerAlert, group: &Notification, prefix: &str) -> Result<Alert, Vec<FieldError>> {
     let mut errors = Vec::new();
     let action = action_of(alert, prefix).map_err(|e| errors.push(e)).ok();
     let timestamp = match action {
@@ -224,11 +210,7 @@ fn action_of(alert: &AlertmanagerAlert, prefix: &str) -> Result<Action, FieldErr
 }
 
 /// When a firing alert started, or when a resolved one ended.
-fn timestamp_of(
-    alert: &AlertmanagerAlert,
-    action: Action,
-    prefix: &str,
-) -> Result<Option<DateTime<Utc>>, FieldError> {
+fn timestamp_of(alert: &AlertmanagerAlert, action: Action, prefix: &str) -> Result<Option<DateTime<Utc>>, FieldError> {
     let (name, value) = match action {
         Action::Resolve => ("endsAt", &alert.ends_at),
         _ => ("startsAt", &alert.starts_at),
@@ -248,8 +230,7 @@ fn timestamp_of(
 }
 
 fn dedup_key_of(alert: &AlertmanagerAlert) -> DedupKey {
-    if let Some(key) = non_blank(alert.fingerprint.as_deref()).and_then(|f| DedupKey::parse(f).ok())
-    {
+    if let Some(key) = non_blank(alert.fingerprint.as_deref()).and_then(|f| DedupKey::parse(f).ok()) {
         return key;
     }
     // Senders that mimic Alertmanager may omit the fingerprint. Alertmanager
@@ -390,18 +371,12 @@ mod tests {
     fn the_sample_alerts_map_every_field() {
         let alerts = normalize(FIRING).unwrap();
         let latency = payload(&alerts[0]);
-        assert_eq!(
-            latency.summary,
-            "High request latency on checkout-api-0:8080"
-        );
+        assert_eq!(latency.summary, "High request latency on checkout-api-0:8080");
         assert_eq!(latency.source, "checkout-api-0:8080");
         assert_eq!(latency.severity, Severity::Critical);
         assert_eq!(
             latency.timestamp,
-            Some(
-                Utc.with_ymd_and_hms(2024, 5, 14, 9, 12, 3).unwrap()
-                    + chrono::Duration::milliseconds(541)
-            )
+            Some(Utc.with_ymd_and_hms(2024, 5, 14, 9, 12, 3).unwrap() + chrono::Duration::milliseconds(541))
         );
         assert_eq!(latency.component.as_deref(), Some("checkout-api"));
         assert_eq!(latency.class.as_deref(), Some("HighRequestLatency"));
@@ -445,10 +420,7 @@ mod tests {
         }
         assert_eq!(
             payload(&resolved[0]).timestamp,
-            Some(
-                Utc.with_ymd_and_hms(2024, 5, 14, 9, 31, 18).unwrap()
-                    + chrono::Duration::milliseconds(541)
-            )
+            Some(Utc.with_ymd_and_hms(2024, 5, 14, 9, 31, 18).unwrap() + chrono::Duration::milliseconds(541))
         );
     }
 
@@ -473,11 +445,7 @@ mod tests {
         let alerts = normalize(&body).unwrap();
         assert!(alerts.iter().all(|a| a.event_action == Action::Trigger));
         let mixed = with(FIRING, |v| v["alerts"][1]["status"] = json!("resolved"));
-        let actions: Vec<Action> = normalize(&mixed)
-            .unwrap()
-            .iter()
-            .map(|a| a.event_action)
-            .collect();
+        let actions: Vec<Action> = normalize(&mixed).unwrap().iter().map(|a| a.event_action).collect();
         assert_eq!(actions, [Action::Trigger, Action::Resolve]);
     }
 
@@ -505,20 +473,15 @@ mod tests {
         ] {
             assert_eq!(severity_of(label), expected, "{label:?}");
         }
-        let body = single(
-            json!({"status": "firing", "labels": {"alertname": "X", "severity": "page"}, "fingerprint": "f"}),
-        );
-        assert_eq!(
-            payload(&normalize(&body).unwrap()[0]).severity,
-            Severity::Critical
-        );
+        let body =
+            single(json!({"status": "firing", "labels": {"alertname": "X", "severity": "page"}, "fingerprint": "f"}));
+        assert_eq!(payload(&normalize(&body).unwrap()[0]).severity, Severity::Critical);
     }
 
     #[test]
     fn summary_falls_back_from_annotations_to_alertname_to_a_default() {
         let summary = |annotations: serde_json::Value, labels: serde_json::Value| {
-            let body =
-                single(json!({"status": "firing", "labels": labels, "annotations": annotations}));
+            let body = single(json!({"status": "firing", "labels": labels, "annotations": annotations}));
             payload(&normalize(&body).unwrap()[0]).summary.clone()
         };
         let labels = json!({"alertname": "DiskFull"});
@@ -542,19 +505,14 @@ mod tests {
             let body = single(json!({"status": "firing", "labels": labels}));
             payload(&normalize(&body).unwrap()[0]).source.clone()
         };
-        assert_eq!(
-            source(json!({"instance": "i:9100", "job": "node"})),
-            "i:9100"
-        );
+        assert_eq!(source(json!({"instance": "i:9100", "job": "node"})), "i:9100");
         assert_eq!(source(json!({"job": "node"})), "node");
         assert_eq!(source(json!({})), "prometheus");
     }
 
     #[test]
     fn zero_and_missing_times_are_no_timestamp() {
-        let body = single(
-            json!({"status": "resolved", "labels": {"a": "b"}, "endsAt": "0001-01-01T00:00:00Z"}),
-        );
+        let body = single(json!({"status": "resolved", "labels": {"a": "b"}, "endsAt": "0001-01-01T00:00:00Z"}));
         assert_eq!(payload(&normalize(&body).unwrap()[0]).timestamp, None);
         let body = single(json!({"status": "firing", "labels": {"a": "b"}}));
         assert_eq!(payload(&normalize(&body).unwrap()[0]).timestamp, None);
@@ -573,9 +531,7 @@ mod tests {
         assert_eq!(key(&a), key(&b));
         assert_ne!(key(&a), key(&c));
         assert!(key(&a).as_str().starts_with("sha256:"));
-        let blank = single(
-            json!({"status": "firing", "labels": {"alertname": "X", "job": "j"}, "fingerprint": ""}),
-        );
+        let blank = single(json!({"status": "firing", "labels": {"alertname": "X", "job": "j"}, "fingerprint": ""}));
         assert_eq!(key(&blank), key(&a));
     }
 
@@ -594,10 +550,7 @@ mod tests {
 
     #[test]
     fn the_version_must_be_4() {
-        assert_eq!(
-            refused(&with(FIRING, |v| v["version"] = json!("3"))),
-            vec!["version"]
-        );
+        assert_eq!(refused(&with(FIRING, |v| v["version"] = json!("3"))), vec!["version"]);
         let missing = with(FIRING, |v| {
             v.as_object_mut().unwrap().remove("version");
         });
@@ -606,10 +559,7 @@ mod tests {
 
     #[test]
     fn an_empty_alerts_list_is_refused() {
-        assert_eq!(
-            refused(&with(FIRING, |v| v["alerts"] = json!([]))),
-            vec!["alerts"]
-        );
+        assert_eq!(refused(&with(FIRING, |v| v["alerts"] = json!([]))), vec!["alerts"]);
     }
 
     #[test]
@@ -640,10 +590,7 @@ mod tests {
     fn unreadable_bodies_and_wrong_types_are_named() {
         assert_eq!(refused("{"), vec!["body"]);
         assert_eq!(refused("[]"), vec!["body"]);
-        assert_eq!(
-            refused(&with(FIRING, |v| v["alerts"] = json!({}))),
-            vec!["alerts"]
-        );
+        assert_eq!(refused(&with(FIRING, |v| v["alerts"] = json!({}))), vec!["alerts"]);
         assert_eq!(
             refused(&with(FIRING, |v| v["truncatedAlerts"] = json!("x"))),
             vec!["truncatedAlerts"]

@@ -36,15 +36,7 @@ const TRIGGER_VALUES: &[&str] = &[
     "firing",
     "problem",
 ];
-const RESOLVE_VALUES: &[&str] = &[
-    "resolved",
-    "ok",
-    "normal",
-    "closed",
-    "fixed",
-    "resolve",
-    "recovered",
-];
+const RESOLVE_VALUES: &[&str] = &["resolved", "ok", "normal", "closed", "fixed", "resolve", "recovered"];
 const ACKNOWLEDGE_VALUES: &[&str] = &["acknowledge", "ack", "acknowledged"];
 
 /// The source of alerts that name none.
@@ -60,13 +52,8 @@ impl Provider for Webhook {
         ProviderKind::Webhook
     }
 
-    fn normalize(
-        &self,
-        inbound: &Inbound<'_>,
-        integration: &Integration,
-    ) -> Result<Vec<Alert>, InvalidPayload> {
-        let body: Value =
-            serde_json::from_slice(inbound.body).map_err(InvalidPayload::unreadable)?;
+    fn normalize(&self, inbound: &Inbound<'_>, integration: &Integration) -> Result<Vec<Alert>, InvalidPayload> {
+        let body: Value = serde_json::from_slice(inbound.body).map_err(InvalidPayload::unreadable)?;
         let objects = alert_objects(&body)?;
         let vocabulary = Vocabulary::of(&integration.fields);
 
@@ -193,12 +180,10 @@ struct Found<'a> {
 /// overrides the aliases), otherwise under the first alias holding text.
 fn find<'a>(object: &'a Value, configured: Option<&str>, aliases: &[&str]) -> Option<Found<'a>> {
     if let Some(path) = configured.map(str::trim).filter(|p| !p.is_empty()) {
-        return at_path(object, path)
-            .filter(|v| !v.is_null())
-            .map(|value| Found {
-                name: path.to_owned(),
-                value,
-            });
+        return at_path(object, path).filter(|v| !v.is_null()).map(|value| Found {
+            name: path.to_owned(),
+            value,
+        });
     }
     aliases.iter().find_map(|alias| {
         let value = object.get(alias)?;
@@ -212,12 +197,11 @@ fn find<'a>(object: &'a Value, configured: Option<&str>, aliases: &[&str]) -> Op
 /// Follows a dotted path (`alert.labels.severity`); numeric segments index
 /// arrays (`items.0.name`).
 fn at_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.')
-        .try_fold(value, |current, segment| match current {
-            Value::Object(map) => map.get(segment),
-            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
-            _ => None,
-        })
+    path.split('.').try_fold(value, |current, segment| match current {
+        Value::Object(map) => map.get(segment),
+        Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
 }
 
 /// A string (trimmed, not blank) or a number, as text.
@@ -243,11 +227,7 @@ fn text_of(found: Option<Found<'_>>) -> Result<Option<(String, String)>, FieldEr
     }
 }
 
-fn alert_from(
-    object: &Value,
-    fields: &FieldMapping,
-    vocabulary: &Vocabulary<'_>,
-) -> Result<Alert, Vec<FieldError>> {
+fn alert_from(object: &Value, fields: &FieldMapping, vocabulary: &Vocabulary<'_>) -> Result<Alert, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut read = |configured: &Option<String>, aliases: &[&str]| {
         text_of(find(object, configured.as_deref(), aliases))
@@ -255,29 +235,24 @@ fn alert_from(
             .ok()
             .flatten()
     };
-    let summary =
-        read(&fields.summary_field, SUMMARY_ALIASES).map(|(_, s)| Payload::truncate_summary(&s));
+    let summary = read(&fields.summary_field, SUMMARY_ALIASES).map(|(_, s)| Payload::truncate_summary(&s));
     let status = read(&fields.action_field, ACTION_ALIASES);
     let dedup_value = read(&fields.dedup_key_field, DEDUP_ALIASES).map(|(_, d)| d);
-    let source = read(&fields.source_field, SOURCE_ALIASES)
-        .map_or_else(|| DEFAULT_SOURCE.to_owned(), |(_, s)| s);
+    let source = read(&fields.source_field, SOURCE_ALIASES).map_or_else(|| DEFAULT_SOURCE.to_owned(), |(_, s)| s);
     let severity = find(object, fields.severity_field.as_deref(), SEVERITY_ALIASES)
         .map_or(Severity::Warning, |found| severity_of(found.value));
 
-    let action = action_of(status, vocabulary)
-        .map_err(|e| errors.push(e))
-        .ok();
+    let action = action_of(status, vocabulary).map_err(|e| errors.push(e)).ok();
     if action == Some(Action::Trigger) && summary.is_none() {
         errors.push(summary_missing(fields));
     }
-    let dedup_key = dedup_key_of(dedup_value.as_deref(), summary.as_deref(), &source, fields)
-        .map_err(|e| {
-            // A trigger without a summary is already reported as such; the
-            // missing key is news only when nothing else explains it.
-            if errors.is_empty() {
-                errors.push(e);
-            }
-        });
+    let dedup_key = dedup_key_of(dedup_value.as_deref(), summary.as_deref(), &source, fields).map_err(|e| {
+        // A trigger without a summary is already reported as such; the
+        // missing key is news only when nothing else explains it.
+        if errors.is_empty() {
+            errors.push(e);
+        }
+    });
 
     match (action, dedup_key) {
         (Some(event_action), Ok(dedup_key)) if errors.is_empty() => Ok(Alert {
@@ -303,20 +278,14 @@ fn alert_from(
 }
 
 /// A missing status is a trigger: the alert's arrival is the news.
-fn action_of(
-    status: Option<(String, String)>,
-    vocabulary: &Vocabulary<'_>,
-) -> Result<Action, FieldError> {
+fn action_of(status: Option<(String, String)>, vocabulary: &Vocabulary<'_>) -> Result<Action, FieldError> {
     let Some((name, value)) = status else {
         return Ok(Action::Trigger);
     };
     vocabulary.action(&value).ok_or_else(|| {
         FieldError::new(
             name,
-            format!(
-                "'{value}' is not a known status ({})",
-                vocabulary.describe()
-            ),
+            format!("'{value}' is not a known status ({})", vocabulary.describe()),
         )
     })
 }
@@ -352,9 +321,7 @@ fn dedup_key_of(
             };
             Err(FieldError::new(
                 field,
-                format!(
-                    "is missing: an acknowledge or resolve without a summary must send {names}"
-                ),
+                format!("is missing: an acknowledge or resolve without a summary must send {names}"),
             ))
         }
     }
@@ -377,9 +344,7 @@ fn severity_of(value: &Value) -> Severity {
         "critical" | "crit" | "fatal" | "emergency" | "p1" | "high" | "sev1" => Severity::Critical,
         "error" | "err" | "p2" | "major" | "sev2" => Severity::Error,
         "warning" | "warn" | "p3" | "medium" | "minor" | "sev3" => Severity::Warning,
-        "info" | "informational" | "low" | "p4" | "p5" | "ok" | "debug" | "sev4" | "sev5" => {
-            Severity::Info
-        }
+        "info" | "informational" | "low" | "p4" | "p5" | "ok" | "debug" | "sev4" | "sev5" => Severity::Info,
         _ => Severity::Warning,
     }
 }
@@ -408,10 +373,7 @@ fn timestamp_of(object: &Value) -> Option<DateTime<Utc>> {
         }
     };
     match value {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().map(|f| f as i64))
-            .and_then(unix),
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).and_then(unix),
         Value::String(s) => {
             let s = s.trim();
             DateTime::parse_from_rfc3339(s)
@@ -440,14 +402,8 @@ mod tests {
         env!("CARGO_MANIFEST_DIR"),
         "/../../events/webhook/resolve.json"
     ));
-    const NESTED: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../events/webhook/nested.json"
-    ));
-    const BATCH: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../events/webhook/batch.json"
-    ));
+    const NESTED: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/webhook/nested.json"));
+    const BATCH: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/webhook/batch.json"));
 
     fn integration(fields: FieldMapping) -> Integration {
         Integration {
@@ -521,10 +477,7 @@ mod tests {
         assert_eq!(p.summary, "Checkout API error rate above 5%");
         assert_eq!(p.source, "checkout-api.prod.example.com");
         assert_eq!(p.severity, Severity::Critical);
-        assert_eq!(
-            p.timestamp,
-            Some(Utc.with_ymd_and_hms(2024, 5, 14, 9, 12, 3).unwrap())
-        );
+        assert_eq!(p.timestamp, Some(Utc.with_ymd_and_hms(2024, 5, 14, 9, 12, 3).unwrap()));
         assert_eq!(p.custom_details.as_ref(), Some(&sample(TRIGGER)));
     }
 
@@ -547,10 +500,7 @@ mod tests {
         let disk = &alerts[0];
         assert_eq!(disk.event_action, Action::Trigger);
         assert_eq!(disk.dedup_key.as_str(), "disk-db-1");
-        assert_eq!(
-            payload(disk).summary,
-            "Disk /var/lib/postgresql 91% full on db-1"
-        );
+        assert_eq!(payload(disk).summary, "Disk /var/lib/postgresql 91% full on db-1");
         assert_eq!(payload(disk).severity, Severity::Warning);
         assert_eq!(payload(disk).source, "db-1.example.com");
         assert_eq!(
@@ -583,10 +533,7 @@ mod tests {
         let alert = &alerts[0];
         assert_eq!(alert.event_action, Action::Trigger);
         assert_eq!(alert.dedup_key.as_str(), "pay-4821");
-        assert_eq!(
-            payload(alert).summary,
-            "Card authorisations failing at acquirer"
-        );
+        assert_eq!(payload(alert).summary, "Card authorisations failing at acquirer");
         assert_eq!(payload(alert).severity, Severity::Error);
         assert_eq!(payload(alert).source, "webhook");
 
@@ -598,10 +545,7 @@ mod tests {
         // "resolved" is built in, but the configured list replaces the
         // built-in one.
         let resolved = NESTED.replace("\"raised\"", "\"resolved\"");
-        assert_eq!(
-            refused_with(&resolved, payments_fields()),
-            vec!["alert.state"]
-        );
+        assert_eq!(refused_with(&resolved, payments_fields()), vec!["alert.state"]);
         // Acknowledge values were not configured: the built-in ones apply.
         let ack = NESTED.replace("\"raised\"", "\"ack\"");
         assert_eq!(
@@ -671,15 +615,7 @@ mod tests {
                 "{value}"
             );
         }
-        for value in [
-            "resolved",
-            "OK",
-            "normal",
-            "closed",
-            "fixed",
-            "resolve",
-            "Recovered",
-        ] {
+        for value in ["resolved", "OK", "normal", "closed", "fixed", "resolve", "Recovered"] {
             assert_eq!(
                 one(&json!({"title": "t", "state": value})).event_action,
                 Action::Resolve,
@@ -698,25 +634,14 @@ mod tests {
 
     #[test]
     fn an_unknown_status_is_refused_under_the_name_it_came_in() {
-        assert_eq!(
-            refused(&json!({"title": "t", "state": "pending"})),
-            vec!["state"]
-        );
+        assert_eq!(refused(&json!({"title": "t", "state": "pending"})), vec!["state"]);
         let invalid = normalize_with(
             &json!({"title": "t", "status": "meh"}).to_string(),
             FieldMapping::default(),
         )
         .unwrap_err();
-        assert!(
-            invalid.errors[0].reason.contains("'meh'"),
-            "{:?}",
-            invalid.errors
-        );
-        assert!(
-            invalid.errors[0].reason.contains("recovered"),
-            "{:?}",
-            invalid.errors
-        );
+        assert!(invalid.errors[0].reason.contains("'meh'"), "{:?}", invalid.errors);
+        assert!(invalid.errors[0].reason.contains("recovered"), "{:?}", invalid.errors);
     }
 
     #[test]
@@ -770,20 +695,12 @@ mod tests {
             payload(&one(&json!({"title": "t", "priority": 1}))).severity,
             Severity::Critical
         );
-        assert_eq!(
-            payload(&one(&json!({"title": "t"}))).severity,
-            Severity::Warning
-        );
+        assert_eq!(payload(&one(&json!({"title": "t"}))).severity, Severity::Warning);
     }
 
     #[test]
     fn dedup_keys_accept_numbers_and_default_to_a_digest() {
-        assert_eq!(
-            one(&json!({"title": "t", "alert_id": 42}))
-                .dedup_key
-                .as_str(),
-            "42"
-        );
+        assert_eq!(one(&json!({"title": "t", "alert_id": 42})).dedup_key.as_str(), "42");
         let a = one(&json!({"title": "Disk full", "source": "db-1"}));
         let b = one(&json!({"message": "Disk full", "origin": "db-1", "severity": "critical"}));
         let c = one(&json!({"title": "Disk full", "source": "db-2"}));
@@ -797,19 +714,12 @@ mod tests {
 
     #[test]
     fn a_trigger_needs_a_summary_and_the_error_lists_the_aliases() {
-        let invalid = normalize_with(
-            &json!({"severity": "critical"}).to_string(),
-            FieldMapping::default(),
-        )
-        .unwrap_err();
+        let invalid =
+            normalize_with(&json!({"severity": "critical"}).to_string(), FieldMapping::default()).unwrap_err();
         assert_eq!(invalid.errors.len(), 1);
         assert_eq!(invalid.errors[0].field, "summary");
         for alias in SUMMARY_ALIASES {
-            assert!(
-                invalid.errors[0].reason.contains(alias),
-                "{:?}",
-                invalid.errors
-            );
+            assert!(invalid.errors[0].reason.contains(alias), "{:?}", invalid.errors);
         }
     }
 
@@ -825,8 +735,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_or_unix_seconds_or_ignored() {
-        let time =
-            |value: Value| payload(&one(&json!({"title": "t", "timestamp": value}))).timestamp;
+        let time = |value: Value| payload(&one(&json!({"title": "t", "timestamp": value}))).timestamp;
         let expected = Some(Utc.timestamp_opt(1_715_678_478, 0).unwrap());
         assert_eq!(time(json!("2024-05-14T09:21:18Z")), expected);
         assert_eq!(time(json!(1_715_678_478)), expected);
@@ -861,18 +770,12 @@ mod tests {
             {"title": "t", "status": "weird"},
         ]);
         assert_eq!(refused(&body), vec!["[1].summary", "[2].status"]);
-        assert_eq!(
-            refused(&json!([{"title": "t"}, 3, "x"])),
-            vec!["[1]", "[2]"]
-        );
+        assert_eq!(refused(&json!([{"title": "t"}, 3, "x"])), vec!["[1]", "[2]"]);
     }
 
     #[test]
     fn other_bodies_are_refused() {
-        assert_eq!(
-            refused_with("not json", FieldMapping::default()),
-            vec!["body"]
-        );
+        assert_eq!(refused_with("not json", FieldMapping::default()), vec!["body"]);
         assert_eq!(refused(&json!("a string")), vec!["body"]);
         assert_eq!(refused(&json!(12)), vec!["body"]);
     }

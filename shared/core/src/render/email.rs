@@ -3,8 +3,8 @@
 //! `<style>` blocks, and escapes everything the alert sent.
 
 use super::{
-    color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title,
-    status_title, summary, timestamp, transition_title, truncate_chars, RenderContext,
+    color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title, status_title, summary,
+    timestamp, transition_title, truncate_chars, RenderContext,
 };
 use crate::notify::{Message, NotificationJob};
 
@@ -69,10 +69,7 @@ impl<'a> Body<'a> {
             .filter(|link| is_web_link(&link.href))
             .map(|link| {
                 let text = link.text.as_deref().map(one_line).filter(|t| !t.is_empty());
-                (
-                    text.unwrap_or_else(|| link.href.clone()),
-                    link.href.trim().to_owned(),
-                )
+                (text.unwrap_or_else(|| link.href.clone()), link.href.trim().to_owned())
             })
             .collect();
 
@@ -100,19 +97,9 @@ impl<'a> Body<'a> {
     fn text(&self) -> String {
         let mut out = format!("{}\n{}\n\n", self.kicker(), self.summary);
 
-        let width = self
-            .facts
-            .iter()
-            .map(|(k, _)| k.chars().count())
-            .max()
-            .unwrap_or(0)
-            + 2;
+        let width = self.facts.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0) + 2;
         for (key, value) in &self.facts {
-            out.push_str(&format!(
-                "{:<width$}{}\n",
-                format!("{key}:"),
-                one_line(value)
-            ));
+            out.push_str(&format!("{:<width$}{}\n", format!("{key}:"), one_line(value)));
         }
 
         if !self.details.is_empty() {
@@ -126,11 +113,7 @@ impl<'a> Body<'a> {
                 .min(32)
                 + 2;
             for (key, value) in &self.details {
-                out.push_str(&format!(
-                    "  {:<width$}{}\n",
-                    format!("{key}:"),
-                    one_line(value)
-                ));
+                out.push_str(&format!("  {:<width$}{}\n", format!("{key}:"), one_line(value)));
             }
             if self.hidden_details > 0 {
                 out.push_str(&format!("  … and {} more\n", self.hidden_details));
@@ -161,11 +144,9 @@ impl<'a> Body<'a> {
 
     fn html(&self) -> String {
         let color = self.color;
-        let font =
-            "font-family:-apple-system,BlinkMacSystemFont,'Segoe UI',Helvetica,Arial,sans-serif";
+        let font = "font-family:-apple-system,BlinkMacSystemFont,'Segoe UI',Helvetica,Arial,sans-serif";
         let label = "padding:4px 16px 4px 0;color:#57606a;font-size:14px;vertical-align:top;white-space:nowrap";
-        let value =
-            "padding:4px 0;color:#1f2328;font-size:14px;vertical-align:top;word-break:break-word";
+        let value = "padding:4px 0;color:#1f2328;font-size:14px;vertical-align:top;word-break:break-word";
         let heading = "margin:0 0 8px;font-size:13px;font-weight:bold;text-transform:uppercase;letter-spacing:0.04em;color:#57606a";
 
         let mut out = String::with_capacity(4_096);
@@ -296,18 +277,13 @@ mod tests {
 
     fn rendered(job: &NotificationJob, ctx: &RenderContext) -> (String, String, String) {
         match render(job, ctx) {
-            Message::Email {
-                subject,
-                text,
-                html,
-            } => (subject, text, html),
+            Message::Email { subject, text, html } => (subject, text, html),
             other => panic!("not an email: {other:?}"),
         }
     }
 
     fn snapshot(kind: TransitionKind) -> String {
-        let (subject, text, html) =
-            rendered(&fixtures::job(Channel::Email, kind), &fixtures::context());
+        let (subject, text, html) = rendered(&fixtures::job(Channel::Email, kind), &fixtures::context());
         format!("Subject: {subject}\n\n===== text =====\n{text}\n===== html =====\n{html}")
     }
 

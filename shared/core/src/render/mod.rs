@@ -50,10 +50,7 @@ fn headline(job: &NotificationJob, max_chars: usize) -> String {
     };
     let tail = format!(" ({})", truncate_chars(&one_line(&job.service_name), 40));
     let budget = max_chars.saturating_sub(head.chars().count() + tail.chars().count());
-    format!(
-        "{head}{}{tail}",
-        truncate_chars(&summary(&job.incident), budget)
-    )
+    format!("{head}{}{tail}", truncate_chars(&summary(&job.incident), budget))
 }
 
 /// The summary on one line; a placeholder when the alert sent an empty one.
@@ -112,12 +109,7 @@ fn timestamp(at: DateTime<Utc>) -> String {
 /// `45s`, `7m 21s`, `3h 5m`, `2d 4h`: how long between two moments.
 fn duration(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
     let secs = (to - from).num_seconds().max(0);
-    let (d, h, m, s) = (
-        secs / 86_400,
-        secs % 86_400 / 3_600,
-        secs % 3_600 / 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3_600, secs % 3_600 / 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
         (0, 0, _) if s == 0 => format!("{m}m"),
@@ -149,10 +141,7 @@ fn truncate_chars(text: &str, max: usize) -> Cow<'_, str> {
         None => Cow::Borrowed(text),
         Some(_) if max == 0 => Cow::Borrowed(""),
         Some(_) => {
-            let cut = text
-                .char_indices()
-                .nth(max - 1)
-                .map_or(text.len(), |(i, _)| i);
+            let cut = text.char_indices().nth(max - 1).map_or(text.len(), |(i, _)| i);
             Cow::Owned(format!("{}…", text[..cut].trim_end()))
         }
     }
@@ -214,9 +203,7 @@ pub(crate) mod fixtures {
 
     pub(crate) fn opened_at() -> DateTime<Utc> {
         // 2024-06-10T06:13:20Z
-        Utc.timestamp_opt(1_718_000_000, 0)
-            .single()
-            .expect("a valid timestamp")
+        Utc.timestamp_opt(1_718_000_000, 0).single().expect("a valid timestamp")
     }
 
     pub(crate) fn context() -> RenderContext {
@@ -367,10 +354,7 @@ mod tests {
         assert_eq!(duration(t, t + Duration::seconds(7 * 60)), "7m");
         assert_eq!(duration(t, t + Duration::seconds(441)), "7m 21s");
         assert_eq!(duration(t, t + Duration::seconds(3 * 3600 + 300)), "3h 5m");
-        assert_eq!(
-            duration(t, t + Duration::seconds(2 * 86_400 + 4 * 3600)),
-            "2d 4h"
-        );
+        assert_eq!(duration(t, t + Duration::seconds(2 * 86_400 + 4 * 3600)), "2d 4h");
         assert_eq!(duration(t, t - Duration::seconds(5)), "0s");
     }
 

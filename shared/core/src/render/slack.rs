@@ -8,8 +8,8 @@
 use serde_json::{json, Value};
 
 use super::{
-    color, detail_rows, duration, headline, incident_url, is_web_link, one_line, severity_title,
-    status_title, summary, timestamp, transition_title, truncate_chars, RenderContext,
+    color, detail_rows, duration, headline, incident_url, is_web_link, one_line, severity_title, status_title, summary,
+    timestamp, transition_title, truncate_chars, RenderContext,
 };
 use crate::incident::{Incident, IncidentStatus, TransitionKind};
 use crate::notify::{Message, NotificationJob};
@@ -143,8 +143,7 @@ fn summary_section(incident: &Incident, url: Option<&str>) -> Value {
         let room = MAX_SECTION_TEXT_CHARS.checked_sub(target.chars().count() + 5)?;
         (room >= 20).then(|| format!("*<{target}|{}>*", escape_within(&summary, room)))
     });
-    let text = linked
-        .unwrap_or_else(|| format!("*{}*", escape_within(&summary, MAX_SECTION_TEXT_CHARS - 2)));
+    let text = linked.unwrap_or_else(|| format!("*{}*", escape_within(&summary, MAX_SECTION_TEXT_CHARS - 2)));
     json!({ "type": "section", "text": mrkdwn(text) })
 }
 
@@ -160,10 +159,7 @@ fn fields_section(job: &NotificationJob) -> Value {
     ];
     if let Some(at) = incident.acknowledged_at {
         let after = duration(incident.created_at, at);
-        fields.push((
-            "Acknowledged at",
-            format!("{} (after {after})", local_time(at)),
-        ));
+        fields.push(("Acknowledged at", format!("{} (after {after})", local_time(at))));
     }
     if let Some(at) = incident.resolved_at {
         let after = duration(incident.created_at, at);
@@ -187,10 +183,7 @@ fn fields_section(job: &NotificationJob) -> Value {
                     _ => job.service_name.as_str(),
                 };
                 let room = MAX_FIELD_TEXT_CHARS - label.chars().count() - 3;
-                mrkdwn(format!(
-                    "*{label}*\n{}",
-                    escape_within(&one_line(raw), room)
-                ))
+                mrkdwn(format!("*{label}*\n{}", escape_within(&one_line(raw), room)))
             }
         })
         .collect();
@@ -231,12 +224,7 @@ fn details_section(incident: &Incident) -> Option<Value> {
 /// The alert's web links, as many as fit one context element.
 fn links_context(incident: &Incident) -> Option<Value> {
     let mut text = String::new();
-    for link in incident
-        .links
-        .iter()
-        .filter(|l| is_web_link(&l.href))
-        .take(MAX_LINKS)
-    {
+    for link in incident.links.iter().filter(|l| is_web_link(&l.href)).take(MAX_LINKS) {
         let target = link_target(&link.href);
         let label = link.text.as_deref().map(one_line).filter(|t| !t.is_empty());
         let piece = match label {
@@ -244,9 +232,7 @@ fn links_context(incident: &Incident) -> Option<Value> {
             None => format!("<{target}>"),
         };
         let separator = if text.is_empty() { "" } else { "  ·  " };
-        if text.chars().count() + separator.chars().count() + piece.chars().count()
-            > MAX_SECTION_TEXT_CHARS
-        {
+        if text.chars().count() + separator.chars().count() + piece.chars().count() > MAX_SECTION_TEXT_CHARS {
             break;
         }
         text.push_str(separator);
@@ -284,8 +270,7 @@ fn actions(incident: &Incident, url: Option<&str>) -> Option<Value> {
             "url": url,
         }));
     }
-    (!buttons.is_empty())
-        .then(|| json!({ "type": "actions", "block_id": ACTIONS_BLOCK_ID, "elements": buttons }))
+    (!buttons.is_empty()).then(|| json!({ "type": "actions", "block_id": ACTIONS_BLOCK_ID, "elements": buttons }))
 }
 
 #[cfg(test)]
@@ -339,32 +324,20 @@ mod tests {
                 }
                 Some("section") => {
                     if let Some(text) = block["text"]["text"].as_str() {
-                        assert!(
-                            text.chars().count() <= MAX_SECTION_TEXT_CHARS,
-                            "{}",
-                            text.len()
-                        );
+                        assert!(text.chars().count() <= MAX_SECTION_TEXT_CHARS, "{}", text.len());
                     }
                     if let Some(fields) = block["fields"].as_array() {
                         assert!(fields.len() <= MAX_SECTION_FIELDS);
                         for field in fields {
                             let text = field["text"].as_str().expect("field text");
-                            assert!(
-                                text.chars().count() <= MAX_FIELD_TEXT_CHARS,
-                                "{}",
-                                text.len()
-                            );
+                            assert!(text.chars().count() <= MAX_FIELD_TEXT_CHARS, "{}", text.len());
                         }
                     }
                 }
                 Some("context") => {
                     for element in block["elements"].as_array().expect("elements") {
                         let text = element["text"].as_str().expect("element text");
-                        assert!(
-                            text.chars().count() <= MAX_SECTION_TEXT_CHARS,
-                            "{}",
-                            text.len()
-                        );
+                        assert!(text.chars().count() <= MAX_SECTION_TEXT_CHARS, "{}", text.len());
                     }
                 }
                 _ => {}
@@ -419,9 +392,7 @@ mod tests {
     #[test]
     fn buttons_follow_the_status() {
         let ctx = fixtures::context();
-        let ids = |kind, ctx: &RenderContext| {
-            action_ids(&rendered(&fixtures::job(Channel::Slack, kind), ctx).2)
-        };
+        let ids = |kind, ctx: &RenderContext| action_ids(&rendered(&fixtures::job(Channel::Slack, kind), ctx).2);
         assert_eq!(
             ids(TransitionKind::Triggered, &ctx),
             [ACKNOWLEDGE_ACTION_ID, RESOLVE_ACTION_ID, VIEW_ACTION_ID]
@@ -437,10 +408,7 @@ mod tests {
             ids(TransitionKind::Triggered, &local),
             [ACKNOWLEDGE_ACTION_ID, RESOLVE_ACTION_ID]
         );
-        let (_, _, attachments) = rendered(
-            &fixtures::job(Channel::Slack, TransitionKind::Resolved),
-            &local,
-        );
+        let (_, _, attachments) = rendered(&fixtures::job(Channel::Slack, TransitionKind::Resolved), &local);
         assert!(
             block(&attachments, "actions").is_none(),
             "an empty actions block is refused by Slack"
@@ -486,13 +454,7 @@ mod tests {
         }];
         let (_, text, attachments) = rendered(&job, &fixtures::context());
         let all = format!("{text} {attachments}");
-        for forbidden in [
-            "<!channel>",
-            "<!here>",
-            "<!everyone>",
-            "<@U123>",
-            "<https://evil",
-        ] {
+        for forbidden in ["<!channel>", "<!here>", "<!everyone>", "<@U123>", "<https://evil"] {
             assert!(!all.contains(forbidden), "{forbidden} in {all}");
         }
         assert!(
@@ -537,14 +499,10 @@ mod tests {
         // Slack advises keeping the fallback under 4,000 characters.
         assert!(text.chars().count() < 2_000, "{}", text.len());
         assert_within_limits(&attachments);
-        let details = blocks(&attachments)[3]["text"]["text"]
-            .as_str()
-            .expect("details");
+        let details = blocks(&attachments)[3]["text"]["text"].as_str().expect("details");
         assert!(details.ends_with(" more_"), "{details}");
         // An entity is never cut in two.
-        let summary = blocks(&attachments)[1]["text"]["text"]
-            .as_str()
-            .expect("summary");
+        let summary = blocks(&attachments)[1]["text"]["text"].as_str().expect("summary");
         assert!(summary.ends_with("…>*"), "{summary}");
         assert!(!summary.contains("&a…") && !summary.contains("&l…") && !summary.contains("&g…"));
     }
@@ -556,8 +514,7 @@ mod tests {
             TransitionKind::Acknowledged,
             TransitionKind::Resolved,
         ] {
-            let (_, _, attachments) =
-                rendered(&fixtures::job(Channel::Slack, kind), &fixtures::context());
+            let (_, _, attachments) = rendered(&fixtures::job(Channel::Slack, kind), &fixtures::context());
             assert_within_limits(&attachments);
         }
     }
@@ -568,10 +525,7 @@ mod tests {
         job.incident.custom_details = None;
         job.incident.links.clear();
         let (_, _, attachments) = rendered(&job, &RenderContext::default());
-        let kinds: Vec<&str> = blocks(&attachments)
-            .iter()
-            .filter_map(|b| b["type"].as_str())
-            .collect();
+        let kinds: Vec<&str> = blocks(&attachments).iter().filter_map(|b| b["type"].as_str()).collect();
         assert_eq!(kinds, ["header", "section", "section", "actions"]);
         assert_eq!(
             blocks(&attachments)[1]["text"]["text"],

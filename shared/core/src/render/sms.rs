@@ -78,15 +78,13 @@ pub fn gsm7_width(c: char) -> Option<usize> {
         // The whole printable ASCII range is in the basic set except the
         // backtick and the extension characters.
         'A'..='Z' | 'a'..='z' | '0'..='9' => Some(1),
-        ' ' | '!' | '"' | '#' | '$' | '%' | '&' | '\'' | '(' | ')' | '*' | '+' | ',' | '-'
-        | '.' | '/' => Some(1),
+        ' ' | '!' | '"' | '#' | '$' | '%' | '&' | '\'' | '(' | ')' | '*' | '+' | ',' | '-' | '.' | '/' => Some(1),
         ':' | ';' | '<' | '=' | '>' | '?' | '@' | '_' | '\n' | '\r' => Some(1),
-        '£' | '¥' | 'è' | 'é' | 'ù' | 'ì' | 'ò' | 'Ç' | 'Ø' | 'ø' | 'Å' | 'å' => {
+        '£' | '¥' | 'è' | 'é' | 'ù' | 'ì' | 'ò' | 'Ç' | 'Ø' | 'ø' | 'Å' | 'å' => Some(1),
+        'Δ' | 'Φ' | 'Γ' | 'Λ' | 'Ω' | 'Π' | 'Ψ' | 'Σ' | 'Θ' | 'Ξ' => Some(1),
+        'Æ' | 'æ' | 'ß' | 'É' | '¤' | '¡' | 'Ä' | 'Ö' | 'Ñ' | 'Ü' | '§' | '¿' | 'ä' | 'ö' | 'ñ' | 'ü' | 'à' => {
             Some(1)
         }
-        'Δ' | 'Φ' | 'Γ' | 'Λ' | 'Ω' | 'Π' | 'Ψ' | 'Σ' | 'Θ' | 'Ξ' => Some(1),
-        'Æ' | 'æ' | 'ß' | 'É' | '¤' | '¡' | 'Ä' | 'Ö' | 'Ñ' | 'Ü' | '§' | '¿' | 'ä' | 'ö' | 'ñ'
-        | 'ü' | 'à' => Some(1),
         '^' | '{' | '}' | '\\' | '[' | '~' | ']' | '|' | '€' | '\u{0C}' => Some(2),
         _ => None,
     }
@@ -133,11 +131,7 @@ pub fn segments(text: &str) -> u32 {
 
 pub fn render(job: &NotificationJob, _ctx: &RenderContext) -> Message {
     let incident = &job.incident;
-    let head = format!(
-        "{} {}: ",
-        severity_tag(incident.severity),
-        one_line(&job.service_name)
-    );
+    let head = format!("{} {}: ", severity_tag(incident.severity), one_line(&job.service_name));
     let tail = format!(" [{}] {}", job.transition, incident.id);
     let text = fit(&head, &summary(incident), &tail);
     Message::Sms {
@@ -243,10 +237,7 @@ mod tests {
     #[test]
     fn a_short_summary_is_sent_whole() {
         let (text, encoding, segments) = rendered(&job_with_summary("Disk full"));
-        assert_eq!(
-            text,
-            "CRIT Checkout: Disk full [triggered] inc_3f9a1c07d2e84b6a90c1"
-        );
+        assert_eq!(text, "CRIT Checkout: Disk full [triggered] inc_3f9a1c07d2e84b6a90c1");
         assert_eq!(encoding, "gsm7");
         assert_eq!(segments, 1);
     }
@@ -258,10 +249,7 @@ mod tests {
         assert_eq!(segments, 1);
         assert_eq!(gsm7_length(&text), Some(160), "{text}");
         assert!(text.starts_with("CRIT Checkout: 0123456789"), "{text}");
-        assert!(
-            text.ends_with("... [triggered] inc_3f9a1c07d2e84b6a90c1"),
-            "{text}"
-        );
+        assert!(text.ends_with("... [triggered] inc_3f9a1c07d2e84b6a90c1"), "{text}");
     }
 
     #[test]
@@ -276,16 +264,12 @@ mod tests {
 
     #[test]
     fn an_emoji_summary_is_ucs2_within_one_segment() {
-        let (text, encoding, segments) =
-            rendered(&job_with_summary(&"🔥 database on fire ".repeat(10)));
+        let (text, encoding, segments) = rendered(&job_with_summary(&"🔥 database on fire ".repeat(10)));
         assert_eq!(encoding, "ucs2");
         assert_eq!(segments, 1);
         assert!(ucs2_length(&text) <= 70, "{}: {text}", ucs2_length(&text));
         assert!(text.starts_with("CRIT Checkout: 🔥"), "{text}");
-        assert!(
-            text.ends_with("… [triggered] inc_3f9a1c07d2e84b6a90c1"),
-            "{text}"
-        );
+        assert!(text.ends_with("… [triggered] inc_3f9a1c07d2e84b6a90c1"), "{text}");
     }
 
     #[test]
@@ -342,14 +326,8 @@ mod tests {
         assert_eq!(segments(&"€".repeat(80)), 1);
         assert_eq!(segments(&"€".repeat(81)), 2);
         // An escape pair is not split: 152 + 2 does not fit 153.
-        assert_eq!(
-            segments(&format!("{}€{}", "a".repeat(152), "a".repeat(10))),
-            2
-        );
-        assert_eq!(
-            segments(&format!("{}€{}", "a".repeat(152), "a".repeat(152))),
-            3
-        );
+        assert_eq!(segments(&format!("{}€{}", "a".repeat(152), "a".repeat(10))), 2);
+        assert_eq!(segments(&format!("{}€{}", "a".repeat(152), "a".repeat(152))), 3);
         assert_eq!(segments(&"é".repeat(70)), 1);
         assert_eq!(segments(&"中".repeat(70)), 1);
         assert_eq!(segments(&"中".repeat(71)), 2);
