@@ -4,7 +4,7 @@
 //! incident counts a repeat; a trigger after resolve opens a new incident;
 //! acknowledge and resolve of an unknown or closed key change nothing and are
 //! recorded. An event older than the incident's last transition never undoes
-//! it.
+//! it (see [`TransitionClock`] for which clock decides "older").
 
 use std::fmt;
 
@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::event::{Action, DedupKey, Event, EventId, Link, Origin, ServiceId, Severity};
+use crate::event::{Action, DedupKey, Event, EventId, IntegrationId, Link, Origin, ServiceId, Severity};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -109,14 +109,69 @@ pub struct Incident {
     /// The newest trigger time seen (provider time where given).
     pub last_seen_at: DateTime<Utc>,
     /// When the last transition (open, acknowledge, resolve) happened, by the
-    /// event's own clock: older events are ignored against it.
+    /// event's own clock (the provider's timestamp where it sent one).
     pub last_transition_at: DateTime<Utc>,
+    /// The clocks of the last transition, which later events are ordered
+    /// against: an event older than it is ignored.
+    pub transition_clock: TransitionClock,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<DateTime<Utc>>,
     /// Bumped on every write; stores use it for conditional writes.
     pub version: u64,
+}
+
+/// When the last transition happened, by each clock that can be trusted to
+/// compare later events with.
+///
+/// A provider's own timestamps are comparable with each other (Alertmanager's
+/// startsAt and endsAt), but not with Tocsin's clock or another integration's:
+/// a tool whose clock is an hour behind must still be able to resolve an
+/// incident someone acknowledged a minute ago. So an event is compared on the
+/// provider clock only when the transition came from the same integration with
+/// a timestamp, and on Tocsin's receive clock otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionClock {
+    /// When Tocsin received the event that made the transition.
+    pub received_at: DateTime<Utc>,
+    /// The timestamp the sending integration gave it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderTime {
+    pub integration: IntegrationId,
+    pub at: DateTime<Utc>,
+}
+
+impl TransitionClock {
+    pub fn of(event: &Event) -> Self {
+        TransitionClock {
+            received_at: event.received_at,
+            provider: provider_time(event),
+        }
+    }
+
+    /// Whether `event` happened before this transition, by the clock both share.
+    pub fn is_after(&self, event: &Event) -> bool {
+        match (&self.provider, provider_time(event)) {
+            (Some(ours), Some(theirs)) if ours.integration == theirs.integration => theirs.at < ours.at,
+            _ => event.received_at < self.received_at,
+        }
+    }
+}
+
+fn provider_time(event: &Event) -> Option<ProviderTime> {
+    let Origin::Integration { integration, .. } = &event.origin else {
+        return None;
+    };
+    let at = event.alert.payload.as_ref()?.timestamp?;
+    Some(ProviderTime {
+        integration: integration.clone(),
+        at,
+    })
 }
 
 /// A change of status that people are told about.
@@ -262,7 +317,7 @@ pub fn decide(latest: Option<&Incident>, event: &Event, now: DateTime<Utc>) -> D
     match (event.action(), latest) {
         (Action::Trigger, None) => open(event, now),
         (Action::Trigger, Some(incident)) if incident.status.is_closed() => {
-            if at < incident.last_transition_at {
+            if incident.transition_clock.is_after(event) {
                 ignore(IgnoreReason::Stale, Some(incident))
             } else {
                 open(event, now)
@@ -284,7 +339,7 @@ pub fn decide(latest: Option<&Incident>, event: &Event, now: DateTime<Utc>) -> D
         (Action::Acknowledge | Action::Resolve, Some(incident)) if incident.status.is_closed() => {
             ignore(IgnoreReason::AlreadyResolved, Some(incident))
         }
-        (Action::Acknowledge | Action::Resolve, Some(incident)) if at < incident.last_transition_at => {
+        (Action::Acknowledge | Action::Resolve, Some(incident)) if incident.transition_clock.is_after(event) => {
             ignore(IgnoreReason::Stale, Some(incident))
         }
         (Action::Acknowledge, Some(incident)) if incident.status == IncidentStatus::Acknowledged => {
@@ -295,6 +350,7 @@ pub fn decide(latest: Option<&Incident>, event: &Event, now: DateTime<Utc>) -> D
             next.status = IncidentStatus::Acknowledged;
             next.acknowledged_at = Some(at);
             next.last_transition_at = at;
+            next.transition_clock = TransitionClock::of(event);
             next.updated_at = now;
             next.version += 1;
             Decision::Transition {
@@ -307,6 +363,7 @@ pub fn decide(latest: Option<&Incident>, event: &Event, now: DateTime<Utc>) -> D
             next.status = IncidentStatus::Resolved;
             next.resolved_at = Some(at);
             next.last_transition_at = at;
+            next.transition_clock = TransitionClock::of(event);
             next.updated_at = now;
             next.version += 1;
             Decision::Transition {
@@ -342,6 +399,7 @@ fn open(event: &Event, now: DateTime<Utc>) -> Decision {
             updated_at: now,
             last_seen_at: at,
             last_transition_at: at,
+            transition_clock: TransitionClock::of(event),
             acknowledged_at: None,
             resolved_at: None,
             version: 1,

@@ -367,6 +367,71 @@ mod tests {
         assert_eq!(incidents[0].status, IncidentStatus::Resolved);
     }
 
+    fn from_integration(mut e: Event, integration: &str, provider_second: Option<i64>) -> Event {
+        e.origin = Origin::Integration {
+            integration: IntegrationId::parse(integration).unwrap(),
+            provider: ProviderKind::Webhook,
+        };
+        match (&mut e.alert.payload, provider_second) {
+            (Some(payload), time) => payload.timestamp = time.map(at),
+            (None, Some(second)) => {
+                e.alert.payload = event(0, "x", Action::Trigger, second).alert.payload;
+            }
+            (None, None) => {}
+        }
+        e
+    }
+
+    #[test]
+    fn a_provider_clock_far_behind_still_resolves_what_a_person_acknowledged() {
+        // The tool's clock says year-old times; the person acknowledges now.
+        let trigger = from_integration(event(1, "disk", Action::Trigger, 100), "hook", Some(-10_000));
+        let ack = event(2, "disk", Action::Acknowledge, 110);
+        let ack = Event {
+            origin: Origin::Api { actor: "ops".into() },
+            ..ack
+        };
+        let resolve = from_integration(event(3, "disk", Action::Resolve, 120), "hook", Some(-9_000));
+        let (store, outcomes) = run(&[trigger, ack, resolve]);
+        assert!(
+            matches!(outcomes[2], Applied::Transitioned(TransitionKind::Resolved, _)),
+            "{outcomes:?}"
+        );
+        assert_eq!(store.incidents()[0].status, IncidentStatus::Resolved);
+    }
+
+    #[test]
+    fn a_late_resend_is_judged_by_the_senders_own_clock() {
+        // Alertmanager: fired at 30, resolved at 50 (its endsAt), then a
+        // retried notification of the old firing (startsAt 30) arrives.
+        let fired = from_integration(event(1, "disk", Action::Trigger, 31), "am", Some(30));
+        let resolved = from_integration(event(2, "disk", Action::Resolve, 51), "am", Some(50));
+        let resent = from_integration(event(3, "disk", Action::Trigger, 60), "am", Some(30));
+        let refired = from_integration(event(4, "disk", Action::Trigger, 70), "am", Some(65));
+        let (store, outcomes) = run(&[fired, resolved, resent, refired]);
+        assert!(matches!(
+            outcomes[2],
+            Applied::Ignored {
+                reason: IgnoreReason::Stale,
+                ..
+            }
+        ));
+        assert!(matches!(outcomes[3], Applied::Opened(_)));
+        assert_eq!(store.incidents().len(), 2);
+    }
+
+    #[test]
+    fn old_timestamps_do_not_stop_a_trigger_after_a_resolve_without_one() {
+        // A sample payload with a 2015 timestamp, resolved with no payload,
+        // then sent again: a new incident, as PagerDuty would open.
+        let trigger = from_integration(event(1, "disk", Action::Trigger, 10), "pd", Some(-300_000_000));
+        let resolve = from_integration(event(2, "disk", Action::Resolve, 20), "pd", None);
+        let again = from_integration(event(3, "disk", Action::Trigger, 30), "pd", Some(-300_000_000));
+        let (store, outcomes) = run(&[trigger, resolve, again]);
+        assert!(matches!(outcomes[2], Applied::Opened(_)));
+        assert_eq!(store.incidents().len(), 2);
+    }
+
     #[test]
     fn a_redelivered_event_is_applied_once() {
         let first = event(1, "disk", Action::Trigger, 0);

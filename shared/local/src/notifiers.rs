@@ -531,6 +531,10 @@ mod tests {
             updated_at: at,
             last_seen_at: at,
             last_transition_at: at,
+            transition_clock: tocsin_core::incident::TransitionClock {
+                received_at: at,
+                provider: None,
+            },
             acknowledged_at: None,
             resolved_at: None,
             version: 1,

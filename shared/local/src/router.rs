@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/incidents/{id}/acknowledge", post(acknowledge))
         .route("/incidents/{id}/resolve", post(resolve))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -59,6 +60,15 @@ async fn not_found(method: Method, uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         "not found",
         format!("no endpoint {method} {}", uri.path()),
+        Vec::new(),
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    send(error_answer(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed",
+        format!("{} does not answer {method}", uri.path()),
         Vec::new(),
     ))
 }

@@ -251,6 +251,10 @@ pub(crate) mod fixtures {
             updated_at: opened,
             last_seen_at: opened + Duration::seconds(120),
             last_transition_at: opened,
+            transition_clock: crate::incident::TransitionClock {
+                received_at: opened,
+                provider: None,
+            },
             acknowledged_at: None,
             resolved_at: None,
             version: 1,
