@@ -51,7 +51,8 @@ const GROUP_SEPARATOR: char = '\u{1f}';
 
 /// The schema, one migration per entry; `PRAGMA user_version` records how
 /// many have run. Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE incidents (
     id          TEXT PRIMARY KEY,
     service     TEXT NOT NULL,
@@ -110,7 +111,16 @@ CREATE TABLE dead_letters (
     enqueued_at   INTEGER NOT NULL,
     dead_at       INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Receiving walks a queue in id order and stops at the first heads of
+-- group it finds; finding exhausted messages looks at receive counts. Both
+-- scanned every visible message before, which made a backlog of 50,000
+-- events cost 50 ms per batch.
+CREATE INDEX messages_in_order ON messages (queue, id);
+CREATE INDEX messages_by_receives ON messages (queue, receive_count);
+"#,
+];
 
 /// The queues of the local stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -304,7 +314,7 @@ impl Store {
                 {
                     let mut heads = tx.prepare_cached(
                         "SELECT id, group_key, body, receive_count, enqueued_at, last_error
-                         FROM messages AS m
+                         FROM messages AS m INDEXED BY messages_in_order
                          WHERE m.queue = ?1 AND m.visible_at <= ?2
                            AND NOT EXISTS (
                                SELECT 1 FROM messages AS m2
@@ -877,7 +887,8 @@ fn bury(conn: &Connection, id: i64, error: &str, now: i64) -> Result<(), rusqlit
 fn bury_exhausted(conn: &Connection, queue: QueueName, now: i64) -> Result<usize, rusqlite::Error> {
     let exhausted = {
         let mut stmt = conn.prepare_cached(
-            "SELECT id, last_error FROM messages WHERE queue = ?1 AND visible_at <= ?2 AND receive_count >= ?3",
+            "SELECT id, last_error FROM messages INDEXED BY messages_by_receives
+             WHERE queue = ?1 AND receive_count >= ?3 AND visible_at <= ?2",
         )?;
         let rows = stmt.query_map(params![queue.as_str(), now, RECEIVE_LIMIT], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?))
