@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tocsin_core::auth::IntegrationKey;
 use tocsin_core::config::Catalog;
 use tocsin_core::providers::ProviderKind;
-use tocsin_local::stack::{start, StackOptions};
+use tocsin_local::stack::{error_chain, start, StackOptions};
 use tocsin_local::store::Store;
 
 const SAMPLE_CONFIG: &str = include_str!("../tocsin.sample.yaml");
@@ -215,17 +215,6 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// What a newcomer needs to try it: each webhook URL with a curl line.

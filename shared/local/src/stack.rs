@@ -267,7 +267,8 @@ async fn deliver_job(notify: &NotifyService, delivery: &Delivery) -> Handled {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes on one line, for logs and the terminal.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
