@@ -20,6 +20,8 @@ use crate::signature::SignatureError;
 pub enum IngestError {
     #[error("the request body is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error("alert {index} makes an event of {size} bytes; one event may carry at most {limit}")]
+    EventTooLarge { index: usize, size: usize, limit: usize },
     #[error(
         "no integration key: send Authorization: Token token=KEY, Authorization: Bearer KEY, X-Integration-Key: KEY or ?token=KEY"
     )]
@@ -43,7 +45,7 @@ pub enum IngestError {
 impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::TooLarge { .. } | IngestError::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
             IngestError::UnknownIntegration | IngestError::WrongProvider { .. } => StatusCode::NOT_FOUND,
             IngestError::Disabled(_) => StatusCode::FORBIDDEN,
@@ -61,7 +63,7 @@ impl IngestError {
                 "invalid event",
                 invalid.errors.iter().map(ToString::to_string).collect(),
             ),
-            IngestError::TooLarge { .. } => ("payload too large", Vec::new()),
+            IngestError::TooLarge { .. } | IngestError::EventTooLarge { .. } => ("payload too large", Vec::new()),
             IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => {
                 ("unauthorized", Vec::new())
             }
@@ -78,6 +80,9 @@ impl IngestError {
         answer
     }
 }
+
+/// The largest event, as queued JSON: SQS's limit for one message.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
 /// One request to a provider endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +154,19 @@ impl IngestService {
                 alert,
             })
             .collect();
+
+        // An event must fit one queue message whole: refused here, in every
+        // runtime alike, rather than truncated or failed by the queue.
+        for (index, event) in events.iter().enumerate() {
+            let size = serde_json::to_vec(event).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+            if size > MAX_EVENT_BYTES {
+                return Err(IngestError::EventTooLarge {
+                    index,
+                    size,
+                    limit: MAX_EVENT_BYTES,
+                });
+            }
+        }
 
         // Read before enqueueing: afterwards the processor may already have
         // opened the incident, and the caller would be told it was not new.
@@ -223,5 +241,69 @@ impl IngestService {
                 is_new: false,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Catalog;
+    use crate::memory::MemoryStore;
+
+    const CONFIG: &str = r#"
+services:
+  - id: checkout
+    integrations:
+      - {id: pd, type: events-v2, key: 22222222222222222222222222222222}
+"#;
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    fn post(body: &serde_json::Value) -> (Answer, Arc<MemoryStore>) {
+        let store = Arc::new(MemoryStore::new());
+        let catalog = Catalog::from_yaml(CONFIG, "test.yaml").unwrap();
+        let ingest = IngestService::new(Arc::new(catalog), store.clone(), store.clone());
+        let body = serde_json::to_vec(body).unwrap();
+        let headers = HeaderMap::new();
+        let answer = block_on(ingest.handle(IngestRequest {
+            provider: ProviderKind::EventsV2,
+            headers: &headers,
+            query: None,
+            body: &body,
+            received_at: Utc::now(),
+        }));
+        (answer, store)
+    }
+
+    fn trigger(details_bytes: usize) -> serde_json::Value {
+        serde_json::json!({
+            "routing_key": "22222222222222222222222222222222",
+            "event_action": "trigger",
+            "payload": {"summary": "s", "source": "x", "severity": "info",
+                        "custom_details": {"blob": "x".repeat(details_bytes)}},
+        })
+    }
+
+    #[test]
+    fn an_event_that_fits_a_queue_message_is_queued() {
+        let (answer, store) = post(&trigger(200 * 1024));
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+        assert_eq!(store.queued_events().len(), 1);
+    }
+
+    #[test]
+    fn an_event_too_large_for_one_queue_message_is_refused_whole() {
+        // Under the 512 KB body limit, over SQS's 256 KiB message limit.
+        let (answer, store) = post(&trigger(300 * 1024));
+        assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
+        assert_eq!(body["status"], "payload too large");
+        assert!(body["message"].as_str().unwrap().contains("262144"), "{body}");
+        assert!(store.queued_events().is_empty());
     }
 }

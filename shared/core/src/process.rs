@@ -48,9 +48,8 @@ impl ProcessService {
 
     #[tracing::instrument(skip_all, fields(event = %event.id, service = %event.service, dedup_key = %event.dedup_key(), action = %event.action()))]
     pub async fn apply(&self, event: &Event, now: DateTime<Utc>) -> Result<Applied, ProcessError> {
-        if self.incidents.is_applied(&event.id).await? {
-            return Ok(Applied::Duplicate);
-        }
+        // No is_applied read first: the commit refuses an applied event
+        // atomically, which keeps a processed event to one read and one write.
         for _ in 0..Self::MAX_ATTEMPTS {
             let latest = self.incidents.latest(&event.service, event.dedup_key()).await?;
             let decision = decide(latest.as_ref(), event, now);
