@@ -1,0 +1,1287 @@
+//! The DynamoDB adapter of [`IncidentStore`] and [`ConfigStore`]: incidents,
+//! the open slot of each (service, dedup key), idempotency records, ignored
+//! events, services, integrations and API keys, all in one table. The design,
+//! its access patterns and their round trips: infra/dynamodb.md.
+//!
+//! A processed event costs two round trips: one strongly consistent Query of
+//! its key's partition ([`IncidentStore::latest`]) and one TransactWriteItems
+//! ([`IncidentStore::commit`]) that marks the event applied and writes the
+//! incident under a condition, atomically.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::client::Waiters;
+use aws_sdk_dynamodb::config::AsyncSleep;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, KeysAndAttributes, PointInTimeRecoverySpecification, Projection, ProjectionType, Put,
+    ScalarAttributeType, SseSpecification, SseType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
+    TransactWriteItem,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use tocsin_core::auth::{ApiKey, KeyHash, Scope};
+use tocsin_core::config::{EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Secret, Service};
+use tocsin_core::event::{DedupKey, EventId, FieldError, IntegrationId, ServiceId, Severity};
+use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
+use tocsin_core::ports::{
+    BackendError, Commit, CommitOutcome, ConfigStore, IgnoredEvent, IncidentFilter, IncidentStore,
+};
+use tocsin_core::providers::ProviderKind;
+
+/// One DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// Attribute names. Only incident items carry the attributes the indexes
+/// are keyed on (`incident_id`, `status`, `service_status`, `created`), so
+/// every index is sparse: nothing else lands in it.
+pub mod attr {
+    pub const PK: &str = "pk";
+    pub const SK: &str = "sk";
+    /// What an item is: one of [`super::kind`].
+    pub const TYPE: &str = "type";
+    /// The item's value as JSON: an `Incident`, an `IgnoredEvent`, a config record.
+    pub const DATA: &str = "data";
+    /// An incident's version, for conditional writes.
+    pub const VERSION: &str = "version";
+    /// Index `by_id`, partition key.
+    pub const INCIDENT_ID: &str = "incident_id";
+    pub const SERVICE: &str = "service";
+    pub const DEDUP_KEY: &str = "dedup_key";
+    /// Index `by_status`, partition key.
+    pub const STATUS: &str = "status";
+    /// Index `by_service_status`, partition key: `<service>#<status>`.
+    pub const SERVICE_STATUS: &str = "service_status";
+    /// Sort key of `by_status` and `by_service_status`: `<created_at>#<id>`.
+    pub const CREATED: &str = "created";
+    /// On an incident item written with a transition: `triggered`,
+    /// `acknowledged` or `resolved`. Absent after a write without one.
+    pub const TRANSITION: &str = "transition";
+    /// The id of the event that made that transition.
+    pub const TRANSITION_EVENT: &str = "transition_event";
+    /// On an open slot: the open incident's id and sort key.
+    pub const OPEN_INCIDENT: &str = "open_incident";
+    pub const OPEN_SK: &str = "open_sk";
+    /// On applied and ignored records: the incident the event concerned.
+    pub const INCIDENT: &str = "incident";
+    pub const APPLIED_AT: &str = "applied_at";
+    pub const REASON: &str = "reason";
+    /// The table's TTL attribute: epoch seconds.
+    pub const EXPIRES_AT: &str = "expires_at";
+}
+
+/// The values of [`attr::TYPE`].
+pub mod kind {
+    pub const INCIDENT: &str = "incident";
+    pub const OPEN_SLOT: &str = "open_slot";
+    pub const APPLIED: &str = "applied";
+    pub const IGNORED: &str = "ignored";
+    pub const SERVICE: &str = "service";
+    pub const INTEGRATION: &str = "integration";
+    pub const API_KEY: &str = "api_key";
+}
+
+/// The global secondary indexes, all KEYS_ONLY.
+pub mod index {
+    /// `incident_id` → the incident item's key.
+    pub const BY_ID: &str = "by_id";
+    /// `status`, newest first by `created`.
+    pub const BY_STATUS: &str = "by_status";
+    /// `service_status`, newest first by `created`.
+    pub const BY_SERVICE_STATUS: &str = "by_service_status";
+}
+
+/// How long an applied event is remembered: longer than an event can stay
+/// on the events queue and its dead-letter queue before a redrive.
+pub const APPLIED_RETENTION: TimeDelta = TimeDelta::days(7);
+/// How long an ignored event is kept for "why did this not page?".
+pub const IGNORED_RETENTION: TimeDelta = TimeDelta::days(30);
+
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 1000;
+/// BatchGetItem takes at most 100 keys.
+const BATCH_GET_KEYS: usize = 100;
+/// Keys a throttled BatchGetItem left unprocessed are asked again this many times.
+const BATCH_GET_ATTEMPTS: u32 = 5;
+
+const OPEN_SLOT_SK: &str = "OPEN";
+const INCIDENT_SK_PREFIX: &str = "INC#";
+const APPLIED_SK: &str = "APPLIED";
+const IGNORED_SK: &str = "IGNORED";
+const SERVICE_SK: &str = "SERVICE";
+const INTEGRATION_SK: &str = "INTEGRATION";
+const API_KEY_SK: &str = "APIKEY";
+
+/// The adapter: a client built once per container and the table's name.
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+/// A stored item that is not what this code writes.
+#[derive(Debug, thiserror::Error)]
+enum ItemError {
+    #[error("attribute '{name}' is missing or not a {expected}")]
+    Attribute { name: &'static str, expected: &'static str },
+    #[error("the item is a '{found}', not a '{expected}'")]
+    Kind { found: String, expected: &'static str },
+    #[error("attribute 'data' is not valid JSON of its type")]
+    Data(#[source] serde_json::Error),
+    #[error("attribute '{0}' disagrees with the item's data")]
+    Disagrees(&'static str),
+    #[error("a stored value is no longer valid")]
+    Invalid(#[from] FieldError),
+    #[error("the open slot names incident {0}, which does not exist")]
+    MissingOpenIncident(String),
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn string<'a>(item: &'a Item, name: &'static str) -> Result<&'a str, ItemError> {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => Ok(value),
+        _ => Err(ItemError::Attribute {
+            name,
+            expected: "string",
+        }),
+    }
+}
+
+fn number<T: FromStr>(item: &Item, name: &'static str) -> Result<T, ItemError> {
+    match item.get(name) {
+        Some(AttributeValue::N(value)) => value.parse().map_err(|_| ItemError::Attribute {
+            name,
+            expected: "number in range",
+        }),
+        _ => Err(ItemError::Attribute {
+            name,
+            expected: "number",
+        }),
+    }
+}
+
+fn expect_kind(item: &Item, expected: &'static str) -> Result<(), ItemError> {
+    let found = string(item, attr::TYPE)?;
+    if found == expected {
+        Ok(())
+    } else {
+        Err(ItemError::Kind {
+            found: found.to_owned(),
+            expected,
+        })
+    }
+}
+
+fn key(pk: String, sk: impl Into<String>) -> Item {
+    HashMap::from([(attr::PK.to_owned(), s(pk)), (attr::SK.to_owned(), s(sk))])
+}
+
+/// The primary key of a stored item (also what a KEYS_ONLY index returns).
+fn key_of(item: &Item) -> Result<Item, ItemError> {
+    Ok(ItemKey::of(item)?.into_item())
+}
+
+/// A primary key as plain strings: hashable, unlike an [`Item`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ItemKey {
+    pk: String,
+    sk: String,
+}
+
+impl ItemKey {
+    fn of(item: &Item) -> Result<Self, ItemError> {
+        Ok(ItemKey {
+            pk: string(item, attr::PK)?.to_owned(),
+            sk: string(item, attr::SK)?.to_owned(),
+        })
+    }
+
+    fn into_item(self) -> Item {
+        key(self.pk, self.sk)
+    }
+}
+
+/// The partition of a (service, dedup key): its incidents and its open slot.
+/// Dedup keys are free text (`#` included), so the pair is hashed, each part
+/// length-prefixed; the readable values are attributes of the items.
+fn key_partition(service: &ServiceId, dedup_key: &DedupKey) -> String {
+    let mut hasher = Sha256::new();
+    for part in [service.as_str(), dedup_key.as_str()] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    format!("KEY#{}", hex::encode(hasher.finalize()))
+}
+
+/// Sorts as the incidents are listed: by creation, then id. Fixed-width
+/// UTC timestamps sort as text.
+fn created(incident: &Incident) -> String {
+    format!(
+        "{}#{}",
+        incident.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        incident.id
+    )
+}
+
+fn incident_sk(incident: &Incident) -> String {
+    format!("{INCIDENT_SK_PREFIX}{}", created(incident))
+}
+
+fn event_pk(event: &EventId) -> String {
+    format!("EVENT#{event}")
+}
+
+fn service_pk(service: &ServiceId) -> String {
+    format!("SERVICE#{service}")
+}
+
+fn integration_pk(key: &KeyHash) -> String {
+    format!("INTKEY#{}", key.as_str())
+}
+
+fn api_key_pk(key: &KeyHash) -> String {
+    format!("APIKEY#{}", key.as_str())
+}
+
+/// The key of an incident's item (derived from fields that never change).
+pub fn incident_key(incident: &Incident) -> Item {
+    key(
+        key_partition(&incident.service, &incident.dedup_key),
+        incident_sk(incident),
+    )
+}
+
+/// The key of the item that holds a (service, dedup key)'s open incident id
+/// while it has one.
+pub fn open_slot_key(service: &ServiceId, dedup_key: &DedupKey) -> Item {
+    key(key_partition(service, dedup_key), OPEN_SLOT_SK)
+}
+
+/// The key of an event's idempotency record.
+pub fn applied_key(event: &EventId) -> Item {
+    key(event_pk(event), APPLIED_SK)
+}
+
+/// The key of an ignored event's record.
+pub fn ignored_key(event: &EventId) -> Item {
+    key(event_pk(event), IGNORED_SK)
+}
+
+pub fn service_key(service: &ServiceId) -> Item {
+    key(service_pk(service), SERVICE_SK)
+}
+
+pub fn integration_key(key_hash: &KeyHash) -> Item {
+    key(integration_pk(key_hash), INTEGRATION_SK)
+}
+
+pub fn api_key_key(key_hash: &KeyHash) -> Item {
+    key(api_key_pk(key_hash), API_KEY_SK)
+}
+
+/// An incident as a commit writes it. The item carries the transition the
+/// commit publishes, so a stream consumer knows from the new image alone
+/// whether to notify; a write without one leaves the attribute out (a Put
+/// replaces the whole item).
+struct IncidentWrite<'a> {
+    incident: &'a Incident,
+    transition: Option<&'a Transition>,
+}
+
+impl TryFrom<IncidentWrite<'_>> for Item {
+    type Error = serde_json::Error;
+
+    fn try_from(write: IncidentWrite<'_>) -> Result<Self, Self::Error> {
+        let incident = write.incident;
+        let mut item = incident_key(incident);
+        item.extend([
+            (attr::TYPE.to_owned(), s(kind::INCIDENT)),
+            (attr::INCIDENT_ID.to_owned(), s(incident.id.as_str())),
+            (attr::SERVICE.to_owned(), s(incident.service.as_str())),
+            (attr::DEDUP_KEY.to_owned(), s(incident.dedup_key.as_str())),
+            (attr::STATUS.to_owned(), s(incident.status.as_str())),
+            (
+                attr::SERVICE_STATUS.to_owned(),
+                s(format!("{}#{}", incident.service, incident.status)),
+            ),
+            (attr::CREATED.to_owned(), s(created(incident))),
+            (attr::VERSION.to_owned(), n(incident.version)),
+            (attr::DATA.to_owned(), s(serde_json::to_string(incident)?)),
+        ]);
+        if let Some(transition) = write.transition {
+            item.insert(attr::TRANSITION.to_owned(), s(transition.kind.as_str()));
+            item.insert(attr::TRANSITION_EVENT.to_owned(), s(transition.event_id.as_str()));
+        }
+        Ok(item)
+    }
+}
+
+/// An incident read back from its item.
+struct StoredIncident(Incident);
+
+impl TryFrom<&Item> for StoredIncident {
+    type Error = ItemError;
+
+    fn try_from(item: &Item) -> Result<Self, Self::Error> {
+        expect_kind(item, kind::INCIDENT)?;
+        let incident: Incident = serde_json::from_str(string(item, attr::DATA)?).map_err(ItemError::Data)?;
+        // The conditions test `version` and `incident_id`: they must be the data's.
+        if number::<u64>(item, attr::VERSION)? != incident.version {
+            return Err(ItemError::Disagrees(attr::VERSION));
+        }
+        if string(item, attr::INCIDENT_ID)? != incident.id.as_str() {
+            return Err(ItemError::Disagrees(attr::INCIDENT_ID));
+        }
+        Ok(StoredIncident(incident))
+    }
+}
+
+/// The open slot of the incident's key, naming it.
+fn open_slot_item(incident: &Incident) -> Item {
+    let mut item = open_slot_key(&incident.service, &incident.dedup_key);
+    item.extend([
+        (attr::TYPE.to_owned(), s(kind::OPEN_SLOT)),
+        (attr::OPEN_INCIDENT.to_owned(), s(incident.id.as_str())),
+        (attr::OPEN_SK.to_owned(), s(incident_sk(incident))),
+        (attr::SERVICE.to_owned(), s(incident.service.as_str())),
+        (attr::DEDUP_KEY.to_owned(), s(incident.dedup_key.as_str())),
+    ]);
+    item
+}
+
+fn applied_item(event: &EventId, incident: Option<&IncidentId>, now: DateTime<Utc>) -> Item {
+    let mut item = applied_key(event);
+    item.extend([
+        (attr::TYPE.to_owned(), s(kind::APPLIED)),
+        (
+            attr::APPLIED_AT.to_owned(),
+            s(now.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        ),
+        (attr::EXPIRES_AT.to_owned(), n((now + APPLIED_RETENTION).timestamp())),
+    ]);
+    if let Some(incident) = incident {
+        item.insert(attr::INCIDENT.to_owned(), s(incident.as_str()));
+    }
+    item
+}
+
+/// An ignored event's record.
+struct IgnoredWrite<'a> {
+    ignored: &'a IgnoredEvent,
+}
+
+impl TryFrom<IgnoredWrite<'_>> for Item {
+    type Error = serde_json::Error;
+
+    fn try_from(write: IgnoredWrite<'_>) -> Result<Self, Self::Error> {
+        let ignored = write.ignored;
+        let mut item = ignored_key(&ignored.event.id);
+        item.extend([
+            (attr::TYPE.to_owned(), s(kind::IGNORED)),
+            (attr::SERVICE.to_owned(), s(ignored.event.service.as_str())),
+            (attr::DEDUP_KEY.to_owned(), s(ignored.event.dedup_key().as_str())),
+            (attr::REASON.to_owned(), s(ignored.reason.as_str())),
+            (
+                attr::EXPIRES_AT.to_owned(),
+                n((ignored.at + IGNORED_RETENTION).timestamp()),
+            ),
+            (attr::DATA.to_owned(), s(serde_json::to_string(ignored)?)),
+        ]);
+        if let Some(incident) = &ignored.incident {
+            item.insert(attr::INCIDENT.to_owned(), s(incident.as_str()));
+        }
+        Ok(item)
+    }
+}
+
+/// A config value stored as JSON in `data` under a fixed key. The core's
+/// config types are validated on parse and carry no serde of their own, so
+/// each has a record type here.
+trait Record: Serialize + DeserializeOwned {
+    const KIND: &'static str;
+    fn key(&self) -> Item;
+}
+
+fn record_item<R: Record>(record: &R) -> Result<Item, serde_json::Error> {
+    let mut item = record.key();
+    item.extend([
+        (attr::TYPE.to_owned(), s(R::KIND)),
+        (attr::DATA.to_owned(), s(serde_json::to_string(record)?)),
+    ]);
+    Ok(item)
+}
+
+fn record_of<R: Record>(item: &Item) -> Result<R, ItemError> {
+    expect_kind(item, R::KIND)?;
+    let record: R = serde_json::from_str(string(item, attr::DATA)?).map_err(ItemError::Data)?;
+    if record.key() != key_of(item)? {
+        return Err(ItemError::Disagrees(attr::PK));
+    }
+    Ok(record)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ServiceRecord {
+    id: ServiceId,
+    name: String,
+    email: Vec<String>,
+    sms: Vec<String>,
+    slack: Option<String>,
+    on: Vec<TransitionKind>,
+    min_severity: Severity,
+}
+
+impl Record for ServiceRecord {
+    const KIND: &'static str = kind::SERVICE;
+
+    fn key(&self) -> Item {
+        service_key(&self.id)
+    }
+}
+
+impl From<&Service> for ServiceRecord {
+    fn from(service: &Service) -> Self {
+        let policy = &service.policy;
+        ServiceRecord {
+            id: service.id.clone(),
+            name: service.name.clone(),
+            email: policy.email.iter().map(|e| e.as_str().to_owned()).collect(),
+            sms: policy.sms.iter().map(|p| p.as_str().to_owned()).collect(),
+            slack: policy.slack.clone(),
+            on: policy.on.clone(),
+            min_severity: policy.min_severity,
+        }
+    }
+}
+
+impl TryFrom<ServiceRecord> for Service {
+    type Error = FieldError;
+
+    fn try_from(record: ServiceRecord) -> Result<Self, Self::Error> {
+        Ok(Service {
+            id: record.id,
+            name: record.name,
+            policy: NotificationPolicy {
+                email: record
+                    .email
+                    .iter()
+                    .map(|e| EmailAddress::parse(e))
+                    .collect::<Result<_, _>>()?,
+                sms: record
+                    .sms
+                    .iter()
+                    .map(|p| PhoneNumber::parse(p))
+                    .collect::<Result<_, _>>()?,
+                slack: record.slack,
+                on: record.on,
+                min_severity: record.min_severity,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IntegrationRecord {
+    id: IntegrationId,
+    service: ServiceId,
+    provider: ProviderKind,
+    key_hash: KeyHash,
+    /// In the item until issue 6 moves secrets to Secrets Manager; the
+    /// table is encrypted at rest.
+    secret: Option<String>,
+    enabled: bool,
+    fields: FieldsRecord,
+}
+
+impl Record for IntegrationRecord {
+    const KIND: &'static str = kind::INTEGRATION;
+
+    fn key(&self) -> Item {
+        integration_key(&self.key_hash)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct FieldsRecord {
+    summary_field: Option<String>,
+    severity_field: Option<String>,
+    dedup_key_field: Option<String>,
+    action_field: Option<String>,
+    source_field: Option<String>,
+    trigger_values: Vec<String>,
+    resolve_values: Vec<String>,
+    acknowledge_values: Vec<String>,
+}
+
+impl From<&FieldMapping> for FieldsRecord {
+    fn from(fields: &FieldMapping) -> Self {
+        FieldsRecord {
+            summary_field: fields.summary_field.clone(),
+            severity_field: fields.severity_field.clone(),
+            dedup_key_field: fields.dedup_key_field.clone(),
+            action_field: fields.action_field.clone(),
+            source_field: fields.source_field.clone(),
+            trigger_values: fields.trigger_values.clone(),
+            resolve_values: fields.resolve_values.clone(),
+            acknowledge_values: fields.acknowledge_values.clone(),
+        }
+    }
+}
+
+impl From<FieldsRecord> for FieldMapping {
+    fn from(record: FieldsRecord) -> Self {
+        FieldMapping {
+            summary_field: record.summary_field,
+            severity_field: record.severity_field,
+            dedup_key_field: record.dedup_key_field,
+            action_field: record.action_field,
+            source_field: record.source_field,
+            trigger_values: record.trigger_values,
+            resolve_values: record.resolve_values,
+            acknowledge_values: record.acknowledge_values,
+        }
+    }
+}
+
+impl From<&Integration> for IntegrationRecord {
+    fn from(integration: &Integration) -> Self {
+        IntegrationRecord {
+            id: integration.id.clone(),
+            service: integration.service.clone(),
+            provider: integration.provider,
+            key_hash: integration.key_hash.clone(),
+            secret: integration.secret.as_ref().map(|s| s.expose().to_owned()),
+            enabled: integration.enabled,
+            fields: FieldsRecord::from(&integration.fields),
+        }
+    }
+}
+
+impl From<IntegrationRecord> for Integration {
+    fn from(record: IntegrationRecord) -> Self {
+        Integration {
+            id: record.id,
+            service: record.service,
+            provider: record.provider,
+            key_hash: record.key_hash,
+            secret: record.secret.map(Secret::new),
+            enabled: record.enabled,
+            fields: record.fields.into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ApiKeyRecord {
+    name: String,
+    key_hash: KeyHash,
+    scopes: Vec<Scope>,
+}
+
+impl Record for ApiKeyRecord {
+    const KIND: &'static str = kind::API_KEY;
+
+    fn key(&self) -> Item {
+        api_key_key(&self.key_hash)
+    }
+}
+
+impl From<&ApiKey> for ApiKeyRecord {
+    fn from(key: &ApiKey) -> Self {
+        ApiKeyRecord {
+            name: key.name.clone(),
+            key_hash: key.key_hash.clone(),
+            scopes: key.scopes.clone(),
+        }
+    }
+}
+
+impl From<ApiKeyRecord> for ApiKey {
+    fn from(record: ApiKeyRecord) -> Self {
+        ApiKey {
+            name: record.name,
+            key_hash: record.key_hash,
+            scopes: record.scopes,
+        }
+    }
+}
+
+/// A condition on one item of a transaction.
+struct Condition {
+    expression: &'static str,
+    names: &'static [(&'static str, &'static str)],
+    values: Vec<(&'static str, AttributeValue)>,
+}
+
+impl Condition {
+    fn absent() -> Self {
+        Condition {
+            expression: "attribute_not_exists(#pk)",
+            names: &[("#pk", attr::PK)],
+            values: Vec::new(),
+        }
+    }
+}
+
+fn build_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
+    BackendError::new("dynamodb build a request", e)
+}
+
+fn put(table: &str, item: Item, condition: Option<Condition>) -> Result<TransactWriteItem, BackendError> {
+    let mut put = Put::builder().table_name(table).set_item(Some(item));
+    if let Some(condition) = condition {
+        put = put.condition_expression(condition.expression);
+        for (name, value) in condition.names {
+            put = put.expression_attribute_names(*name, *value);
+        }
+        for (name, value) in condition.values {
+            put = put.expression_attribute_values(name, value);
+        }
+    }
+    Ok(TransactWriteItem::builder()
+        .put(put.build().map_err(build_error)?)
+        .build())
+}
+
+fn delete(table: &str, key: Item, condition: Condition) -> Result<TransactWriteItem, BackendError> {
+    let mut delete = Delete::builder()
+        .table_name(table)
+        .set_key(Some(key))
+        .condition_expression(condition.expression);
+    for (name, value) in condition.names {
+        delete = delete.expression_attribute_names(*name, *value);
+    }
+    for (name, value) in condition.values {
+        delete = delete.expression_attribute_values(name, value);
+    }
+    Ok(TransactWriteItem::builder()
+        .delete(delete.build().map_err(build_error)?)
+        .build())
+}
+
+/// What a cancelled transaction means. The applied record is always the
+/// first item: its condition failing means the event was applied, whatever
+/// else failed. Any other failed condition, or another transaction writing
+/// the same items at the same time, means the incident or its key changed
+/// since it was read: the caller re-reads and decides again.
+fn outcome_of_cancellation(reasons: &[CancellationReason]) -> Option<CommitOutcome> {
+    const CONDITION_FAILED: &str = "ConditionalCheckFailed";
+    const TRANSACTION_CONFLICT: &str = "TransactionConflict";
+    fn code(reason: &CancellationReason) -> &str {
+        reason.code().unwrap_or("None")
+    }
+    if reasons.first().map(code) == Some(CONDITION_FAILED) {
+        return Some(CommitOutcome::AlreadyApplied);
+    }
+    if reasons.iter().map(code).any(|c| c == CONDITION_FAILED) {
+        return Some(CommitOutcome::Conflict);
+    }
+    if reasons.iter().map(code).any(|c| c == TRANSACTION_CONFLICT)
+        && reasons
+            .iter()
+            .map(code)
+            .all(|c| c == TRANSACTION_CONFLICT || c == "None")
+    {
+        return Some(CommitOutcome::Conflict);
+    }
+    None
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn get_item(&self, key: Item, consistent: bool) -> Result<Option<Item>, BackendError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb GetItem", e))?;
+        Ok(output.item)
+    }
+
+    async fn put_item(&self, item: Item) -> Result<(), BackendError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb PutItem", e))?;
+        Ok(())
+    }
+
+    async fn put_record<R: Record>(&self, record: &R) -> Result<(), BackendError> {
+        let item = record_item(record).map_err(|e| BackendError::new("dynamodb encode a config record", e))?;
+        self.put_item(item).await
+    }
+
+    async fn get_record<R: Record>(&self, key: Item) -> Result<Option<R>, BackendError> {
+        // Config changes rarely and is read on every webhook: an eventually
+        // consistent read (half the cost) is fresh within about a second.
+        let Some(item) = self.get_item(key, false).await? else {
+            return Ok(None);
+        };
+        record_of(&item)
+            .map(Some)
+            .map_err(|e| BackendError::new("dynamodb read a config record", e))
+    }
+
+    /// Creates or replaces a service and its notification policy.
+    pub async fn put_service(&self, service: &Service) -> Result<(), BackendError> {
+        self.put_record(&ServiceRecord::from(service)).await
+    }
+
+    /// Creates or replaces the integration its key hash names. A key
+    /// rotation is a new item: delete the old hash's with
+    /// [`DynamoStore::delete_integration`].
+    pub async fn put_integration(&self, integration: &Integration) -> Result<(), BackendError> {
+        self.put_record(&IntegrationRecord::from(integration)).await
+    }
+
+    pub async fn put_api_key(&self, key: &ApiKey) -> Result<(), BackendError> {
+        self.put_record(&ApiKeyRecord::from(key)).await
+    }
+
+    /// Removes the integration of this key hash; nothing if there is none.
+    pub async fn delete_integration(&self, key: &KeyHash) -> Result<(), BackendError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(integration_key(key)))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb DeleteItem", e))?;
+        Ok(())
+    }
+
+    /// The applied record of an event, claimed unless it exists and has not
+    /// expired. Expiry is decided here, not by TTL deletion (which may lag
+    /// by days, and never happens in moto).
+    fn claim_event(
+        &self,
+        event: &EventId,
+        incident: Option<&IncidentId>,
+        now: DateTime<Utc>,
+    ) -> Result<TransactWriteItem, BackendError> {
+        put(
+            &self.table,
+            applied_item(event, incident, now),
+            Some(Condition {
+                expression: "attribute_not_exists(#pk) OR #expires_at < :now",
+                names: &[("#pk", attr::PK), ("#expires_at", attr::EXPIRES_AT)],
+                values: vec![(":now", n(now.timestamp()))],
+            }),
+        )
+    }
+
+    /// The items of one commit, the applied record first.
+    fn transaction(&self, commit: &Commit, now: DateTime<Utc>) -> Result<Vec<TransactWriteItem>, BackendError> {
+        let encode = |e| BackendError::new("dynamodb encode a commit", e);
+        match commit {
+            Commit::Incident {
+                event_id,
+                incident,
+                expected_version,
+                transition,
+            } => {
+                let item = Item::try_from(IncidentWrite {
+                    incident,
+                    transition: transition.as_ref(),
+                })
+                .map_err(encode)?;
+                let mut items = vec![self.claim_event(event_id, Some(&incident.id), now)?];
+                match expected_version {
+                    None => {
+                        items.push(put(&self.table, item, Some(Condition::absent()))?);
+                        if !incident.status.is_closed() {
+                            items.push(put(&self.table, open_slot_item(incident), Some(Condition::absent()))?);
+                        }
+                    }
+                    Some(expected) => {
+                        items.push(put(
+                            &self.table,
+                            item,
+                            Some(Condition {
+                                expression: "#version = :expected",
+                                names: &[("#version", attr::VERSION)],
+                                values: vec![(":expected", n(expected))],
+                            }),
+                        )?);
+                        // Only the open incident of a key is ever updated, so
+                        // an update to resolved is the one that resolves it.
+                        if incident.status.is_closed() {
+                            items.push(delete(
+                                &self.table,
+                                open_slot_key(&incident.service, &incident.dedup_key),
+                                Condition {
+                                    expression: "#open = :id",
+                                    names: &[("#open", attr::OPEN_INCIDENT)],
+                                    values: vec![(":id", s(incident.id.as_str()))],
+                                },
+                            )?);
+                        }
+                    }
+                }
+                Ok(items)
+            }
+            Commit::Ignored(ignored) => {
+                let item = Item::try_from(IgnoredWrite { ignored }).map_err(encode)?;
+                Ok(vec![
+                    self.claim_event(&ignored.event.id, ignored.incident.as_ref(), now)?,
+                    put(&self.table, item, None)?,
+                ])
+            }
+        }
+    }
+
+    /// The keys of up to `limit` incidents of one index partition, newest
+    /// first, with their sort value.
+    async fn index_keys(
+        &self,
+        index: &'static str,
+        partition_attr: &'static str,
+        partition: String,
+        limit: usize,
+    ) -> Result<Vec<(String, ItemKey)>, BackendError> {
+        let mut found = Vec::new();
+        let mut start = None;
+        while found.len() < limit {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression("#p = :p")
+                .expression_attribute_names("#p", partition_attr)
+                .expression_attribute_values(":p", s(partition.clone()))
+                .scan_index_forward(false)
+                .limit(i32::try_from(limit - found.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Query", e))?;
+            for item in page.items() {
+                let read = |e| BackendError::new("dynamodb read an index entry", e);
+                let created = string(item, attr::CREATED).map_err(read)?.to_owned();
+                found.push((created, ItemKey::of(item).map_err(read)?));
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// The incidents of these keys, strongly consistent, in the keys' order;
+    /// a key without an item is left out.
+    async fn incidents_at(&self, keys: Vec<ItemKey>) -> Result<Vec<Incident>, BackendError> {
+        let read = |e| BackendError::new("dynamodb read an incident", e);
+        let mut found: HashMap<ItemKey, Incident> = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_KEYS) {
+            let mut pending: Vec<Item> = chunk.iter().cloned().map(ItemKey::into_item).collect();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                if attempt == BATCH_GET_ATTEMPTS {
+                    return Err(BackendError::new(
+                        "dynamodb BatchGetItem",
+                        format!("{} keys still unprocessed after {attempt} attempts", pending.len()),
+                    ));
+                }
+                if attempt > 0 {
+                    if let Some(sleep) = self.client.config().sleep_impl() {
+                        sleep.sleep(Duration::from_millis(25 << attempt)).await;
+                    }
+                }
+                attempt += 1;
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(pending))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(build_error)?;
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| BackendError::new("dynamodb BatchGetItem", e))?;
+                for item in output
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    let StoredIncident(incident) = StoredIncident::try_from(item).map_err(read)?;
+                    found.insert(ItemKey::of(item).map_err(read)?, incident);
+                }
+                pending = output
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+            }
+        }
+        Ok(keys.iter().filter_map(|key| found.remove(key)).collect())
+    }
+}
+
+#[async_trait]
+impl IncidentStore for DynamoStore {
+    async fn latest(&self, service: &ServiceId, dedup_key: &DedupKey) -> Result<Option<Incident>, BackendError> {
+        let read = |e| BackendError::new("dynamodb read an incident", e);
+        let partition = key_partition(service, dedup_key);
+        // Newest first, the open slot ("OPEN" sorts after "INC#…") before
+        // the incidents: two items are the slot and the newest incident.
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_values(":pk", s(partition.clone()))
+            .scan_index_forward(false)
+            .limit(2)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb Query", e))?;
+        let items = output.items();
+        let slot = items
+            .iter()
+            .find(|i| string(i, attr::SK).is_ok_and(|sk| sk == OPEN_SLOT_SK));
+        let newest = items
+            .iter()
+            .find(|i| string(i, attr::SK).is_ok_and(|sk| sk.starts_with(INCIDENT_SK_PREFIX)));
+        let Some(slot) = slot else {
+            return newest
+                .map(|item| StoredIncident::try_from(item).map(|s| s.0))
+                .transpose()
+                .map_err(read);
+        };
+        let open_id = string(slot, attr::OPEN_INCIDENT).map_err(read)?;
+        if let Some(item) = newest.filter(|i| string(i, attr::INCIDENT_ID).is_ok_and(|id| id == open_id)) {
+            return StoredIncident::try_from(item).map(|s| Some(s.0)).map_err(read);
+        }
+        // The open incident is not the newest created: a clock went back.
+        // Rare; one more read.
+        let open_sk = string(slot, attr::OPEN_SK).map_err(read)?;
+        match self.get_item(key(partition, open_sk), true).await? {
+            Some(item) => StoredIncident::try_from(&item).map(|s| Some(s.0)).map_err(read),
+            None => Err(read(ItemError::MissingOpenIncident(open_id.to_owned()))),
+        }
+    }
+
+    async fn get(&self, id: &IncidentId) -> Result<Option<Incident>, BackendError> {
+        let read = |e| BackendError::new("dynamodb read an incident", e);
+        // The index gives the item's key (fixed at creation), the table its
+        // current value, strongly consistent.
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index::BY_ID)
+            .key_condition_expression("#id = :id")
+            .expression_attribute_names("#id", attr::INCIDENT_ID)
+            .expression_attribute_values(":id", s(id.as_str()))
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb Query", e))?;
+        let Some(entry) = output.items().first() else {
+            return Ok(None);
+        };
+        let Some(item) = self.get_item(key_of(entry).map_err(read)?, true).await? else {
+            return Ok(None);
+        };
+        StoredIncident::try_from(&item).map(|s| Some(s.0)).map_err(read)
+    }
+
+    async fn list(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, BackendError> {
+        let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let statuses = match filter.status {
+            Some(status) => vec![status],
+            None => vec![
+                IncidentStatus::Open,
+                IncidentStatus::Acknowledged,
+                IncidentStatus::Resolved,
+            ],
+        };
+        // One index partition per status asked: the newest `limit` of each,
+        // merged, hold the newest `limit` of all.
+        let mut entries = Vec::new();
+        for status in statuses {
+            let found = match &filter.service {
+                Some(service) => {
+                    self.index_keys(
+                        index::BY_SERVICE_STATUS,
+                        attr::SERVICE_STATUS,
+                        format!("{service}#{status}"),
+                        limit,
+                    )
+                    .await?
+                }
+                None => {
+                    self.index_keys(index::BY_STATUS, attr::STATUS, status.to_string(), limit)
+                        .await?
+                }
+            };
+            entries.extend(found);
+        }
+        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        // The index lags the table: an incident that just changed status may
+        // show under both, or under its old one (dropped below).
+        let mut seen = HashSet::new();
+        let keys: Vec<ItemKey> = entries
+            .into_iter()
+            .map(|(_, key)| key)
+            .filter(|key| seen.insert(key.clone()))
+            .take(limit)
+            .collect();
+        let incidents = self.incidents_at(keys).await?;
+        Ok(incidents
+            .into_iter()
+            .filter(|i| filter.status.is_none_or(|s| i.status == s))
+            .filter(|i| filter.service.as_ref().is_none_or(|s| &i.service == s))
+            .collect())
+    }
+
+    async fn is_applied(&self, event: &EventId) -> Result<bool, BackendError> {
+        let Some(item) = self.get_item(applied_key(event), true).await? else {
+            return Ok(false);
+        };
+        let expires_at: i64 =
+            number(&item, attr::EXPIRES_AT).map_err(|e| BackendError::new("dynamodb read an applied record", e))?;
+        Ok(expires_at >= Utc::now().timestamp())
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, BackendError> {
+        let items = self.transaction(commit, Utc::now())?;
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(CommitOutcome::Written),
+            Err(err) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
+                    if let Some(outcome) = outcome_of_cancellation(cancelled.cancellation_reasons()) {
+                        tracing::debug!(?outcome, "transaction cancelled");
+                        return Ok(outcome);
+                    }
+                }
+                Err(BackendError::new("dynamodb TransactWriteItems", err))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ConfigStore for DynamoStore {
+    async fn integration_by_key(&self, key: &KeyHash) -> Result<Option<Integration>, BackendError> {
+        let record: Option<IntegrationRecord> = self.get_record(integration_key(key)).await?;
+        Ok(record.map(Integration::from))
+    }
+
+    async fn service(&self, id: &ServiceId) -> Result<Option<Service>, BackendError> {
+        let record: Option<ServiceRecord> = self.get_record(service_key(id)).await?;
+        record
+            .map(Service::try_from)
+            .transpose()
+            .map_err(|e| BackendError::new("dynamodb read a config record", ItemError::Invalid(e)))
+    }
+
+    async fn api_key(&self, key: &KeyHash) -> Result<Option<ApiKey>, BackendError> {
+        let record: Option<ApiKeyRecord> = self.get_record(api_key_key(key)).await?;
+        Ok(record.map(ApiKey::from))
+    }
+}
+
+/// Creates the table as template.yaml declares it (infra/dynamodb.md):
+/// on-demand, `pk`/`sk` strings, the three KEYS_ONLY indexes, a stream of
+/// new and old images, encryption with the AWS managed key; then, once it
+/// is active, TTL on `expires_at` and point-in-time recovery.
+pub async fn create_table(client: &Client, name: &str) -> Result<(), BackendError> {
+    let string_attribute = |attribute: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(attribute)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(build_error)
+    };
+    let key_element = |attribute: &str, key_type: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(attribute)
+            .key_type(key_type)
+            .build()
+            .map_err(build_error)
+    };
+    let keys_only_index = |index: &str, hash: &str, range: Option<&str>| {
+        let mut schema = vec![key_element(hash, KeyType::Hash)?];
+        if let Some(range) = range {
+            schema.push(key_element(range, KeyType::Range)?);
+        }
+        GlobalSecondaryIndex::builder()
+            .index_name(index)
+            .set_key_schema(Some(schema))
+            .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+            .build()
+            .map_err(build_error)
+    };
+
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_attribute_definitions(Some(vec![
+            string_attribute(attr::PK)?,
+            string_attribute(attr::SK)?,
+            string_attribute(attr::INCIDENT_ID)?,
+            string_attribute(attr::STATUS)?,
+            string_attribute(attr::SERVICE_STATUS)?,
+            string_attribute(attr::CREATED)?,
+        ]))
+        .set_key_schema(Some(vec![
+            key_element(attr::PK, KeyType::Hash)?,
+            key_element(attr::SK, KeyType::Range)?,
+        ]))
+        .set_global_secondary_indexes(Some(vec![
+            keys_only_index(index::BY_ID, attr::INCIDENT_ID, None)?,
+            keys_only_index(index::BY_STATUS, attr::STATUS, Some(attr::CREATED))?,
+            keys_only_index(index::BY_SERVICE_STATUS, attr::SERVICE_STATUS, Some(attr::CREATED))?,
+        ]))
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .map_err(build_error)?,
+        )
+        .sse_specification(SseSpecification::builder().enabled(true).sse_type(SseType::Kms).build())
+        .send()
+        .await
+        .map_err(|e| BackendError::new("dynamodb CreateTable", e))?;
+
+    client
+        .wait_until_table_exists()
+        .table_name(name)
+        .wait(Duration::from_secs(300))
+        .await
+        .map_err(|e| BackendError::new("dynamodb DescribeTable (wait until active)", e))?;
+
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(attr::EXPIRES_AT)
+                .build()
+                .map_err(build_error)?,
+        )
+        .send()
+        .await
+        .map_err(|e| BackendError::new("dynamodb UpdateTimeToLive", e))?;
+
+    client
+        .update_continuous_backups()
+        .table_name(name)
+        .point_in_time_recovery_specification(
+            PointInTimeRecoverySpecification::builder()
+                .point_in_time_recovery_enabled(true)
+                .build()
+                .map_err(build_error)?,
+        )
+        .send()
+        .await
+        .map_err(|e| BackendError::new("dynamodb UpdateContinuousBackups", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(code: &str) -> CancellationReason {
+        CancellationReason::builder().code(code).build()
+    }
+
+    #[test]
+    fn a_failed_applied_record_wins_over_every_other_reason() {
+        let cases = [
+            (
+                vec!["ConditionalCheckFailed", "ConditionalCheckFailed"],
+                Some(CommitOutcome::AlreadyApplied),
+            ),
+            (
+                vec!["ConditionalCheckFailed", "None"],
+                Some(CommitOutcome::AlreadyApplied),
+            ),
+            (vec!["None", "ConditionalCheckFailed"], Some(CommitOutcome::Conflict)),
+            (
+                vec!["None", "None", "ConditionalCheckFailed"],
+                Some(CommitOutcome::Conflict),
+            ),
+            (vec!["TransactionConflict", "None"], Some(CommitOutcome::Conflict)),
+            (vec!["None", "ThrottlingError"], None),
+            (vec!["TransactionConflict", "ValidationError"], None),
+            (vec![], None),
+        ];
+        for (codes, expected) in cases {
+            let reasons: Vec<_> = codes.iter().map(|c| reason(c)).collect();
+            assert_eq!(outcome_of_cancellation(&reasons), expected, "{codes:?}");
+        }
+    }
+
+    #[test]
+    fn dedup_keys_with_separators_never_share_a_partition() {
+        let service = |s: &str| ServiceId::parse(s).unwrap();
+        let dedup = |d: &str| DedupKey::parse(d).unwrap();
+        let a = key_partition(&service("a"), &dedup("b#c"));
+        let b = key_partition(&service("a"), &dedup("b"));
+        let c = key_partition(&service("a-b"), &dedup("c"));
+        assert_ne!(a, b);
+        assert_ne!(b, c);
+        assert!(a.starts_with("KEY#") && a.len() == 4 + 64);
+    }
+
+    #[test]
+    fn the_open_slot_sorts_before_every_incident_newest_first() {
+        // A descending Query of a key's partition must return the slot first.
+        assert!(OPEN_SLOT_SK > "INC#9999-12-31T23:59:59.999999Z#inc_ffffffffffffffffffff");
+    }
+}
