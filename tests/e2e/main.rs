@@ -13,4 +13,5 @@ mod generic;
 mod incidents_api;
 mod prometheus;
 mod restart;
+mod template;
 mod webhook;

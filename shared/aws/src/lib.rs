@@ -6,6 +6,7 @@
 //! AWS_ENDPOINT_URL_<SERVICE>), which is how tests point it at moto.
 
 pub mod dynamodb;
+pub mod function;
 pub mod processor;
 pub mod sqs;
 

@@ -1,0 +1,6 @@
+//! ingest-events-v2: API Gateway → events-v2 provider → events queue.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tocsin_aws::function::run_ingest(tocsin_core::providers::ProviderKind::EventsV2).await
+}

@@ -1,0 +1,207 @@
+//! What every Lambda function's main.rs runs: tracing, typed config from
+//! the environment (refused at init, naming the variable), SDK clients built
+//! once per container, then the runtime loop with the handler.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_runtime::LambdaEvent;
+use tocsin_core::ingest::{IngestRequest, IngestService};
+use tocsin_core::process::ProcessService;
+use tocsin_core::providers::ProviderKind;
+
+use crate::dynamodb::DynamoStore;
+use crate::processor::process_batch;
+use crate::sqs::SqsEventQueue;
+
+/// A required environment variable that is missing or empty.
+#[derive(Debug, thiserror::Error)]
+#[error("the environment variable {0} must be set (template.yaml sets it)")]
+pub struct MissingVariable(pub &'static str);
+
+fn required(name: &'static str) -> Result<String, MissingVariable> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(MissingVariable(name))
+}
+
+/// The table and queue every function that touches events needs.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// TOCSIN_TABLE: the DynamoDB table.
+    pub table: String,
+    /// TOCSIN_EVENTS_QUEUE_URL: the SQS FIFO events queue.
+    pub events_queue_url: String,
+}
+
+impl EventsConfig {
+    pub fn from_env() -> Result<Self, MissingVariable> {
+        Ok(Self {
+            table: required("TOCSIN_TABLE")?,
+            events_queue_url: required("TOCSIN_EVENTS_QUEUE_URL")?,
+        })
+    }
+}
+
+/// Structured logs: JSON when the function's LoggingConfig asks for it
+/// (AWS_LAMBDA_LOG_FORMAT), level from AWS_LAMBDA_LOG_LEVEL or RUST_LOG.
+pub fn init_tracing() {
+    lambda_runtime::tracing::init_default_subscriber();
+}
+
+/// An ingest-<provider> function: API Gateway HTTP API requests to one
+/// provider endpoint.
+pub async fn run_ingest(provider: ProviderKind) -> Result<(), lambda_http::Error> {
+    init_tracing();
+    let config = EventsConfig::from_env()?;
+    let sdk = crate::sdk_config().await;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
+    let queue = Arc::new(SqsEventQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        config.events_queue_url,
+    ));
+    let ingest = IngestService::new(store.clone(), queue, store);
+    lambda_http::run(lambda_http::service_fn(|request: Request| {
+        let ingest = ingest.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer_ingest(&ingest, provider, request).await) }
+    }))
+    .await
+}
+
+/// One API Gateway request through the ingest service, answered with the
+/// same status, headers and JSON as the local router.
+pub async fn answer_ingest(ingest: &IngestService, provider: ProviderKind, request: Request) -> Response<Body> {
+    let received_at = Utc::now();
+    let query = request.uri().query().map(str::to_owned).or_else(|| {
+        let params = request.query_string_parameters();
+        (!params.is_empty()).then(|| {
+            params
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+    });
+    let (parts, body) = request.into_parts();
+    let answer = ingest
+        .handle(IngestRequest {
+            provider,
+            headers: &parts.headers,
+            query: query.as_deref(),
+            body: body.as_ref(),
+            received_at,
+        })
+        .await;
+    let (parts, bytes) = answer.into_parts();
+    let body = if bytes.is_empty() {
+        Body::Empty
+    } else {
+        // Every answer body is JSON text.
+        Body::Text(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    Response::from_parts(parts, body)
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The processor function: batches from the events queue, failures
+/// reported per message.
+pub async fn run_processor() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let table = required("TOCSIN_TABLE")?;
+    let sdk = crate::sdk_config().await;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
+    let process = ProcessService::new(store);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+            let process = process.clone();
+            async move { Ok::<_, std::convert::Infallible>(process_batch(&process, event.payload, Utc::now()).await) }
+        },
+    ))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use tocsin_core::config::Catalog;
+    use tocsin_core::memory::MemoryStore;
+
+    use super::*;
+
+    fn service() -> (IngestService, Arc<MemoryStore>) {
+        let catalog = Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample").unwrap();
+        let store = Arc::new(MemoryStore::new());
+        (
+            IngestService::new(Arc::new(catalog), store.clone(), store.clone()),
+            store,
+        )
+    }
+
+    fn request(file: &str) -> Request {
+        let path = format!("{}/../../events/aws/{file}", env!("CARGO_MANIFEST_DIR"));
+        lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_api_gateway_request_is_ingested_as_the_local_router_would() {
+        let (ingest, store) = service();
+        let answer = answer_ingest(
+            &ingest,
+            ProviderKind::Prometheus,
+            request("apigw-prometheus-firing.json"),
+        )
+        .await;
+        assert_eq!(answer.status(), 202);
+        assert_eq!(answer.headers()["content-type"], "application/json");
+        assert_eq!(
+            store.queued_events().len(),
+            2,
+            "one event per alert of events/prometheus/firing.json"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_query_string_carries_the_key_and_the_body_is_a_form() {
+        let (ingest, store) = service();
+        let answer = answer_ingest(
+            &ingest,
+            ProviderKind::Generic,
+            request("apigw-generic-query-token.json"),
+        )
+        .await;
+        assert_eq!(answer.status(), 200);
+        let Body::Text(text) = answer.body() else {
+            panic!("a JSON answer")
+        };
+        let body: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(body["IsNew"], true);
+        assert_eq!(
+            store.queued_events()[0].alert.payload.as_ref().unwrap().summary,
+            "Queue backed up"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_the_same_json_as_locally() {
+        let (ingest, store) = service();
+        let answer = answer_ingest(&ingest, ProviderKind::Webhook, request("apigw-prometheus-firing.json")).await;
+        assert_eq!(answer.status(), 404, "a prometheus key sent to the webhook endpoint");
+        assert!(store.queued_events().is_empty());
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let error = required("TOCSIN_SURELY_UNSET_VARIABLE").unwrap_err();
+        assert!(error.to_string().contains("TOCSIN_SURELY_UNSET_VARIABLE"));
+    }
+}
