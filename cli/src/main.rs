@@ -48,6 +48,24 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Write a config's services, integrations and API keys to the DynamoDB
+    /// table of a deployment (the SDK's own endpoint resolution: AWS, or
+    /// AWS_ENDPOINT_URL for a local AWS API server), and print each
+    /// integration's URL and key.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The table (the stack's TableName output).
+        #[arg(long, env = "TOCSIN_TABLE")]
+        table: String,
+        /// The API's base URL (the stack's ApiUrl output), for the printed URLs.
+        #[arg(long, env = "TOCSIN_API_URL")]
+        api_url: Option<String>,
+        /// Create the table first, as template.yaml defines it (for a local
+        /// AWS API server; a deployment's stack already has it).
+        #[arg(long)]
+        create_table: bool,
+    },
     /// Print a new integration key and the SHA-256 to put in config as
     /// key_sha256.
     Keygen,
@@ -119,6 +137,12 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Apply {
+            file,
+            table,
+            api_url,
+            create_table,
+        } => apply(&file, &table, api_url.as_deref(), create_table).await,
         Command::Keygen => {
             let key = IntegrationKey::generate().map_err(|e| format!("no randomness available: {e}"))?;
             println!("key:        {}", key.reveal());
@@ -150,6 +174,50 @@ async fn run(command: Command) -> Result<(), String> {
             }
         }
     }
+}
+
+async fn apply(file: &Path, table: &str, api_url: Option<&str>, create: bool) -> Result<(), String> {
+    let catalog = load(Some(file))?;
+    let sdk = tocsin_aws::sdk_config().await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    if create {
+        tocsin_aws::dynamodb::create_table(&client, table)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        println!("created table {table}");
+    }
+    let store = tocsin_aws::dynamodb::DynamoStore::new(client, table);
+    for service in &catalog.services {
+        store.put_service(service).await.map_err(|e| error_chain(&e))?;
+    }
+    for key in &catalog.api_keys {
+        store.put_api_key(key).await.map_err(|e| error_chain(&e))?;
+    }
+    let base = api_url.unwrap_or("").trim_end_matches('/');
+    for integration in &catalog.integrations {
+        store.put_integration(integration).await.map_err(|e| error_chain(&e))?;
+        let key = catalog
+            .plain_keys
+            .get(&integration.id)
+            .map(|k| k.reveal().to_owned())
+            .unwrap_or_else(|| "(given as key_sha256)".to_owned());
+        println!(
+            "{} / {} ({}{})\n  POST {base}{}\n  key {key}",
+            integration.service,
+            integration.id,
+            integration.provider.title(),
+            if integration.enabled { "" } else { ", disabled" },
+            integration.provider.path(),
+        );
+    }
+    println!(
+        "applied {}: {} services, {} integrations, {} API keys to table {table}",
+        file.display(),
+        catalog.services.len(),
+        catalog.integrations.len(),
+        catalog.api_keys.len()
+    );
+    Ok(())
 }
 
 fn open_store(data: &Path) -> Result<Store, String> {

@@ -161,14 +161,20 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         .await;
     let answer = answer.unwrap_or_else(|e| panic!("ingest failed: {e}"));
     assert_eq!(answer["statusCode"], 202, "{answer}");
-    println!("ingest-prometheus cold start: {cold:?}");
+    println!(
+        "ingest-prometheus cold start: init {:?}, first response {:?}, peak RSS {:?} KiB",
+        cold.init, cold.to_first_response, cold.peak_rss_kib
+    );
 
     let (batch, handles) = take_sqs_event(&sqs, &queue_url, &queue_arn).await;
     assert_eq!(batch["Records"].as_array().unwrap().len(), 2, "one message per alert");
     let (answer, cold) = processor.cold_invoke(batch).await;
     let answer = answer.unwrap_or_else(|e| panic!("processor failed: {e}"));
     assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
-    println!("processor cold start: {cold:?}");
+    println!(
+        "processor cold start: init {:?}, first response {:?}, peak RSS {:?} KiB",
+        cold.init, cold.to_first_response, cold.peak_rss_kib
+    );
     for handle in handles {
         sqs.delete_message()
             .queue_url(&queue_url)
@@ -219,4 +225,61 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
     assert_eq!(answer["statusCode"], 404, "{answer}");
     let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["status"], "not found");
+}
+
+#[tokio::test]
+async fn tocsin_apply_writes_the_config_to_the_table() {
+    use tocsin_core::ports::ConfigStore;
+
+    let moto = moto_url();
+    let table = unique("apply");
+    let output = std::process::Command::new(crate::app::tocsin_bin())
+        .args([
+            "apply",
+            "-f",
+            "cli/tocsin.sample.yaml",
+            "--table",
+            &table,
+            "--create-table",
+        ])
+        .args(["--api-url", "https://api.example.com/"])
+        .current_dir(crate::app::workspace_root())
+        .env("AWS_ENDPOINT_URL", &moto)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .expect("tocsin apply runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tocsin apply failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("POST https://api.example.com/integrations/prometheus"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("key {}", keys::SAMPLE_PROMETHEUS)), "{stdout}");
+
+    let config = sdk_config(&moto).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &table);
+    let integration = store
+        .integration_by_key(&KeyHash::of(keys::SAMPLE_PROMETHEUS))
+        .await
+        .unwrap()
+        .expect("the integration is in the table");
+    assert_eq!(integration.provider, ProviderKind::Prometheus);
+    assert_eq!(integration.service.as_str(), "checkout");
+    let payments = store
+        .service(&ServiceId::parse("payments").unwrap())
+        .await
+        .unwrap()
+        .expect("the service is in the table");
+    assert_eq!(payments.policy.min_severity, Severity::Warning);
+    assert!(store
+        .api_key(&KeyHash::of(keys::SAMPLE_API_KEY))
+        .await
+        .unwrap()
+        .is_some());
 }

@@ -131,6 +131,104 @@ pub async fn run_processor() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+fn optional(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// What the dispatcher needs: the table (service lookups) and the queue of
+/// every channel.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// TOCSIN_TABLE: the DynamoDB table.
+    pub table: String,
+    /// TOCSIN_EMAIL_QUEUE_URL, TOCSIN_SMS_QUEUE_URL, TOCSIN_SLACK_QUEUE_URL:
+    /// the per-channel SQS FIFO queues.
+    pub queue_urls: std::collections::HashMap<tocsin_core::notify::Channel, String>,
+}
+
+impl DispatchConfig {
+    pub fn from_env() -> Result<Self, MissingVariable> {
+        use tocsin_core::notify::Channel;
+        Ok(Self {
+            table: required("TOCSIN_TABLE")?,
+            queue_urls: std::collections::HashMap::from([
+                (Channel::Email, required("TOCSIN_EMAIL_QUEUE_URL")?),
+                (Channel::Sms, required("TOCSIN_SMS_QUEUE_URL")?),
+                (Channel::Slack, required("TOCSIN_SLACK_QUEUE_URL")?),
+            ]),
+        })
+    }
+}
+
+/// TOCSIN_PUBLIC_URL, optional: the base of incident links in messages.
+pub fn render_context_from_env() -> tocsin_core::render::RenderContext {
+    tocsin_core::render::RenderContext {
+        public_url: optional("TOCSIN_PUBLIC_URL"),
+    }
+}
+
+/// The dispatcher function: the table's stream of incident transitions to
+/// notification jobs, failures reported per record.
+pub async fn run_dispatch() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let config = DispatchConfig::from_env()?;
+    let sdk = crate::sdk_config().await;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
+    let queues = Arc::new(crate::sqs::SqsNotificationQueues::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        config.queue_urls,
+    ));
+    let dispatch = tocsin_core::dispatch::DispatchService::new(store, queues);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |event: LambdaEvent<aws_lambda_events::event::dynamodb::Event>| {
+            let dispatch = dispatch.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    crate::dispatch::dispatch_records(&dispatch, event.payload, Utc::now()).await,
+                )
+            }
+        },
+    ))
+    .await
+}
+
+/// Runs a notifier function: batches from its channel queue, failures
+/// reported per message.
+async fn run_notify(notifier: Arc<dyn tocsin_core::notify::Notifier>) -> Result<(), lambda_runtime::Error> {
+    let notify = tocsin_core::dispatch::NotifyService::new(vec![notifier], render_context_from_env());
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+            let notify = notify.clone();
+            async move { Ok::<_, std::convert::Infallible>(crate::notify::deliver_batch(&notify, event.payload).await) }
+        },
+    ))
+    .await
+}
+
+/// The email notifier: SES v2 from TOCSIN_EMAIL_FROM (a verified identity).
+pub async fn run_notify_email() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let from = required("TOCSIN_EMAIL_FROM")?;
+    let sdk = crate::sdk_config().await;
+    run_notify(Arc::new(crate::notify::SesEmailNotifier::new(
+        aws_sdk_sesv2::Client::new(&sdk),
+        from,
+    )))
+    .await
+}
+
+/// The SMS notifier: SNS Publish, with TOCSIN_SMS_SENDER_ID if set.
+pub async fn run_notify_sms() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let sender_id = optional("TOCSIN_SMS_SENDER_ID");
+    let sdk = crate::sdk_config().await;
+    run_notify(Arc::new(crate::notify::SnsSmsNotifier::new(
+        aws_sdk_sns::Client::new(&sdk),
+        sender_id,
+    )))
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use tocsin_core::config::Catalog;

@@ -5,8 +5,10 @@
 //! Endpoints are never in code: the SDK reads AWS_ENDPOINT_URL (and
 //! AWS_ENDPOINT_URL_<SERVICE>), which is how tests point it at moto.
 
+pub mod dispatch;
 pub mod dynamodb;
 pub mod function;
+pub mod notify;
 pub mod processor;
 pub mod sqs;
 

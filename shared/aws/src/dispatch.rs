@@ -1,0 +1,276 @@
+//! The dispatcher Lambda's handler: the table's DynamoDB stream, each record
+//! an incident write that made a transition (the event source mapping's
+//! filter lets nothing else through, infra/dynamodb.md), turned into
+//! notification jobs on the per-channel queues.
+
+use aws_lambda_events::event::dynamodb::{Event, EventRecord};
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tocsin_core::dispatch::DispatchService;
+use tocsin_core::event::EventId;
+use tocsin_core::incident::{Incident, Transition, TransitionKind};
+use tocsin_core::ports::BackendError;
+use tracing::Instrument;
+
+use crate::dynamodb::{attr, kind};
+
+/// Dispatches the batch's records in order. At the first failure it stops
+/// and reports that record: Lambda resumes the shard from the lowest
+/// reported sequence number, so later records would be read again anyway,
+/// and stopping keeps one incident's transitions in order. A record that
+/// keeps failing ends, after the mapping's retries and bisection, in its
+/// on-failure destination.
+pub async fn dispatch_records(dispatch: &DispatchService, event: Event, now: DateTime<Utc>) -> DynamoDbEventResponse {
+    let mut response = DynamoDbEventResponse::default();
+    for record in event.records {
+        let sequence = record.change.sequence_number.clone();
+        let span = tracing::info_span!(
+            "record",
+            event_id = %record.event_id,
+            sequence = sequence.as_deref().unwrap_or_default()
+        );
+        if let Err(error) = dispatch_record(dispatch, &record, now).instrument(span).await {
+            tracing::warn!(
+                event_id = %record.event_id,
+                sequence = sequence.as_deref().unwrap_or_default(),
+                %error,
+                "record failed; the stream will retry from it"
+            );
+            let mut failure = DynamoDbBatchItemFailure::default();
+            // Without a sequence number the answer fails the whole batch,
+            // which is still a retry, never a loss.
+            failure.item_identifier = sequence;
+            response.batch_item_failures.push(failure);
+            break;
+        }
+    }
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the new image cannot be read as DynamoDB JSON")]
+    Image(#[source] serde_json::Error),
+    #[error("attribute '{name}' of the new image is missing or not a {expected}")]
+    Attribute { name: &'static str, expected: &'static str },
+    #[error("attribute 'transition' is '{0}', not a transition")]
+    UnknownTransition(String),
+    #[error("attribute 'data' is not an incident")]
+    Data(#[source] serde_json::Error),
+    #[error("attribute '{0}' disagrees with the incident in 'data'")]
+    Disagrees(&'static str),
+    #[error("attribute 'transition_event' is empty")]
+    EventId,
+    #[error(transparent)]
+    Dispatch(#[from] BackendError),
+}
+
+async fn dispatch_record(
+    dispatch: &DispatchService,
+    record: &EventRecord,
+    now: DateTime<Utc>,
+) -> Result<(), RecordError> {
+    let Some(transition) = transition_of(record)? else {
+        tracing::debug!(event_name = %record.event_name, "not an incident transition; skipped");
+        return Ok(());
+    };
+    dispatch.dispatch(&transition, now).await?;
+    Ok(())
+}
+
+/// The transition a record publishes: `None` for records that are not an
+/// incident write with a transition (the filter keeps them out; should one
+/// arrive it is nothing to do), an error for an incident record that does
+/// not read as what DynamoStore writes.
+pub fn transition_of(record: &EventRecord) -> Result<Option<Transition>, RecordError> {
+    if !matches!(record.event_name.as_str(), "INSERT" | "MODIFY") {
+        return Ok(None);
+    }
+    // The stream's AttributeValues serialize as DynamoDB JSON
+    // ({"name": {"S": "..."}}), which is read here without a second model.
+    let image = match serde_json::to_value(&record.change.new_image).map_err(RecordError::Image)? {
+        Value::Object(image) => image,
+        _ => {
+            return Err(RecordError::Attribute {
+                name: "NewImage",
+                expected: "map",
+            })
+        }
+    };
+    if optional_string(&image, attr::TYPE)? != Some(kind::INCIDENT) {
+        return Ok(None);
+    }
+    let Some(transition) = optional_string(&image, attr::TRANSITION)? else {
+        return Ok(None);
+    };
+    let kind =
+        TransitionKind::parse(transition).ok_or_else(|| RecordError::UnknownTransition(transition.to_owned()))?;
+    let incident: Incident = serde_json::from_str(string(&image, attr::DATA)?).map_err(RecordError::Data)?;
+    // The transition's id is `<incident id>:<version>`: both must be the item's.
+    if string(&image, attr::INCIDENT_ID)? != incident.id.as_str() {
+        return Err(RecordError::Disagrees(attr::INCIDENT_ID));
+    }
+    if number(&image, attr::VERSION)?.parse::<u64>().ok() != Some(incident.version) {
+        return Err(RecordError::Disagrees(attr::VERSION));
+    }
+    let event_id = string(&image, attr::TRANSITION_EVENT)?;
+    if event_id.trim().is_empty() {
+        return Err(RecordError::EventId);
+    }
+    Ok(Some(Transition {
+        kind,
+        incident,
+        event_id: EventId::new(event_id),
+    }))
+}
+
+/// A typed attribute of DynamoDB JSON: `{"S": "..."}`, `{"N": "..."}`.
+fn typed<'a>(
+    image: &'a Map<String, Value>,
+    name: &'static str,
+    tag: &'static str,
+    expected: &'static str,
+) -> Result<Option<&'a str>, RecordError> {
+    match image.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .get(tag)
+            .and_then(Value::as_str)
+            .map(Some)
+            .ok_or(RecordError::Attribute { name, expected }),
+    }
+}
+
+fn optional_string<'a>(image: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, RecordError> {
+    typed(image, name, "S", "string")
+}
+
+fn string<'a>(image: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, RecordError> {
+    optional_string(image, name)?.ok_or(RecordError::Attribute {
+        name,
+        expected: "string",
+    })
+}
+
+fn number<'a>(image: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, RecordError> {
+    typed(image, name, "N", "number")?.ok_or(RecordError::Attribute {
+        name,
+        expected: "number",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tocsin_core::config::Catalog;
+    use tocsin_core::memory::MemoryStore;
+    use tocsin_core::notify::Channel;
+
+    use super::*;
+
+    /// Records built from an incident item DynamoStore wrote to moto (see
+    /// tests/dispatch.rs), plus an open slot, a TTL deletion, a record whose
+    /// `version` disagrees with its data, and a redelivery of the first.
+    fn fixture() -> Event {
+        let path = format!(
+            "{}/../../events/aws/dynamodb-stream-transitions.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn service() -> (DispatchService, Arc<MemoryStore>) {
+        let catalog = Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample").unwrap();
+        let store = Arc::new(MemoryStore::new());
+        (DispatchService::new(Arc::new(catalog), store.clone()), store)
+    }
+
+    fn failed(response: &DynamoDbEventResponse) -> Vec<Option<&str>> {
+        response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_deref())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_first_broken_record_is_reported_and_the_batch_stops_there() {
+        let (dispatch, store) = service();
+        let response = dispatch_records(&dispatch, fixture(), Utc::now()).await;
+        assert_eq!(failed(&response), [Some("103")]);
+        let mut channels: Vec<Channel> = store.queued_jobs().iter().map(|j| j.channel).collect();
+        channels.sort();
+        assert_eq!(channels, [Channel::Email, Channel::Sms, Channel::Slack]);
+    }
+
+    #[tokio::test]
+    async fn dispatching_a_record_twice_plans_the_same_jobs() {
+        let (dispatch, store) = service();
+        let mut batch = fixture();
+        batch.records.retain(|r| r.event_id != "ev-103");
+        let response = dispatch_records(&dispatch, batch, Utc::now()).await;
+        assert!(response.batch_item_failures.is_empty(), "{response:?}");
+        assert_eq!(store.queued_jobs().len(), 3, "records 100 and 104 are one transition");
+    }
+
+    #[test]
+    fn the_transition_is_rebuilt_from_the_new_image() {
+        let batch = fixture();
+        let transition = transition_of(&batch.records[0]).unwrap().expect("a transition");
+        assert_eq!(transition.kind, TransitionKind::Triggered);
+        assert_eq!(transition.incident.id.as_str(), "inc_0e87094c381efc1ba49c");
+        assert_eq!(transition.event_id.as_str(), "550f958b-3f06-4aca-b412-e74eaaba8128");
+        assert_eq!(transition.id(), "inc_0e87094c381efc1ba49c:1");
+    }
+
+    #[test]
+    fn records_that_are_not_transitions_are_nothing_to_do() {
+        let batch = fixture();
+        assert!(transition_of(&batch.records[1]).unwrap().is_none(), "an open slot");
+        assert!(transition_of(&batch.records[2]).unwrap().is_none(), "a TTL deletion");
+    }
+
+    #[test]
+    fn malformed_incident_records_are_errors() {
+        let batch = fixture();
+        let valid = &batch.records[0];
+        let broken = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut record = serde_json::to_value(valid).unwrap();
+            change(&mut record["dynamodb"]["NewImage"]);
+            let record: EventRecord = serde_json::from_value(record).unwrap();
+            transition_of(&record).unwrap_err()
+        };
+        assert!(matches!(
+            broken(&|image| image["transition"] = serde_json::json!({"S": "exploded"})),
+            RecordError::UnknownTransition(_)
+        ));
+        assert!(matches!(
+            broken(&|image| image["transition"] = serde_json::json!({"N": "1"})),
+            RecordError::Attribute { name: "transition", .. }
+        ));
+        assert!(matches!(
+            broken(&|image| {
+                image.as_object_mut().unwrap().remove("data");
+            }),
+            RecordError::Attribute { name: "data", .. }
+        ));
+        assert!(matches!(
+            broken(&|image| image["data"] = serde_json::json!({"S": "{}"})),
+            RecordError::Data(_)
+        ));
+        assert!(matches!(
+            broken(&|image| image["incident_id"] = serde_json::json!({"S": "inc_other"})),
+            RecordError::Disagrees("incident_id")
+        ));
+        assert!(matches!(
+            broken(&|image| image["transition_event"] = serde_json::json!({"S": " "})),
+            RecordError::EventId
+        ));
+        assert_eq!(
+            broken(&|image| image["version"] = serde_json::json!({"N": "7"})).to_string(),
+            "attribute 'version' disagrees with the incident in 'data'"
+        );
+    }
+}

@@ -1,0 +1,403 @@
+//! The notifiers on AWS: email through SES v2, SMS through SNS, and the
+//! notifier functions' handler for a batch from a channel queue.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_sesv2::config::http::HttpResponse;
+use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent};
+use aws_sdk_sns::types::MessageAttributeValue;
+use tocsin_core::dispatch::{DeliveryError, NotifyService};
+use tocsin_core::notify::{Channel, Message, NotificationJob, Notifier, NotifyError, Receipt};
+use tracing::Instrument;
+
+/// Service error codes that pass with time, whatever the HTTP status says.
+const PASSING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "RequestLimitExceeded",
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalFailure",
+    "KMSThrottlingException",
+];
+
+/// Sorts an SDK error: what may pass on a retry (no answer, throttling,
+/// 5xx) is transient; what the service refused as sent (validation, a bad
+/// recipient, an unverified sender) is permanent.
+fn classify<E>(operation: &str, error: SdkError<E, HttpResponse>) -> NotifyError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let transient = match &error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(context) => {
+            let code = context.err().code().unwrap_or_default();
+            let status = context.raw().status().as_u16();
+            PASSING_CODES.contains(&code) || status == 429 || status >= 500
+        }
+        _ => false,
+    };
+    let reason = format!(
+        "{operation}: {}",
+        error
+            .code()
+            .map(str::to_owned)
+            .or_else(|| error.message().map(str::to_owned))
+            .unwrap_or_else(|| error.to_string())
+    );
+    let source = Some(Box::new(error) as Box<dyn std::error::Error + Send + Sync>);
+    if transient {
+        NotifyError::Transient {
+            reason,
+            retry_after_secs: None,
+            source,
+        }
+    } else {
+        NotifyError::Permanent { reason, source }
+    }
+}
+
+/// A message that is not the notifier's channel's: a bug upstream, never
+/// better on a retry.
+fn wrong_message(channel: Channel) -> NotifyError {
+    NotifyError::Permanent {
+        reason: format!("the rendered message is not an {channel} message"),
+        source: None,
+    }
+}
+
+fn build_error(error: aws_sdk_sesv2::error::BuildError) -> NotifyError {
+    NotifyError::Permanent {
+        reason: "the request could not be built".to_owned(),
+        source: Some(Box::new(error)),
+    }
+}
+
+/// Email through SES v2 SendEmail, simple content with a text and an HTML
+/// part, from the configured (verified) sender.
+#[derive(Clone, Debug)]
+pub struct SesEmailNotifier {
+    client: aws_sdk_sesv2::Client,
+    from: String,
+}
+
+impl SesEmailNotifier {
+    pub fn new(client: aws_sdk_sesv2::Client, from: impl Into<String>) -> Self {
+        Self {
+            client,
+            from: from.into(),
+        }
+    }
+}
+
+fn utf8(data: &str) -> Result<Content, NotifyError> {
+    Content::builder()
+        .data(data)
+        .charset("UTF-8")
+        .build()
+        .map_err(build_error)
+}
+
+#[async_trait]
+impl Notifier for SesEmailNotifier {
+    fn channel(&self) -> Channel {
+        Channel::Email
+    }
+
+    async fn deliver(&self, job: &NotificationJob, message: &Message) -> Result<Receipt, NotifyError> {
+        let Message::Email { subject, text, html } = message else {
+            return Err(wrong_message(Channel::Email));
+        };
+        let content = EmailContent::builder()
+            .simple(
+                aws_sdk_sesv2::types::Message::builder()
+                    .subject(utf8(subject)?)
+                    .body(Body::builder().text(utf8(text)?).html(utf8(html)?).build())
+                    .build(),
+            )
+            .build();
+        let output = self
+            .client
+            .send_email()
+            .from_email_address(&self.from)
+            .destination(Destination::builder().to_addresses(&job.to).build())
+            .content(content)
+            .send()
+            .await
+            .map_err(|e| classify("ses SendEmail", e))?;
+        Ok(Receipt {
+            reference: output.message_id().map(str::to_owned),
+        })
+    }
+}
+
+/// SMS through SNS Publish to a phone number, as a transactional message
+/// (delivered first, and outside quiet hours' promotional limits).
+#[derive(Clone, Debug)]
+pub struct SnsSmsNotifier {
+    client: aws_sdk_sns::Client,
+    sender_id: Option<String>,
+}
+
+impl SnsSmsNotifier {
+    pub fn new(client: aws_sdk_sns::Client, sender_id: Option<String>) -> Self {
+        Self {
+            client,
+            sender_id: sender_id.filter(|s| !s.trim().is_empty()),
+        }
+    }
+}
+
+fn string_attribute(value: &str) -> Result<MessageAttributeValue, NotifyError> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .map_err(|e| NotifyError::Permanent {
+            reason: "the SMS attribute could not be built".to_owned(),
+            source: Some(Box::new(e)),
+        })
+}
+
+#[async_trait]
+impl Notifier for SnsSmsNotifier {
+    fn channel(&self) -> Channel {
+        Channel::Sms
+    }
+
+    async fn deliver(&self, job: &NotificationJob, message: &Message) -> Result<Receipt, NotifyError> {
+        let Message::Sms { text, .. } = message else {
+            return Err(wrong_message(Channel::Sms));
+        };
+        let mut publish = self
+            .client
+            .publish()
+            .phone_number(&job.to)
+            .message(text)
+            .message_attributes("AWS.SNS.SMS.SMSType", string_attribute("Transactional")?);
+        if let Some(sender_id) = &self.sender_id {
+            publish = publish.message_attributes("AWS.SNS.SMS.SenderID", string_attribute(sender_id)?);
+        }
+        let output = publish.send().await.map_err(|e| classify("sns Publish", e))?;
+        Ok(Receipt {
+            reference: output.message_id().map(str::to_owned),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("the message body is not a notification job")]
+    NotAJob(#[source] serde_json::Error),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+}
+
+/// Delivers every job of a batch and reports the ids of those that failed.
+/// A transient failure is retried by SQS; a permanent one is logged at
+/// error and reported too, so that it reaches the channel's dead-letter
+/// queue (and its alarm) after the retries instead of being dropped. As in
+/// the processor, a failure holds back the rest of its FIFO group (one
+/// recipient), so a person's messages keep the order of the transitions.
+pub async fn deliver_batch(notify: &NotifyService, batch: SqsEvent) -> SqsBatchResponse {
+    let mut failures = Vec::new();
+    let mut blocked_groups: HashSet<String> = HashSet::new();
+    for message in batch.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let group = message.attributes.get("MessageGroupId").cloned();
+        if group.as_ref().is_some_and(|g| blocked_groups.contains(g)) {
+            tracing::info!(message_id = %id, "not delivered: an earlier message of its group failed");
+        } else {
+            let span = tracing::info_span!("message", message_id = %id);
+            match deliver(notify, &message).instrument(span).await {
+                Ok(receipt) => {
+                    tracing::info!(message_id = %id, reference = receipt.reference.as_deref(), "delivered");
+                    continue;
+                }
+                Err(JobError::Delivery(DeliveryError::Notify(error @ NotifyError::Transient { .. }))) => {
+                    tracing::warn!(message_id = %id, %error, "delivery failed; SQS will retry it");
+                }
+                Err(error) => {
+                    tracing::error!(message_id = %id, %error, "delivery refused; it goes to the dead-letter queue");
+                }
+            }
+            if let Some(group) = group {
+                blocked_groups.insert(group);
+            }
+        }
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = id;
+        failures.push(failure);
+    }
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failures;
+    response
+}
+
+async fn deliver(notify: &NotifyService, message: &SqsMessage) -> Result<Receipt, JobError> {
+    let body = message.body.as_deref().unwrap_or_default();
+    let job: NotificationJob = serde_json::from_str(body).map_err(JobError::NotAJob)?;
+    Ok(notify.deliver(&job).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sesv2::error::ErrorMetadata;
+    use aws_sdk_sesv2::operation::send_email::SendEmailError;
+
+    use super::*;
+
+    fn service_error(status: u16, code: &str) -> SdkError<SendEmailError, HttpResponse> {
+        SdkError::service_error(
+            SendEmailError::generic(ErrorMetadata::builder().code(code).message("refused").build()),
+            HttpResponse::new(status.try_into().unwrap(), "".into()),
+        )
+    }
+
+    fn is_transient(error: &NotifyError) -> bool {
+        matches!(error, NotifyError::Transient { .. })
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_transient() {
+        assert!(is_transient(&classify(
+            "ses",
+            service_error(429, "TooManyRequestsException")
+        )));
+        assert!(is_transient(&classify("ses", service_error(400, "Throttling"))));
+        assert!(is_transient(&classify(
+            "ses",
+            service_error(400, "LimitExceededException")
+        )));
+        assert!(is_transient(&classify("ses", service_error(503, "ServiceUnavailable"))));
+        assert!(is_transient(&classify("ses", service_error(500, "Whatever"))));
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_named() {
+        for (status, code) in [
+            (400, "MessageRejected"),
+            (400, "BadRequestException"),
+            (400, "InvalidParameter"),
+        ] {
+            let error = classify("ses SendEmail", service_error(status, code));
+            assert!(!is_transient(&error), "{code}");
+            assert_eq!(error.to_string(), format!("delivery refused: ses SendEmail: {code}"));
+        }
+    }
+
+    /// Refuses jobs to one recipient, throttles another, delivers the rest.
+    struct Fussy;
+
+    #[async_trait]
+    impl Notifier for Fussy {
+        fn channel(&self) -> Channel {
+            Channel::Email
+        }
+
+        async fn deliver(&self, job: &NotificationJob, _: &Message) -> Result<Receipt, NotifyError> {
+            match job.to.as_str() {
+                "refused@example.com" => Err(NotifyError::Permanent {
+                    reason: "bad recipient".into(),
+                    source: None,
+                }),
+                "throttled@example.com" => Err(NotifyError::Transient {
+                    reason: "throttled".into(),
+                    retry_after_secs: None,
+                    source: None,
+                }),
+                _ => Ok(Receipt { reference: None }),
+            }
+        }
+    }
+
+    async fn email_job(to: &str) -> String {
+        use std::sync::Arc;
+
+        use chrono::Utc;
+        use tocsin_core::dispatch::DispatchService;
+        use tocsin_core::event::{Action, Alert, DedupKey, Event, EventId, Origin, Payload, ServiceId, Severity};
+        use tocsin_core::memory::MemoryStore;
+        use tocsin_core::process::ProcessService;
+
+        let store = Arc::new(MemoryStore::new());
+        let event = Event {
+            id: EventId::generate(),
+            service: ServiceId::parse("checkout").unwrap(),
+            origin: Origin::Api { actor: "test".into() },
+            received_at: Utc::now(),
+            alert: Alert {
+                event_action: Action::Trigger,
+                dedup_key: DedupKey::parse("disk").unwrap(),
+                payload: Some(Payload {
+                    summary: "disk full".into(),
+                    source: "host".into(),
+                    severity: Severity::Critical,
+                    timestamp: None,
+                    component: None,
+                    group: None,
+                    class: None,
+                    custom_details: None,
+                }),
+                links: Vec::new(),
+                images: Vec::new(),
+                client: None,
+                client_url: None,
+            },
+        };
+        ProcessService::new(store.clone())
+            .apply(&event, Utc::now())
+            .await
+            .unwrap();
+        let catalog =
+            tocsin_core::config::Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample").unwrap();
+        let dispatch = DispatchService::new(Arc::new(catalog), store.clone());
+        dispatch.dispatch(&store.transitions()[0], Utc::now()).await.unwrap();
+        let mut job = store
+            .queued_jobs()
+            .into_iter()
+            .find(|j| j.channel == Channel::Email)
+            .unwrap();
+        job.to = to.to_owned();
+        serde_json::to_string(&job).unwrap()
+    }
+
+    fn message(id: &str, group: &str, body: String) -> SqsMessage {
+        let mut message = SqsMessage::default();
+        message.message_id = Some(id.to_owned());
+        message.body = Some(body);
+        message.attributes = std::collections::HashMap::from([("MessageGroupId".to_owned(), group.to_owned())]);
+        message
+    }
+
+    #[tokio::test]
+    async fn failures_are_reported_and_hold_back_their_group() {
+        let notify = NotifyService::new(vec![std::sync::Arc::new(Fussy)], Default::default());
+        let mut batch = SqsEvent::default();
+        batch.records = vec![
+            message("m1", "g-refused", email_job("refused@example.com").await),
+            message("m2", "g-ok", email_job("ok@example.com").await),
+            message("m3", "g-refused", email_job("ok-later@example.com").await),
+            message("m4", "g-throttled", email_job("throttled@example.com").await),
+            message("m5", "g-ok", "not a job".to_owned()),
+        ];
+        let response = deliver_batch(&notify, batch).await;
+        let failed: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        assert_eq!(failed, ["m1", "m3", "m4", "m5"]);
+    }
+
+    #[test]
+    fn a_message_of_another_channel_is_refused() {
+        let error = wrong_message(Channel::Sms);
+        assert!(!is_transient(&error));
+    }
+}

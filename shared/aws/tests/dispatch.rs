@@ -1,0 +1,266 @@
+//! The dispatcher's stream handler on records built from what DynamoStore
+//! actually wrote to a real table (moto), dispatching to real SQS queues.
+
+mod moto;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::QueueAttributeName;
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+use tocsin_aws::dispatch::dispatch_records;
+use tocsin_aws::dynamodb::{create_table, incident_key, DynamoStore, Item};
+use tocsin_aws::sqs::SqsNotificationQueues;
+use tocsin_core::config::Catalog;
+use tocsin_core::dispatch::DispatchService;
+use tocsin_core::event::{
+    Action, Alert, DedupKey, Event, EventId, IntegrationId, Origin, Payload, ServiceId, Severity,
+};
+use tocsin_core::notify::{Channel, NotificationJob};
+use tocsin_core::ports::IncidentStore;
+use tocsin_core::process::ProcessService;
+use tocsin_core::providers::ProviderKind;
+
+fn event(key: &str, action: Action) -> Event {
+    Event {
+        id: EventId::generate(),
+        service: ServiceId::parse("checkout").unwrap(),
+        origin: Origin::Integration {
+            integration: IntegrationId::parse("checkout-prometheus").unwrap(),
+            provider: ProviderKind::Prometheus,
+        },
+        received_at: Utc::now(),
+        alert: Alert {
+            event_action: action,
+            dedup_key: DedupKey::parse(key).unwrap(),
+            payload: (action == Action::Trigger).then(|| Payload {
+                summary: format!("{key} broke"),
+                source: "host".into(),
+                severity: Severity::Critical,
+                timestamp: None,
+                component: None,
+                group: None,
+                class: None,
+                custom_details: None,
+            }),
+            links: Vec::new(),
+            images: Vec::new(),
+            client: None,
+            client_url: None,
+        },
+    }
+}
+
+/// An SDK AttributeValue as the stream delivers it: DynamoDB JSON.
+fn stream_json(value: &AttributeValue) -> Value {
+    match value {
+        AttributeValue::S(s) => json!({ "S": s }),
+        AttributeValue::N(n) => json!({ "N": n }),
+        AttributeValue::Bool(b) => json!({ "BOOL": b }),
+        AttributeValue::Null(_) => json!({ "NULL": true }),
+        AttributeValue::Ss(values) => json!({ "SS": values }),
+        AttributeValue::Ns(values) => json!({ "NS": values }),
+        AttributeValue::L(values) => json!({ "L": values.iter().map(stream_json).collect::<Vec<_>>() }),
+        AttributeValue::M(map) => json!({ "M": image(map) }),
+        other => panic!("the table holds no such attribute: {other:?}"),
+    }
+}
+
+fn image(item: &Item) -> Map<String, Value> {
+    item.iter().map(|(k, v)| (k.clone(), stream_json(v))).collect()
+}
+
+/// One stream record of a write of `item`, as Lambda hands it over.
+fn record(name: &str, sequence: &str, item: &Item, old: Option<&Item>) -> Value {
+    let keys: Item = item
+        .iter()
+        .filter(|(k, _)| *k == "pk" || *k == "sk")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut change = json!({
+        "ApproximateCreationDateTime": 1_763_895_600.0,
+        "Keys": image(&keys),
+        "NewImage": image(item),
+        "SequenceNumber": sequence,
+        "SizeBytes": 1024,
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    });
+    if let Some(old) = old {
+        change["OldImage"] = Value::Object(image(old));
+    }
+    json!({
+        "eventID": format!("ev-{sequence}"),
+        "eventName": name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": change,
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/tocsin/stream/2026-11-23T00:00:00.000",
+    })
+}
+
+async fn fifo_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    client
+        .create_queue()
+        .queue_name(format!("{}.fifo", moto::unique(prefix)))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .expect("moto creates the queue")
+        .queue_url()
+        .expect("a queue url")
+        .to_owned()
+}
+
+async fn jobs_on(client: &aws_sdk_sqs::Client, url: &str) -> Vec<NotificationJob> {
+    let output = client
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("receive");
+    output
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_str(m.body().expect("a body")).expect("a notification job"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_record_of_the_item_dynamo_store_wrote_becomes_jobs_on_the_channel_queues() {
+    let sdk = moto::sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = moto::unique("dispatch");
+    create_table(&dynamodb, &table).await.unwrap();
+    let store = Arc::new(DynamoStore::new(dynamodb.clone(), &table));
+    let catalog = Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample").unwrap();
+    let checkout = ServiceId::parse("checkout").unwrap();
+    store.put_service(catalog.service(&checkout).unwrap()).await.unwrap();
+
+    // The processor writes the incident (and its transition) to the table.
+    let trigger = event("disk-full", Action::Trigger);
+    ProcessService::new(store.clone())
+        .apply(&trigger, Utc::now())
+        .await
+        .unwrap();
+    let incident = store
+        .latest(&checkout, &DedupKey::parse("disk-full").unwrap())
+        .await
+        .unwrap()
+        .expect("the incident");
+    let item = dynamodb
+        .get_item()
+        .table_name(&table)
+        .set_key(Some(incident_key(&incident)))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the raw item");
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let email = fifo_queue(&sqs, "email").await;
+    let sms = fifo_queue(&sqs, "sms").await;
+    let slack = fifo_queue(&sqs, "slack").await;
+    let queues = SqsNotificationQueues::new(
+        sqs.clone(),
+        HashMap::from([
+            (Channel::Email, email.clone()),
+            (Channel::Sms, sms.clone()),
+            (Channel::Slack, slack.clone()),
+        ]),
+    );
+    let dispatch = DispatchService::new(store.clone(), Arc::new(queues));
+    let batch: StreamEvent = serde_json::from_value(json!({
+        "Records": [record("INSERT", "100", &item, None)]
+    }))
+    .expect("a stream event");
+
+    let response = dispatch_records(&dispatch, batch, Utc::now()).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+
+    let emails = jobs_on(&sqs, &email).await;
+    assert_eq!(emails.len(), 1);
+    assert_eq!(emails[0].to, "oncall@example.com");
+    assert_eq!(emails[0].incident.id, incident.id);
+    assert_eq!(
+        emails[0].id,
+        format!("{}:{}:email:oncall@example.com", incident.id, incident.version)
+    );
+    let texts = jobs_on(&sqs, &sms).await;
+    assert_eq!(texts.len(), 1);
+    assert_eq!(texts[0].to, "+15555550123");
+    assert_eq!(jobs_on(&sqs, &slack).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_repeat_without_transition_is_skipped_and_a_broken_record_is_reported() {
+    let sdk = moto::sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = moto::unique("dispatch");
+    create_table(&dynamodb, &table).await.unwrap();
+    let store = Arc::new(DynamoStore::new(dynamodb.clone(), &table));
+    let catalog = Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample").unwrap();
+    let checkout = ServiceId::parse("checkout").unwrap();
+    store.put_service(catalog.service(&checkout).unwrap()).await.unwrap();
+    let process = ProcessService::new(store.clone());
+    process.apply(&event("cpu", Action::Trigger), Utc::now()).await.unwrap();
+    // A repeat trigger rewrites the item without a transition.
+    process.apply(&event("cpu", Action::Trigger), Utc::now()).await.unwrap();
+    let incident = store
+        .latest(&checkout, &DedupKey::parse("cpu").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(incident.occurrences, 2);
+    let item = dynamodb
+        .get_item()
+        .table_name(&table)
+        .set_key(Some(incident_key(&incident)))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(!item.contains_key("transition"), "a repeat carries no transition");
+
+    let mut broken = item.clone();
+    broken.insert("transition".into(), AttributeValue::S("triggered".into()));
+    broken.insert("transition_event".into(), AttributeValue::S("e1".into()));
+    broken.insert("data".into(), AttributeValue::S("{not json".into()));
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let email = fifo_queue(&sqs, "email").await;
+    let sms = fifo_queue(&sqs, "sms").await;
+    let slack = fifo_queue(&sqs, "slack").await;
+    let queues = SqsNotificationQueues::new(
+        sqs.clone(),
+        HashMap::from([
+            (Channel::Email, email.clone()),
+            (Channel::Sms, sms),
+            (Channel::Slack, slack),
+        ]),
+    );
+    let dispatch = DispatchService::new(store, Arc::new(queues));
+    let batch: StreamEvent = serde_json::from_value(json!({
+        "Records": [
+            record("MODIFY", "200", &item, Some(&item)),
+            record("MODIFY", "201", &broken, Some(&item)),
+        ]
+    }))
+    .unwrap();
+    let response = dispatch_records(&dispatch, batch, Utc::now()).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_deref())
+        .collect();
+    assert_eq!(failed, [Some("201")]);
+    assert!(jobs_on(&sqs, &email).await.is_empty());
+}
