@@ -7,11 +7,12 @@ use std::collections::HashMap;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{json, Value};
-use tocsin_aws::dynamodb::{create_table, DynamoStore};
+use tocsin_aws::dynamodb::{create_table, incident_key, DynamoStore};
+use tocsin_aws::stream::stream_record;
 use tocsin_core::auth::KeyHash;
-use tocsin_core::config::{FieldMapping, Integration, NotificationPolicy, Service};
+use tocsin_core::config::{EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Service};
 use tocsin_core::event::{DedupKey, IntegrationId, ServiceId, Severity};
-use tocsin_core::incident::IncidentStatus;
+use tocsin_core::incident::{IncidentStatus, TransitionKind};
 use tocsin_core::ports::IncidentStore;
 use tocsin_core::providers::ProviderKind;
 
@@ -85,6 +86,47 @@ async fn take_sqs_event(client: &aws_sdk_sqs::Client, url: &str, arn: &str) -> (
     (json!({ "Records": records }), handles)
 }
 
+/// A FIFO queue: its URL and ARN.
+async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> (String, String) {
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("{}.fifo", unique(prefix)))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .unwrap();
+    (url, arn)
+}
+
+/// Every record moto keeps of one model (`ses`/`Message`, `sns`/`SMS`),
+/// whatever account and region it sits under.
+fn moto_records<'a>(data: &'a Value, service: &str, model: &str) -> Vec<&'a Value> {
+    fn leaves<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+        match value {
+            Value::Array(items) => out.extend(items),
+            Value::Object(map) => map.values().for_each(|v| leaves(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    leaves(&data[service][model], &mut out);
+    out
+}
+
 #[tokio::test]
 async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
     let moto = moto_url();
@@ -94,40 +136,24 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
 
     let table = unique("tocsin");
     create_table(&dynamodb, &table).await.unwrap();
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(format!("{}.fifo", unique("events")))
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .unwrap();
+    let (queue_url, queue_arn) = fifo_queue(&sqs, "events").await;
 
     // What `tocsin apply` writes: the service and its integration, by key hash.
     let store = DynamoStore::new(dynamodb, &table);
     let service = ServiceId::parse("checkout").unwrap();
+    // Recipients of this test only: moto keeps every message it was sent.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let email = format!("oncall-{run}@example.com");
+    let phone = format!("+1555{:07}", u32::from_str_radix(&run[..6], 16).unwrap() % 10_000_000);
     store
         .put_service(&Service {
             id: service.clone(),
             name: "Checkout".into(),
             policy: NotificationPolicy {
-                email: Vec::new(),
-                sms: Vec::new(),
+                email: vec![EmailAddress::parse(&email).unwrap()],
+                sms: vec![PhoneNumber::parse(&phone).unwrap()],
                 slack: None,
-                on: Vec::new(),
+                on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
             },
         })
@@ -146,11 +172,27 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         .await
         .unwrap();
 
+    let email_queue = fifo_queue(&sqs, "email").await;
+    let sms_queue = fifo_queue(&sqs, "sms").await;
+    let slack_queue = fifo_queue(&sqs, "slack").await;
+    let sender = format!("tocsin-{run}@example.com");
+    aws_sdk_sesv2::Client::new(&config)
+        .create_email_identity()
+        .email_identity(&sender)
+        .send()
+        .await
+        .unwrap();
+
     let scratch = tempfile::tempdir().unwrap();
     let env = [
         ("AWS_ENDPOINT_URL", moto.as_str()),
         ("TOCSIN_TABLE", table.as_str()),
         ("TOCSIN_EVENTS_QUEUE_URL", queue_url.as_str()),
+        ("TOCSIN_EMAIL_QUEUE_URL", email_queue.0.as_str()),
+        ("TOCSIN_SMS_QUEUE_URL", sms_queue.0.as_str()),
+        ("TOCSIN_SLACK_QUEUE_URL", slack_queue.0.as_str()),
+        ("TOCSIN_EMAIL_FROM", sender.as_str()),
+        ("TOCSIN_PUBLIC_URL", "https://tocsin.example.com"),
     ];
     let mut ingest = Function::start(&function_bin("ingest-prometheus"), &env, scratch.path()).await;
     let mut processor = Function::start(&function_bin("processor"), &env, scratch.path()).await;
@@ -183,6 +225,71 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
             .await
             .unwrap();
     }
+
+    // The table's stream: one INSERT record per incident the processor
+    // wrote, built from the items as they are in the table.
+    let mut records = Vec::new();
+    for (n, incident) in store
+        .list(&tocsin_core::ports::IncidentFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let item = aws_sdk_dynamodb::Client::new(&config)
+            .get_item()
+            .table_name(&table)
+            .set_key(Some(incident_key(incident)))
+            .send()
+            .await
+            .unwrap()
+            .item()
+            .cloned()
+            .expect("the incident item");
+        records.push(stream_record("INSERT", &format!("{}", 100 + n), &item, None));
+    }
+    assert_eq!(records.len(), 2);
+    let mut dispatch = Function::start(&function_bin("dispatch"), &env, scratch.path()).await;
+    let (answer, cold) = dispatch.cold_invoke(json!({ "Records": records })).await;
+    let answer = answer.unwrap_or_else(|e| panic!("dispatch failed: {e}"));
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    println!(
+        "dispatch cold start: init {:?}, first response {:?}, peak RSS {:?} KiB",
+        cold.init, cold.to_first_response, cold.peak_rss_kib
+    );
+
+    for (binary, queue) in [("notify-email", &email_queue), ("notify-sms", &sms_queue)] {
+        let (batch, _) = take_sqs_event(&sqs, &queue.0, &queue.1).await;
+        assert_eq!(
+            batch["Records"].as_array().unwrap().len(),
+            2,
+            "{binary}: one job per incident"
+        );
+        let mut notifier = Function::start(&function_bin(binary), &env, scratch.path()).await;
+        let (answer, cold) = notifier.cold_invoke(batch).await;
+        let answer = answer.unwrap_or_else(|e| panic!("{binary} failed: {e}"));
+        assert_eq!(answer["batchItemFailures"], json!([]), "{binary}: {answer}");
+        println!(
+            "{binary} cold start: init {:?}, first response {:?}, peak RSS {:?} KiB",
+            cold.init, cold.to_first_response, cold.peak_rss_kib
+        );
+    }
+    let data: Value = reqwest::get(format!("{moto}/moto-api/data.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let emails = moto_records(&data, "ses", "Message")
+        .into_iter()
+        .filter(|m| m["destinations"]["ToAddresses"][0] == email.as_str())
+        .count();
+    assert_eq!(emails, 2, "one email per incident reached SES");
+    let texts = moto_records(&data, "sns", "SMS")
+        .into_iter()
+        .filter(|m| m["phone_number"] == phone.as_str())
+        .count();
+    assert_eq!(texts, 2, "one SMS per incident reached SNS");
 
     let fired: Value = serde_json::from_slice(&fixture("events/prometheus/firing.json")).unwrap();
     let fingerprints: Vec<String> = fired["alerts"]

@@ -11,6 +11,7 @@ pub mod function;
 pub mod notify;
 pub mod processor;
 pub mod sqs;
+pub mod stream;
 
 /// Loads the SDK's shared config (region, credentials, endpoint overrides)
 /// from the environment, once per container.

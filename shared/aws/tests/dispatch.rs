@@ -10,10 +10,11 @@ use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::Utc;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tocsin_aws::dispatch::dispatch_records;
-use tocsin_aws::dynamodb::{create_table, incident_key, DynamoStore, Item};
+use tocsin_aws::dynamodb::{create_table, incident_key, DynamoStore};
 use tocsin_aws::sqs::SqsNotificationQueues;
+use tocsin_aws::stream::stream_record;
 use tocsin_core::config::Catalog;
 use tocsin_core::dispatch::DispatchService;
 use tocsin_core::event::{
@@ -52,54 +53,6 @@ fn event(key: &str, action: Action) -> Event {
             client_url: None,
         },
     }
-}
-
-/// An SDK AttributeValue as the stream delivers it: DynamoDB JSON.
-fn stream_json(value: &AttributeValue) -> Value {
-    match value {
-        AttributeValue::S(s) => json!({ "S": s }),
-        AttributeValue::N(n) => json!({ "N": n }),
-        AttributeValue::Bool(b) => json!({ "BOOL": b }),
-        AttributeValue::Null(_) => json!({ "NULL": true }),
-        AttributeValue::Ss(values) => json!({ "SS": values }),
-        AttributeValue::Ns(values) => json!({ "NS": values }),
-        AttributeValue::L(values) => json!({ "L": values.iter().map(stream_json).collect::<Vec<_>>() }),
-        AttributeValue::M(map) => json!({ "M": image(map) }),
-        other => panic!("the table holds no such attribute: {other:?}"),
-    }
-}
-
-fn image(item: &Item) -> Map<String, Value> {
-    item.iter().map(|(k, v)| (k.clone(), stream_json(v))).collect()
-}
-
-/// One stream record of a write of `item`, as Lambda hands it over.
-fn record(name: &str, sequence: &str, item: &Item, old: Option<&Item>) -> Value {
-    let keys: Item = item
-        .iter()
-        .filter(|(k, _)| *k == "pk" || *k == "sk")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut change = json!({
-        "ApproximateCreationDateTime": 1_763_895_600.0,
-        "Keys": image(&keys),
-        "NewImage": image(item),
-        "SequenceNumber": sequence,
-        "SizeBytes": 1024,
-        "StreamViewType": "NEW_AND_OLD_IMAGES",
-    });
-    if let Some(old) = old {
-        change["OldImage"] = Value::Object(image(old));
-    }
-    json!({
-        "eventID": format!("ev-{sequence}"),
-        "eventName": name,
-        "eventVersion": "1.1",
-        "eventSource": "aws:dynamodb",
-        "awsRegion": "us-east-1",
-        "dynamodb": change,
-        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/tocsin/stream/2026-11-23T00:00:00.000",
-    })
 }
 
 async fn fifo_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> String {
@@ -177,7 +130,7 @@ async fn a_record_of_the_item_dynamo_store_wrote_becomes_jobs_on_the_channel_que
     );
     let dispatch = DispatchService::new(store.clone(), Arc::new(queues));
     let batch: StreamEvent = serde_json::from_value(json!({
-        "Records": [record("INSERT", "100", &item, None)]
+        "Records": [stream_record("INSERT", "100", &item, None)]
     }))
     .expect("a stream event");
 
@@ -250,8 +203,8 @@ async fn a_repeat_without_transition_is_skipped_and_a_broken_record_is_reported(
     let dispatch = DispatchService::new(store, Arc::new(queues));
     let batch: StreamEvent = serde_json::from_value(json!({
         "Records": [
-            record("MODIFY", "200", &item, Some(&item)),
-            record("MODIFY", "201", &broken, Some(&item)),
+            stream_record("MODIFY", "200", &item, Some(&item)),
+            stream_record("MODIFY", "201", &broken, Some(&item)),
         ]
     }))
     .unwrap();
