@@ -67,41 +67,15 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use tocsin_core::event::{Action, Alert, DedupKey, EventId, IntegrationId, Origin, Payload, ServiceId, Severity};
+    use tocsin_core::contract::sample_event;
+    use tocsin_core::event::Action;
     use tocsin_core::incident::IncidentStatus;
     use tocsin_core::memory::MemoryStore;
-    use tocsin_core::providers::ProviderKind;
 
     use super::*;
 
     fn event(key: &str, action: Action) -> Event {
-        Event {
-            id: EventId::generate(),
-            service: ServiceId::parse("checkout").unwrap(),
-            origin: Origin::Integration {
-                integration: IntegrationId::parse("am").unwrap(),
-                provider: ProviderKind::Prometheus,
-            },
-            received_at: Utc::now(),
-            alert: Alert {
-                event_action: action,
-                dedup_key: DedupKey::parse(key).unwrap(),
-                payload: (action == Action::Trigger).then(|| Payload {
-                    summary: format!("{key} broke"),
-                    source: "host".into(),
-                    severity: Severity::Error,
-                    timestamp: None,
-                    component: None,
-                    group: None,
-                    class: None,
-                    custom_details: None,
-                }),
-                links: Vec::new(),
-                images: Vec::new(),
-                client: None,
-                client_url: None,
-            },
-        }
+        sample_event("checkout", key, action)
     }
 
     fn message(id: &str, group: &str, body: String) -> SqsMessage {

@@ -16,43 +16,15 @@ use tocsin_aws::dynamodb::{create_table, incident_key, DynamoStore};
 use tocsin_aws::sqs::SqsNotificationQueues;
 use tocsin_aws::stream::stream_record;
 use tocsin_core::config::Catalog;
+use tocsin_core::contract::sample_event;
 use tocsin_core::dispatch::DispatchService;
-use tocsin_core::event::{
-    Action, Alert, DedupKey, Event, EventId, IntegrationId, Origin, Payload, ServiceId, Severity,
-};
+use tocsin_core::event::{Action, DedupKey, Event, ServiceId};
 use tocsin_core::notify::{Channel, NotificationJob};
 use tocsin_core::ports::IncidentStore;
 use tocsin_core::process::ProcessService;
-use tocsin_core::providers::ProviderKind;
 
 fn event(key: &str, action: Action) -> Event {
-    Event {
-        id: EventId::generate(),
-        service: ServiceId::parse("checkout").unwrap(),
-        origin: Origin::Integration {
-            integration: IntegrationId::parse("checkout-prometheus").unwrap(),
-            provider: ProviderKind::Prometheus,
-        },
-        received_at: Utc::now(),
-        alert: Alert {
-            event_action: action,
-            dedup_key: DedupKey::parse(key).unwrap(),
-            payload: (action == Action::Trigger).then(|| Payload {
-                summary: format!("{key} broke"),
-                source: "host".into(),
-                severity: Severity::Critical,
-                timestamp: None,
-                component: None,
-                group: None,
-                class: None,
-                custom_details: None,
-            }),
-            links: Vec::new(),
-            images: Vec::new(),
-            client: None,
-            client_url: None,
-        },
-    }
+    sample_event("checkout", key, action)
 }
 
 async fn fifo_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> String {

@@ -13,44 +13,16 @@ use chrono::Utc;
 use tocsin_aws::dynamodb::{create_table, DynamoStore};
 use tocsin_aws::processor::process_batch;
 use tocsin_aws::sqs::SqsEventQueue;
-use tocsin_core::event::{
-    Action, Alert, DedupKey, Event, EventId, IntegrationId, Origin, Payload, ServiceId, Severity,
-};
+use tocsin_core::contract::sample_event;
+use tocsin_core::event::{Action, Event};
 use tocsin_core::incident::IncidentStatus;
 use tocsin_core::ports::{EventQueue, IncidentStore};
 use tocsin_core::process::ProcessService;
-use tocsin_core::providers::ProviderKind;
 
 const MAX_RECEIVES: u32 = 2;
 
 fn event(key: &str, action: Action) -> Event {
-    Event {
-        id: EventId::generate(),
-        service: ServiceId::parse("checkout").unwrap(),
-        origin: Origin::Integration {
-            integration: IntegrationId::parse("am").unwrap(),
-            provider: ProviderKind::Prometheus,
-        },
-        received_at: Utc::now(),
-        alert: Alert {
-            event_action: action,
-            dedup_key: DedupKey::parse(key).unwrap(),
-            payload: (action == Action::Trigger).then(|| Payload {
-                summary: format!("{key} broke"),
-                source: "host".into(),
-                severity: Severity::Critical,
-                timestamp: None,
-                component: None,
-                group: None,
-                class: None,
-                custom_details: None,
-            }),
-            links: Vec::new(),
-            images: Vec::new(),
-            client: None,
-            client_url: None,
-        },
-    }
+    sample_event("checkout", key, action)
 }
 
 /// An events queue with a DLQ after MAX_RECEIVES, as in template.yaml.

@@ -7,10 +7,10 @@
 //!
 //! [`MemoryStore`]: crate::memory::MemoryStore
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 use crate::event::{Action, Alert, DedupKey, Event, EventId, Link, Origin, Payload, ServiceId, Severity};
-use crate::incident::{decide, Decision, IgnoreReason, Incident, IncidentStatus};
+use crate::incident::{decide, Decision, IgnoreReason, Incident, IncidentId, IncidentStatus, TransitionKind};
 use crate::notify::{Channel, NotificationJob};
 use crate::ports::{Commit, CommitOutcome, EventQueue, IgnoredEvent, IncidentFilter, IncidentStore, NotificationQueue};
 
@@ -299,6 +299,84 @@ pub async fn notification_queue(queue: &dyn NotificationQueue) {
     queue.enqueue(&[]).await.expect("an empty batch is accepted");
     queue.enqueue(&jobs).await.expect("jobs are accepted");
     queue.enqueue(&jobs).await.expect("the same jobs are accepted again");
+}
+
+/// An event as a Prometheus integration sends it, for adapter tests: a
+/// trigger carries a critical payload, acknowledge and resolve none.
+pub fn sample_event(service: &str, dedup_key: &str, action: Action) -> Event {
+    Event {
+        id: EventId::generate(),
+        service: ServiceId::parse(service).expect("a valid service id"),
+        origin: Origin::Integration {
+            integration: crate::event::IntegrationId::parse("checkout-prometheus").expect("a valid id"),
+            provider: crate::providers::ProviderKind::Prometheus,
+        },
+        received_at: Utc::now(),
+        alert: Alert {
+            event_action: action,
+            dedup_key: DedupKey::parse(dedup_key).expect("a valid dedup key"),
+            payload: (action == Action::Trigger).then(|| Payload {
+                summary: format!("{dedup_key} broke"),
+                source: "host".into(),
+                severity: crate::event::Severity::Critical,
+                timestamp: None,
+                component: None,
+                group: None,
+                class: None,
+                custom_details: None,
+            }),
+            links: Vec::new(),
+            images: Vec::new(),
+            client: None,
+            client_url: None,
+        },
+    }
+}
+
+/// A notification job for one triggered critical incident on `checkout`,
+/// for adapter tests: the recipient is the sample one of its channel.
+pub fn sample_job(channel: Channel, summary: &str) -> NotificationJob {
+    let at = Utc.timestamp_opt(1_718_000_000, 0).single().expect("a valid time");
+    let incident = Incident {
+        id: IncidentId::parse("inc_3f9a1c07d2e84b6a90c1").expect("a valid id"),
+        service: ServiceId::parse("checkout").expect("a valid service"),
+        dedup_key: DedupKey::parse("disk-full").expect("a valid key"),
+        status: IncidentStatus::Open,
+        severity: Severity::Critical,
+        summary: summary.to_owned(),
+        source: "db-1".to_owned(),
+        occurrences: 1,
+        origin: Origin::Api {
+            actor: "test".to_owned(),
+        },
+        custom_details: None,
+        links: Vec::new(),
+        created_at: at,
+        updated_at: at,
+        last_seen_at: at,
+        last_transition_at: at,
+        transition_clock: crate::incident::TransitionClock {
+            received_at: at,
+            provider: None,
+        },
+        acknowledged_at: None,
+        resolved_at: None,
+        version: 1,
+    };
+    let to = match channel {
+        Channel::Email => "oncall@example.com",
+        Channel::Sms => "+15555550123",
+        Channel::Slack => "#checkout",
+    };
+    NotificationJob {
+        id: format!("{}:1:{channel}:{to}", incident.id),
+        channel,
+        to: to.to_owned(),
+        transition: TransitionKind::Triggered,
+        service_name: "Checkout".to_owned(),
+        incident,
+        planned_at: at,
+    }
 }
 
 /// One case's own service and clock.

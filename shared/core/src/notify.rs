@@ -101,6 +101,17 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// The channel this message was rendered for.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Message::Email { .. } => Channel::Email,
+            Message::Sms { .. } => Channel::Sms,
+            Message::Slack { .. } => Channel::Slack,
+        }
+    }
+}
+
 /// What a notifier reports after handing a message over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -128,9 +139,47 @@ pub enum NotifyError {
     },
 }
 
+impl NotifyError {
+    /// A message handed to the notifier of another channel: a wiring bug
+    /// that no retry will fix.
+    pub fn wrong_message(message: &Message, notifier: Channel) -> Self {
+        NotifyError::Permanent {
+            reason: format!(
+                "a message rendered for {} cannot be delivered by the {notifier} notifier",
+                message.channel()
+            ),
+            source: None,
+        }
+    }
+}
+
 /// One channel's delivery.
 #[async_trait]
 pub trait Notifier: Send + Sync {
     fn channel(&self) -> Channel;
     async fn deliver(&self, job: &NotificationJob, message: &Message) -> Result<Receipt, NotifyError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_for_another_channel_is_refused_for_good_naming_both() {
+        let sms = Message::Sms {
+            text: "x".to_owned(),
+            encoding: "gsm7".to_owned(),
+            segments: 1,
+        };
+        assert_eq!(sms.channel(), Channel::Sms);
+        match NotifyError::wrong_message(&sms, Channel::Email) {
+            NotifyError::Permanent { reason, .. } => {
+                assert_eq!(
+                    reason,
+                    "a message rendered for sms cannot be delivered by the email notifier"
+                )
+            }
+            other => panic!("expected Permanent, got {other:?}"),
+        }
+    }
 }

@@ -95,7 +95,11 @@ async fn integration(
             "not found",
             format!(
                 "no provider '{name}'; known providers: {}",
-                ProviderKind::ALL.map(|k| k.as_str()).join(", ")
+                ProviderKind::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Vec::new(),
         )),

@@ -23,9 +23,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::notifiers::{Outbox, OutboxNotifier, SlackNotifier};
+use crate::notifiers::{Outbox, OutboxNotifier, RecordedNotifier};
 use crate::router::{router, AppState};
 use crate::store::{Delivery, Failed, QueueName, Store};
+use tocsin_outbound::slack::SlackNotifier;
 
 /// How often a queue is polled when no enqueue woke its worker (for
 /// messages whose visibility timeout or retry delay ran out).
@@ -112,10 +113,14 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
         public_url: options.catalog.settings.public_url.clone(),
     };
     let slack: Arc<dyn Notifier> = match &options.catalog.settings.slack {
-        Some(SlackDelivery::IncomingWebhook { url }) => {
-            Arc::new(SlackNotifier::incoming_webhook(url.clone(), outbox.clone()))
-        }
-        Some(SlackDelivery::Bot { token }) => Arc::new(SlackNotifier::bot(token.clone(), outbox.clone())),
+        Some(SlackDelivery::IncomingWebhook { url }) => Arc::new(RecordedNotifier::new(
+            Arc::new(SlackNotifier::incoming_webhook(url.clone())),
+            outbox.clone(),
+        )),
+        Some(SlackDelivery::Bot { token }) => Arc::new(RecordedNotifier::new(
+            Arc::new(SlackNotifier::bot(token.clone())),
+            outbox.clone(),
+        )),
         None => Arc::new(OutboxNotifier::new(Channel::Slack, outbox.clone())),
     };
     let notifiers: Vec<Arc<dyn Notifier>> = vec![

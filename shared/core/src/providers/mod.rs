@@ -38,7 +38,7 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 4] = [
+    pub const ALL: &'static [ProviderKind] = &[
         ProviderKind::EventsV2,
         ProviderKind::Prometheus,
         ProviderKind::Webhook,
@@ -55,7 +55,7 @@ impl ProviderKind {
     }
 
     pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == value)
+        Self::ALL.iter().copied().find(|k| k.as_str() == value)
     }
 
     /// The path the provider posts to, relative to the API's base URL.
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_their_ids() {
-        for kind in ProviderKind::ALL {
+        for &kind in ProviderKind::ALL {
             assert_eq!(ProviderKind::parse(kind.as_str()), Some(kind));
             assert_eq!(provider(kind).kind(), kind);
             let json = serde_json::to_string(&kind).unwrap();

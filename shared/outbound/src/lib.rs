@@ -1,0 +1,4 @@
+//! Tocsin's outbound HTTPS, shared by the Lambda functions and the local
+//! stack: one reqwest client with rustls per notifier, built at start-up.
+
+pub mod slack;
