@@ -1,9 +1,11 @@
 //! End to end through the real Lambda binaries: ingest-prometheus invoked
 //! with API Gateway events from events/, the processor with the SQS
 //! messages that actually landed in the AWS API server (moto), and the
-//! incidents read back from the table the processor wrote.
+//! incidents read back from the table the processor wrote, then the
+//! dispatcher and the email, SMS and Slack notifiers.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{json, Value};
@@ -127,6 +129,35 @@ fn moto_records<'a>(data: &'a Value, service: &str, model: &str) -> Vec<&'a Valu
     out
 }
 
+/// Every chat.postMessage received: its Authorization header and body.
+type SlackPosts = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// Answers chat.postMessage as Slack does; returns the API base URL.
+async fn fake_slack_api() -> (String, SlackPosts) {
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use axum::Json;
+
+    async fn post_message(State(posts): State<SlackPosts>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+        let authorization = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        posts.lock().unwrap().push((authorization, body));
+        Json(json!({"ok": true, "channel": "C0123ABCD", "ts": "1718000000.000100"}))
+    }
+
+    let posts = SlackPosts::default();
+    let app = axum::Router::new()
+        .route("/api/chat.postMessage", axum::routing::post(post_message))
+        .with_state(posts.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/api"), posts)
+}
+
 #[tokio::test]
 async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
     let moto = moto_url();
@@ -152,7 +183,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
             policy: NotificationPolicy {
                 email: vec![EmailAddress::parse(&email).unwrap()],
                 sms: vec![PhoneNumber::parse(&phone).unwrap()],
-                slack: None,
+                slack: Some("#checkout-oncall".into()),
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
             },
@@ -183,6 +214,20 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         .await
         .unwrap();
 
+    // Slack itself cannot run here: a stand-in answers chat.postMessage as
+    // Slack does, and the bot token comes from a real Secrets Manager secret.
+    let (slack_api, slack_posts) = fake_slack_api().await;
+    let slack_secret = aws_sdk_secretsmanager::Client::new(&config)
+        .create_secret()
+        .name(unique("tocsin-slack"))
+        .secret_string(r#"{"bot_token": "xoxb-pipeline-test-token"}"#)
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+
     let scratch = tempfile::tempdir().unwrap();
     let env = [
         ("AWS_ENDPOINT_URL", moto.as_str()),
@@ -193,6 +238,8 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         ("TOCSIN_SLACK_QUEUE_URL", slack_queue.0.as_str()),
         ("TOCSIN_EMAIL_FROM", sender.as_str()),
         ("TOCSIN_PUBLIC_URL", "https://tocsin.example.com"),
+        ("TOCSIN_SLACK_SECRET_ARN", slack_secret.as_str()),
+        ("TOCSIN_SLACK_API_URL", slack_api.as_str()),
     ];
     let mut ingest = Function::start(&function_bin("ingest-prometheus"), &env, scratch.path()).await;
     let mut processor = Function::start(&function_bin("processor"), &env, scratch.path()).await;
@@ -258,7 +305,11 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         cold.init, cold.to_first_response, cold.peak_rss_kib
     );
 
-    for (binary, queue) in [("notify-email", &email_queue), ("notify-sms", &sms_queue)] {
+    for (binary, queue) in [
+        ("notify-email", &email_queue),
+        ("notify-sms", &sms_queue),
+        ("notify-slack", &slack_queue),
+    ] {
         let (batch, _) = take_sqs_event(&sqs, &queue.0, &queue.1).await;
         assert_eq!(
             batch["Records"].as_array().unwrap().len(),
@@ -290,6 +341,13 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         .filter(|m| m["phone_number"] == phone.as_str())
         .count();
     assert_eq!(texts, 2, "one SMS per incident reached SNS");
+    let posts = slack_posts.lock().unwrap().clone();
+    assert_eq!(posts.len(), 2, "one Slack message per incident: {posts:?}");
+    for (authorization, body) in &posts {
+        assert_eq!(authorization, "Bearer xoxb-pipeline-test-token");
+        assert_eq!(body["channel"], "#checkout-oncall");
+        assert!(body["attachments"][0]["blocks"].is_array(), "{body}");
+    }
 
     let fired: Value = serde_json::from_slice(&fixture("events/prometheus/firing.json")).unwrap();
     let fingerprints: Vec<String> = fired["alerts"]

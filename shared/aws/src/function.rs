@@ -229,6 +229,71 @@ pub async fn run_notify_sms() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// The Slack notifier: the bot token or incoming webhook URL is read once
+/// per container from the Secrets Manager secret TOCSIN_SLACK_SECRET_ARN.
+/// TOCSIN_SLACK_API_URL replaces https://slack.com/api (tests only).
+pub async fn run_notify_slack() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let secret_id = optional("TOCSIN_SLACK_SECRET_ARN").ok_or(SlackSecretError::NotConfigured)?;
+    let sdk = crate::sdk_config().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    let delivery = slack_delivery(&secrets, &secret_id).await?;
+    let api_base = optional("TOCSIN_SLACK_API_URL");
+    run_notify(Arc::new(tocsin_outbound::slack::SlackNotifier::for_delivery(
+        &delivery,
+        api_base.as_deref(),
+    )))
+    .await
+}
+
+/// Why the Slack credential could not be had at init. Neither variant
+/// carries the secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum SlackSecretError {
+    #[error(
+        "no Slack credential: deploy with the SlackTokenSecretArn parameter, a Secrets Manager secret holding \
+         the bot token or incoming webhook URL (TOCSIN_SLACK_SECRET_ARN)"
+    )]
+    NotConfigured,
+    #[error("could not read the Slack secret {secret_id} from Secrets Manager")]
+    Read {
+        secret_id: String,
+        #[source]
+        source: aws_sdk_secretsmanager::Error,
+    },
+    #[error("the Slack secret {secret_id} has no SecretString")]
+    Empty { secret_id: String },
+    #[error("the Slack secret {secret_id} is unusable")]
+    Invalid {
+        secret_id: String,
+        #[source]
+        source: tocsin_outbound::slack::InvalidSlackSecret,
+    },
+}
+
+/// The Slack delivery stored in a Secrets Manager secret.
+pub async fn slack_delivery(
+    secrets: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> Result<tocsin_core::config::SlackDelivery, SlackSecretError> {
+    let output = secrets
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| SlackSecretError::Read {
+            secret_id: secret_id.to_owned(),
+            source: e.into(),
+        })?;
+    let value = output.secret_string().ok_or_else(|| SlackSecretError::Empty {
+        secret_id: secret_id.to_owned(),
+    })?;
+    tocsin_outbound::slack::delivery_from_secret(value).map_err(|source| SlackSecretError::Invalid {
+        secret_id: secret_id.to_owned(),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use tocsin_core::config::Catalog;

@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use tocsin_core::config::Secret;
+use tocsin_core::config::{Secret, SlackDelivery};
 use tocsin_core::notify::{Channel, Message, NotificationJob, Notifier, NotifyError, Receipt};
 
 /// How Slack is reached. The webhook URL and the token are secrets: they are
@@ -96,6 +96,17 @@ struct PostMessageAnswer {
 impl SlackNotifier {
     pub const DEFAULT_API_BASE: &'static str = "https://slack.com/api";
     pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The notifier a delivery setting asks for; `api_base` replaces
+    /// `https://slack.com/api` (a test server).
+    pub fn for_delivery(delivery: &SlackDelivery, api_base: Option<&str>) -> Self {
+        match delivery {
+            SlackDelivery::IncomingWebhook { url } => Self::incoming_webhook(url.clone()),
+            SlackDelivery::Bot { token } => {
+                Self::bot_with_api_base(token.clone(), api_base.unwrap_or(Self::DEFAULT_API_BASE))
+            }
+        }
+    }
 
     /// Posts to an incoming webhook, whose channel is fixed by Slack.
     pub fn incoming_webhook(url: Secret) -> Self {
@@ -232,6 +243,60 @@ impl Notifier for SlackNotifier {
     }
 }
 
+/// A stored Slack credential that is neither a bot token nor a webhook URL.
+/// It never shows the value.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Slack secret is not a bot token (xoxb-…), an incoming webhook URL (https://hooks.slack.com/…), \
+     or JSON with one of bot_token, token, webhook_url, url: {0}"
+)]
+pub struct InvalidSlackSecret(&'static str);
+
+/// Reads the credential stored for Slack (a Secrets Manager secret): a bot
+/// token, an incoming webhook URL, or the JSON object the console's
+/// key/value editor makes, `{"bot_token": "xoxb-…"}` or
+/// `{"webhook_url": "https://hooks.slack.com/…"}`.
+pub fn delivery_from_secret(value: &str) -> Result<SlackDelivery, InvalidSlackSecret> {
+    let value = value.trim();
+    if value.starts_with('{') {
+        let fields: std::collections::HashMap<String, serde_json::Value> = serde_json::from_str(value)
+            .map_err(|_| InvalidSlackSecret("it starts with '{' but is not a JSON object"))?;
+        let text = |name: &str| fields.get(name).and_then(serde_json::Value::as_str).map(str::trim);
+        return match (text("bot_token").or(text("token")), text("webhook_url").or(text("url"))) {
+            (Some(_), Some(_)) => Err(InvalidSlackSecret("it has both a token and a webhook URL")),
+            (Some(token), None) => bot_token(token),
+            (None, Some(url)) => webhook_url(url),
+            (None, None) => Err(InvalidSlackSecret("the JSON object has none of those fields")),
+        };
+    }
+    if value.starts_with("xox") {
+        bot_token(value)
+    } else {
+        webhook_url(value)
+    }
+}
+
+fn bot_token(token: &str) -> Result<SlackDelivery, InvalidSlackSecret> {
+    if token.starts_with("xox") && token.len() > 10 && !token.contains(char::is_whitespace) {
+        Ok(SlackDelivery::Bot {
+            token: Secret::new(token),
+        })
+    } else {
+        Err(InvalidSlackSecret("the token does not look like a Slack token"))
+    }
+}
+
+fn webhook_url(url: &str) -> Result<SlackDelivery, InvalidSlackSecret> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| InvalidSlackSecret("the value is not a URL"))?;
+    // http only for a test server on this machine: a real webhook is https.
+    let local = parsed.host_str().is_some_and(|h| h == "127.0.0.1" || h == "localhost");
+    if parsed.scheme() == "https" || (parsed.scheme() == "http" && local) {
+        Ok(SlackDelivery::IncomingWebhook { url: Secret::new(url) })
+    } else {
+        Err(InvalidSlackSecret("a webhook URL must be https"))
+    }
+}
+
 /// One client per notifier, built at start-up.
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -305,6 +370,44 @@ mod tests {
     use tocsin_core::render::{render, RenderContext};
 
     use super::*;
+
+    #[test]
+    fn a_secret_is_a_token_a_webhook_url_or_json_with_one_of_them() {
+        let bot = |t: &str| SlackDelivery::Bot { token: Secret::new(t) };
+        let hook = |u: &str| SlackDelivery::IncomingWebhook { url: Secret::new(u) };
+        let url = "https://hooks.slack.com/services/T000/B000/XXXX";
+        for (value, expected) in [
+            ("xoxb-1234-5678-abcdef", bot("xoxb-1234-5678-abcdef")),
+            ("  xoxb-1234-5678-abcdef\n", bot("xoxb-1234-5678-abcdef")),
+            (url, hook(url)),
+            (
+                r#"{"bot_token": "xoxb-1234-5678-abcdef"}"#,
+                bot("xoxb-1234-5678-abcdef"),
+            ),
+            (r#"{"token": "xoxb-1234-5678-abcdef"}"#, bot("xoxb-1234-5678-abcdef")),
+            (&format!(r#"{{"webhook_url": "{url}"}}"#), hook(url)),
+            ("http://127.0.0.1:9000/hook", hook("http://127.0.0.1:9000/hook")),
+        ] {
+            assert_eq!(delivery_from_secret(value).expect(value), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused_without_showing_the_value() {
+        for value in [
+            "",
+            "xoxb-",
+            "http://hooks.slack.com/services/T000/B000/plain-http",
+            "not a url",
+            "{\"bot_token\": \"xoxb-1234-5678-abcdef\", \"webhook_url\": \"https://hooks.slack.com/x\"}",
+            "{\"password\": \"hunter2-hunter2\"}",
+            "{ not json hunter2-hunter2",
+        ] {
+            let error = delivery_from_secret(value).expect_err(value);
+            let text = error.to_string();
+            assert!(!text.contains("hunter2") && !text.contains("plain-http"), "{text}");
+        }
+    }
 
     const WEBHOOK_PATH: &str = "/services/T000/B000/webhook-secret-path";
 
