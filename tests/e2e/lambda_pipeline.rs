@@ -11,11 +11,13 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{json, Value};
 use tocsin_aws::dynamodb::{create_table, incident_key, DynamoStore};
 use tocsin_aws::stream::stream_record;
-use tocsin_core::auth::KeyHash;
+use tocsin_core::auth::{ApiKey, KeyHash, Scope};
 use tocsin_core::config::{EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Service};
-use tocsin_core::event::{DedupKey, IntegrationId, ServiceId, Severity};
+use tocsin_core::contract::sample_event;
+use tocsin_core::event::{Action, DedupKey, IntegrationId, ServiceId, Severity};
 use tocsin_core::incident::{IncidentStatus, TransitionKind};
 use tocsin_core::ports::IncidentStore;
+use tocsin_core::process::ProcessService;
 use tocsin_core::providers::ProviderKind;
 
 use crate::app::{fixture, keys};
@@ -447,4 +449,153 @@ async fn tocsin_apply_writes_the_config_to_the_table() {
         .await
         .unwrap()
         .is_some());
+}
+
+/// An API Gateway HTTP API request as the api function receives it.
+fn api_request(method: &str, path: &str, query: &str, api_key: Option<&str>) -> Value {
+    let mut headers = json!({"accept": "application/json"});
+    if let Some(key) = api_key {
+        headers["authorization"] = Value::String(format!("Bearer {key}"));
+    }
+    json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "a1b2c3d4e5",
+            "domainName": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "a1b2c3d4e5",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.10", "userAgent": "curl/8"},
+            "requestId": "api-test",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "23/Nov/2026:09:00:00 +0000",
+            "timeEpoch": 1795424400000_u64
+        },
+        "isBase64Encoded": false
+    })
+}
+
+fn answer_body(answer: &Value) -> Value {
+    serde_json::from_str(answer["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn the_api_function_lists_reads_and_acknowledges_incidents_in_the_table() {
+    let moto = moto_url();
+    let config = sdk_config(&moto).await;
+    let table = unique("tocsin");
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    create_table(&dynamodb, &table).await.unwrap();
+    let store = Arc::new(DynamoStore::new(dynamodb, &table));
+    store
+        .put_api_key(&ApiKey {
+            name: "ops".into(),
+            key_hash: KeyHash::of(keys::OPS),
+            scopes: vec![Scope::IncidentsRead, Scope::IncidentsWrite],
+        })
+        .await
+        .unwrap();
+    store
+        .put_api_key(&ApiKey {
+            name: "reader".into(),
+            key_hash: KeyHash::of(keys::READER),
+            scopes: vec![Scope::IncidentsRead],
+        })
+        .await
+        .unwrap();
+    let process = ProcessService::new(store.clone());
+    let trigger = sample_event("checkout", "disk-full", Action::Trigger);
+    process.apply(&trigger, trigger.received_at).await.unwrap();
+    let incident = store
+        .latest(
+            &ServiceId::parse("checkout").unwrap(),
+            &DedupKey::parse("disk-full").unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("the incident the processor service opened");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let env = [("AWS_ENDPOINT_URL", moto.as_str()), ("TOCSIN_TABLE", table.as_str())];
+    let mut api = Function::start(&function_bin("api"), &env, scratch.path()).await;
+
+    let (answer, cold) = api
+        .cold_invoke(api_request(
+            "GET",
+            "/incidents",
+            "status=open&service=checkout",
+            Some(keys::READER),
+        ))
+        .await;
+    let answer = answer.unwrap_or_else(|e| panic!("api failed: {e}"));
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let listed = answer_body(&answer);
+    assert_eq!(listed["incidents"][0]["id"], incident.id.as_str(), "{listed}");
+    println!(
+        "api cold start: init {:?}, first response {:?}, peak RSS {:?} KiB",
+        cold.init, cold.to_first_response, cold.peak_rss_kib
+    );
+
+    let path = format!("/incidents/{}/acknowledge", incident.id);
+    let answer = api
+        .invoke(api_request("POST", &path, "", Some(keys::READER)))
+        .await
+        .unwrap();
+    assert_eq!(answer["statusCode"], 403, "incidents:read cannot acknowledge: {answer}");
+    let answer = api
+        .invoke(api_request("POST", &path, "", Some(keys::OPS)))
+        .await
+        .unwrap();
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    assert_eq!(answer_body(&answer)["status"], "acknowledged");
+    let answer = api
+        .invoke(api_request("POST", &path, "", Some(keys::OPS)))
+        .await
+        .unwrap();
+    assert_eq!(answer["statusCode"], 409, "acknowledged twice: {answer}");
+
+    let answer = api
+        .invoke(api_request(
+            "GET",
+            &format!("/incidents/{}", incident.id),
+            "",
+            Some(keys::READER),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    assert_eq!(answer_body(&answer)["status"], "acknowledged");
+    assert_eq!(
+        store.get(&incident.id).await.unwrap().unwrap().status,
+        IncidentStatus::Acknowledged,
+        "written to the table"
+    );
+
+    for (request, status) in [
+        (api_request("GET", "/incidents", "", None), 401),
+        (
+            api_request("GET", "/incidents", "", Some("sk_nobody_0123456789abcdef")),
+            401,
+        ),
+        (api_request("GET", "/incidents", "limit=0", Some(keys::READER)), 400),
+        (
+            api_request("GET", "/incidents/inc_00000000000000000000", "", Some(keys::READER)),
+            404,
+        ),
+        (api_request("GET", "/nowhere", "", Some(keys::READER)), 404),
+        (api_request("DELETE", "/incidents", "", Some(keys::OPS)), 405),
+        (api_request("GET", "/healthz", "", None), 200),
+    ] {
+        let path = request["rawPath"].clone();
+        let answer = api.invoke(request).await.unwrap();
+        assert_eq!(answer["statusCode"], status, "{path}: {answer}");
+        assert!(
+            answer_body(&answer).is_object(),
+            "{path}: every answer is JSON: {answer}"
+        );
+    }
 }

@@ -114,6 +114,23 @@ fn encode(value: &str) -> String {
         .collect()
 }
 
+/// The api function: the incidents API and the health check (tocsin-api's
+/// router, the same as locally) on the table. Acknowledge and resolve are
+/// applied to the table directly, with the same conditional write as the
+/// processor's.
+pub async fn run_api() -> Result<(), lambda_http::Error> {
+    init_tracing();
+    let table = required("TOCSIN_TABLE")?;
+    let sdk = crate::sdk_config().await;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
+    let api = tocsin_api::ApiState {
+        process: ProcessService::new(store.clone()),
+        incidents: store.clone(),
+        config: store,
+    };
+    lambda_http::run(tocsin_api::api_router(api)).await
+}
+
 /// The processor function: batches from the events queue, failures
 /// reported per message.
 pub async fn run_processor() -> Result<(), lambda_runtime::Error> {

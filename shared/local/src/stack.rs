@@ -24,8 +24,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::notifiers::{Outbox, OutboxNotifier, RecordedNotifier};
-use crate::router::{router, AppState};
 use crate::store::{Delivery, Failed, QueueName, Store};
+use tocsin_api::{router, ApiState};
 use tocsin_outbound::slack::SlackNotifier;
 
 /// How often a queue is polled when no enqueue woke its worker (for
@@ -134,8 +134,8 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     let process = ProcessService::new(incidents.clone());
     let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()));
     let notify = NotifyService::new(notifiers, context);
-    let state = AppState {
-        ingest: IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone()),
+    let ingest = IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone());
+    let api = ApiState {
         process: process.clone(),
         incidents,
         config,
@@ -157,7 +157,7 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     {
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
-            axum::serve(listener, router(state))
+            axum::serve(listener, router(ingest, api))
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 })

@@ -1,6 +1,9 @@
-//! The local HTTP router: every provider endpoint, the incidents API and the
-//! health check, served by one process. Provider endpoints answer through
-//! tocsin-core's ingest service, exactly as the Lambda functions do.
+//! Tocsin's HTTP API as one axum router over the ports: the provider
+//! endpoints, the incidents API and the health check. The local stack serves
+//! all of it from one process; on AWS the api function serves the incidents
+//! and health routes (each provider endpoint has its own function, which
+//! answers through the same ingest service). Every answer, errors included,
+//! is JSON.
 
 use std::sync::Arc;
 
@@ -22,28 +25,47 @@ use tocsin_core::ports::{ConfigStore, IncidentFilter, IncidentStore};
 use tocsin_core::process::{act_on_incident, ActionError, ProcessService};
 use tocsin_core::providers::{provider, ProviderKind};
 
-/// What every handler shares.
+/// What the incidents API needs: the store, the service that applies an
+/// acknowledge or resolve, and the config (API keys).
 #[derive(Clone)]
-pub struct AppState {
-    pub ingest: IngestService,
+pub struct ApiState {
     pub process: ProcessService,
     pub incidents: Arc<dyn IncidentStore>,
     pub config: Arc<dyn ConfigStore>,
 }
 
-pub fn router(state: AppState) -> Router {
+/// Every route: the provider endpoints and the incidents API.
+pub fn router(ingest: IngestService, api: ApiState) -> Router {
+    with_fallbacks(ingest_routes(ingest).merge(incident_routes(api)))
+}
+
+/// The incidents API and the health check alone (the api function).
+pub fn api_router(api: ApiState) -> Router {
+    with_fallbacks(incident_routes(api))
+}
+
+fn ingest_routes(ingest: IngestService) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/v2/enqueue", post(enqueue_events_v2))
         .route("/api/v2/generic/incoming", post(generic_incoming))
         .route("/integrations/{provider}", post(integration))
+        .with_state(ingest)
+}
+
+fn incident_routes(api: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
         .route("/incidents", get(list_incidents))
         .route("/incidents/{id}", get(get_incident))
         .route("/incidents/{id}/acknowledge", post(acknowledge))
         .route("/incidents/{id}/resolve", post(resolve))
+        .with_state(api)
+}
+
+fn with_fallbacks(router: Router) -> Router {
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
 }
 
 fn send(answer: Answer) -> Response {
@@ -73,16 +95,16 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     ))
 }
 
-async fn enqueue_events_v2(State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn enqueue_events_v2(State(state): State<IngestService>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     ingest(state, ProviderKind::EventsV2, uri, headers, body).await
 }
 
-async fn generic_incoming(State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn generic_incoming(State(state): State<IngestService>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     ingest(state, ProviderKind::Generic, uri, headers, body).await
 }
 
 async fn integration(
-    State(state): State<AppState>,
+    State(state): State<IngestService>,
     Path(name): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -106,7 +128,7 @@ async fn integration(
     }
 }
 
-async fn ingest(state: AppState, kind: ProviderKind, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn ingest(state: IngestService, kind: ProviderKind, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let received_at = Utc::now();
     let limit = provider(kind).max_body_bytes();
     // Read one byte past the limit, so that the ingest service (not the HTTP
@@ -124,7 +146,6 @@ async fn ingest(state: AppState, kind: ProviderKind, uri: Uri, headers: HeaderMa
     };
     send(
         state
-            .ingest
             .handle(IngestRequest {
                 provider: kind,
                 headers: &headers,
@@ -152,7 +173,7 @@ impl IntoResponse for Refused {
     }
 }
 
-async fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<String, Refused> {
+async fn authorize(state: &ApiState, headers: &HeaderMap, scope: Scope) -> Result<String, Refused> {
     let Some(token) = bearer_token(headers) else {
         return Err(Refused::from(error_answer(
             StatusCode::UNAUTHORIZED,
@@ -212,7 +233,7 @@ struct ListQuery {
 }
 
 async fn list_incidents(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Refused> {
@@ -261,7 +282,7 @@ fn incident_id(value: &str) -> Result<IncidentId, Refused> {
 }
 
 async fn get_incident(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
@@ -278,16 +299,16 @@ async fn get_incident(
     }
 }
 
-async fn acknowledge(state: State<AppState>, id: Path<String>, headers: HeaderMap) -> Result<Response, Refused> {
+async fn acknowledge(state: State<ApiState>, id: Path<String>, headers: HeaderMap) -> Result<Response, Refused> {
     act(state, id, headers, Action::Acknowledge).await
 }
 
-async fn resolve(state: State<AppState>, id: Path<String>, headers: HeaderMap) -> Result<Response, Refused> {
+async fn resolve(state: State<ApiState>, id: Path<String>, headers: HeaderMap) -> Result<Response, Refused> {
     act(state, id, headers, Action::Resolve).await
 }
 
 async fn act(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     action: Action,
