@@ -33,7 +33,7 @@ enum Command {
     /// the dispatcher and the notifiers, with state kept in --data.
     Dev {
         /// Config file (YAML). Without it, the built-in sample config.
-        #[arg(short = 'f', long = "file")]
+        #[arg(short = 'f', long = "file", conflicts_with = "aws")]
         file: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:3000", env = "TOCSIN_LISTEN")]
         listen: SocketAddr,
@@ -42,6 +42,23 @@ enum Command {
         /// Do not print a line per notification (the outbox still has them).
         #[arg(long)]
         quiet: bool,
+        /// Serve the same endpoints with the AWS adapters instead: config
+        /// and incidents in the DynamoDB table (written by `tocsin apply`),
+        /// events onto the SQS events queue. The SDK's own endpoint
+        /// resolution applies: a deployment, or AWS_ENDPOINT_URL for a local
+        /// AWS API server.
+        #[arg(long, requires_all = ["table", "events_queue_url"])]
+        aws: bool,
+        /// With --aws: the table (the stack's TableName output).
+        #[arg(long, env = "TOCSIN_TABLE")]
+        table: Option<String>,
+        /// With --aws: the events queue (the stack's EventsQueueUrl output).
+        #[arg(long, env = "TOCSIN_EVENTS_QUEUE_URL")]
+        events_queue_url: Option<String>,
+        /// With --aws: also consume the events queue here, as the processor
+        /// function's event source would (where no Lambda polls it).
+        #[arg(long, requires = "aws")]
+        process: bool,
     },
     /// Check a config file and print what it declares.
     Validate {
@@ -121,10 +138,25 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Dev {
+            aws: true,
+            listen,
+            table,
+            events_queue_url,
+            process,
+            ..
+        } => {
+            // clap's requires_all guarantees both with --aws.
+            let (Some(table), Some(queue_url)) = (table, events_queue_url) else {
+                return Err("--aws needs --table and --events-queue-url".to_owned());
+            };
+            dev_aws(listen, table, queue_url, process).await
+        }
+        Command::Dev {
             file,
             listen,
             data,
             quiet,
+            ..
         } => dev(file.as_deref(), listen, data, quiet).await,
         Command::Validate { file } => {
             let catalog = load(Some(&file))?;
@@ -261,6 +293,58 @@ async fn dev(file: Option<&Path>, listen: SocketAddr, data: PathBuf, quiet: bool
         let _ = shutdown.send(true);
     });
     stack.wait().await.map_err(|e| error_chain(&e))
+}
+
+/// The local router on the AWS adapters: what the ingest and api functions
+/// do, in one process, against a deployment's table and queue.
+async fn dev_aws(listen: SocketAddr, table: String, queue_url: String, process: bool) -> Result<(), String> {
+    use std::sync::Arc;
+
+    let sdk = tocsin_aws::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let store = Arc::new(tocsin_aws::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        table.clone(),
+    ));
+    let queue = Arc::new(tocsin_aws::sqs::SqsEventQueue::new(sqs.clone(), queue_url.clone()));
+    let processing = tocsin_core::process::ProcessService::new(store.clone());
+    let ingest = tocsin_core::ingest::IngestService::new(store.clone(), queue, store.clone());
+    let api = tocsin_api::ApiState {
+        process: processing.clone(),
+        incidents: store.clone(),
+        config: store,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("Tocsin (AWS adapters) is listening on http://{addr}\ntable:  {table}\nevents: {queue_url}");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let poller = process.then(|| {
+        println!("processing the events queue here, as the processor function would");
+        let stopped = stopped.clone();
+        tokio::spawn(async move { tocsin_aws::poller::poll_events(&sqs, &queue_url, &processing, stopped).await })
+    });
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("stopping");
+        let _ = stop.send(true);
+    });
+    let mut stopped_server = stopped.clone();
+    axum::serve(listener, tocsin_api::router(ingest, api))
+        .with_graceful_shutdown(async move {
+            let _ = stopped_server.wait_for(|stop| *stop).await;
+        })
+        .await
+        .map_err(|e| format!("the HTTP server failed: {e}"))?;
+    if let Some(poller) = poller {
+        poller
+            .await
+            .map_err(|e| format!("the events poller stopped: {e}"))?
+            .map_err(|e| error_chain(&e))?;
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -599,3 +599,111 @@ async fn the_api_function_lists_reads_and_acknowledges_incidents_in_the_table() 
         );
     }
 }
+
+/// Kills the child when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn tocsin_dev_aws_serves_the_endpoints_on_a_table_and_queue_and_processes_the_queue() {
+    let moto = moto_url();
+    let config = sdk_config(&moto).await;
+    let table = unique("dev-aws");
+    let (queue_url, _) = fifo_queue(&aws_sdk_sqs::Client::new(&config), "dev-aws-events").await;
+    let aws_env = [
+        ("AWS_ENDPOINT_URL", moto.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    let applied = std::process::Command::new(crate::app::tocsin_bin())
+        .args([
+            "apply",
+            "-f",
+            "cli/tocsin.sample.yaml",
+            "--table",
+            &table,
+            "--create-table",
+        ])
+        .current_dir(crate::app::workspace_root())
+        .envs(aws_env)
+        .output()
+        .expect("tocsin apply runs");
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+
+    let scratch = tempfile::tempdir().unwrap();
+    let port = crate::app::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _dev = Running(
+        std::process::Command::new(crate::app::tocsin_bin())
+            .args(["dev", "--aws", "--process", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--table", &table, "--events-queue-url", &queue_url])
+            .envs(aws_env)
+            .env("RUST_LOG", "warn")
+            .stdout(std::fs::File::create(scratch.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(scratch.path().join("stderr")).unwrap())
+            .spawn()
+            .expect("tocsin dev --aws starts"),
+    );
+    let client = reqwest::Client::new();
+    crate::app::wait_for("tocsin dev --aws to answer /healthz", || {
+        let client = client.clone();
+        let url = format!("{base}/healthz");
+        async move { client.get(url).send().await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+
+    let post = |fixture_path: &'static str, key: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/integrations/prometheus");
+        async move {
+            client
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(fixture(fixture_path))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let open_incidents = |status: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/incidents?service=checkout&status={status}");
+        async move {
+            let listed: Value = client
+                .get(url)
+                .bearer_auth(keys::SAMPLE_API_KEY)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let incidents = listed["incidents"].as_array()?.clone();
+            (incidents.len() == 2).then_some(incidents)
+        }
+    };
+
+    let answer = post("events/prometheus/firing.json", keys::SAMPLE_PROMETHEUS).await;
+    assert_eq!(answer.status(), 202, "{:?}", answer.text().await);
+    crate::app::wait_for("both alerts to open incidents through SQS and the poller", || {
+        open_incidents("open")
+    })
+    .await;
+
+    let answer = post("events/prometheus/resolved.json", keys::SAMPLE_PROMETHEUS).await;
+    assert_eq!(answer.status(), 202);
+    crate::app::wait_for("both incidents to resolve", || open_incidents("resolved")).await;
+
+    let refused = post("events/prometheus/firing.json", keys::UNKNOWN).await;
+    assert_eq!(refused.status(), 404);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["status"], "not found", "the same JSON as the function's: {body}");
+}

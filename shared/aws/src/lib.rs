@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod dynamodb;
 pub mod function;
 pub mod notify;
+pub mod poller;
 pub mod processor;
 pub mod sqs;
 pub mod stream;
