@@ -308,7 +308,9 @@ async fn dev_aws(listen: SocketAddr, table: String, queue_url: String, process: 
     ));
     let queue = Arc::new(tocsin_aws::sqs::SqsEventQueue::new(sqs.clone(), queue_url.clone()));
     let processing = tocsin_core::process::ProcessService::new(store.clone());
-    let ingest = tocsin_core::ingest::IngestService::new(store.clone(), queue, store.clone());
+    let sns = tocsin_outbound::sns::sns_support(std::env::var_os("TOCSIN_SNS_CERTIFICATES").map(PathBuf::from))
+        .map_err(|e| format!("cannot build the HTTPS client for SNS: {e}"))?;
+    let ingest = tocsin_core::ingest::IngestService::new(store.clone(), queue, store.clone()).with_sns(sns);
     let api = tocsin_api::ApiState {
         process: processing.clone(),
         incidents: store.clone(),
@@ -408,6 +410,9 @@ fn banner(catalog: &Catalog, file: Option<&Path>, data: &Path) -> String {
             ),
             ProviderKind::Generic => format!(
                 "curl -s '{base}{path}?token={key}' -H 'Accept: application/json' -d summary='Queue backed up' -d dedup=queue"
+            ),
+            other => format!(
+                "curl -s '{base}{path}?token={key}' -H 'Content-Type: application/json' --data-binary @events/{other}/<sample>   # setup: docs/providers/{other}.md"
             ),
         };
         out.push_str(&format!("  {example}\n"));

@@ -201,6 +201,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
             secret: None,
             enabled: true,
             fields: FieldMapping::default(),
+            cloudwatch: Default::default(),
         })
         .await
         .unwrap();

@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use tocsin_core::auth::{ApiKey, KeyHash, Scope};
-use tocsin_core::config::{EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Secret, Service};
+use tocsin_core::config::{
+    CloudWatchSettings, EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Secret, Service,
+};
 use tocsin_core::event::{DedupKey, EventId, FieldError, IntegrationId, ServiceId, Severity};
 use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
 use tocsin_core::ports::{
@@ -506,6 +508,10 @@ struct IntegrationRecord {
     secret: Option<String>,
     enabled: bool,
     fields: FieldsRecord,
+    /// Type cloudwatch: allowed SNS topics, INSUFFICIENT_DATA handling,
+    /// default severity. Absent from items written before it existed.
+    #[serde(default)]
+    cloudwatch: CloudWatchSettings,
 }
 
 impl Record for IntegrationRecord {
@@ -569,6 +575,7 @@ impl From<&Integration> for IntegrationRecord {
             secret: integration.secret.as_ref().map(|s| s.expose().to_owned()),
             enabled: integration.enabled,
             fields: FieldsRecord::from(&integration.fields),
+            cloudwatch: integration.cloudwatch.clone(),
         }
     }
 }
@@ -583,6 +590,7 @@ impl From<IntegrationRecord> for Integration {
             secret: record.secret.map(Secret::new),
             enabled: record.enabled,
             fields: record.fields.into(),
+            cloudwatch: record.cloudwatch,
         }
     }
 }

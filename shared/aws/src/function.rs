@@ -62,7 +62,13 @@ pub async fn run_ingest(provider: ProviderKind) -> Result<(), lambda_http::Error
         aws_sdk_sqs::Client::new(&sdk),
         config.events_queue_url,
     ));
-    let ingest = IngestService::new(store.clone(), queue, store);
+    let mut ingest = IngestService::new(store.clone(), queue, store);
+    if provider == ProviderKind::CloudWatch {
+        // TOCSIN_SNS_CERTIFICATES: a folder of trusted signing certificates,
+        // for accounts whose functions cannot reach SNS's certificate URLs.
+        let folder = optional("TOCSIN_SNS_CERTIFICATES").map(std::path::PathBuf::from);
+        ingest = ingest.with_sns(tocsin_outbound::sns::sns_support(folder)?);
+    }
     lambda_http::run(lambda_http::service_fn(|request: Request| {
         let ingest = ingest.clone();
         async move { Ok::<_, std::convert::Infallible>(answer_ingest(&ingest, provider, request).await) }

@@ -455,6 +455,7 @@ async fn config_records_round_trip() {
             resolve_values: vec!["ok".into()],
             acknowledge_values: Vec::new(),
         },
+        cloudwatch: Default::default(),
     };
     assert_eq!(store.integration_by_key(&key_hash).await.unwrap(), None);
     store.put_integration(&integration).await.unwrap();

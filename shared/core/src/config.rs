@@ -4,13 +4,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{ApiKey, IntegrationKey, KeyHash, Scope};
 use crate::event::{FieldError, IntegrationId, ServiceId, Severity};
 use crate::incident::TransitionKind;
 use crate::providers::ProviderKind;
+use crate::sns::TopicArn;
 
 /// A shared secret (HMAC signing secret, bot token). Debug never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -56,6 +58,49 @@ pub struct FieldMapping {
     pub acknowledge_values: Vec<String>,
 }
 
+/// What a CloudWatch alarm entering INSUFFICIENT_DATA does to its incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InsufficientData {
+    /// Opens (or keeps open) the alarm's incident.
+    Trigger,
+    /// Resolves it.
+    Resolve,
+    /// Changes nothing: the default. Missing data is not a recovery (a dead
+    /// host sends none), so resolving would close incidents at the worst
+    /// moment; and every new alarm passes through INSUFFICIENT_DATA, so
+    /// triggering would page for nothing. Alarms that should page on missing
+    /// data say so with TreatMissingData: breaching.
+    #[default]
+    Ignore,
+}
+
+/// Settings of a `cloudwatch` integration (CloudWatch alarms through SNS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudWatchSettings {
+    /// The SNS topics that may deliver. Any other topic is refused (403) and
+    /// its subscription is never confirmed: the key alone would let anyone
+    /// subscribe a topic of their own.
+    pub topics: Vec<TopicArn>,
+    pub insufficient_data: InsufficientData,
+    /// The severity of alarms whose description and name carry no
+    /// `severity=<level>` tag.
+    pub severity: Severity,
+}
+
+impl Default for CloudWatchSettings {
+    fn default() -> Self {
+        Self {
+            topics: Vec::new(),
+            insufficient_data: InsufficientData::default(),
+            // An alarm someone routed to on-call is a real problem, but
+            // critical is kept for the alarms tagged so.
+            severity: Severity::Error,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Integration {
     pub id: IntegrationId,
@@ -66,6 +111,8 @@ pub struct Integration {
     pub secret: Option<Secret>,
     pub enabled: bool,
     pub fields: FieldMapping,
+    /// Type cloudwatch only; the default elsewhere.
+    pub cloudwatch: CloudWatchSettings,
 }
 
 /// An E.164 phone number: `+`, then 8 to 15 digits, the first not 0.
@@ -162,6 +209,10 @@ pub struct Settings {
     /// The base URL people open links against (the API, the console).
     pub public_url: Option<String>,
     pub slack: Option<SlackDelivery>,
+    /// A folder of trusted SNS signing certificates
+    /// (`SimpleNotificationService-<id>.pem`), for installations that cannot
+    /// fetch them from SNS.
+    pub sns_certificates: Option<PathBuf>,
 }
 
 /// Everything a deployment is configured with, validated as a whole.
@@ -266,6 +317,8 @@ struct IntegrationEntry {
     enabled: bool,
     #[serde(default)]
     fields: FieldMapping,
+    #[serde(default)]
+    cloudwatch: Option<CloudWatchSettings>,
 }
 
 fn enabled_by_default() -> bool {
@@ -298,6 +351,8 @@ struct SettingsEntry {
     slack_webhook_url: Option<String>,
     #[serde(default)]
     slack_bot_token: Option<String>,
+    #[serde(default)]
+    sns_certificates: Option<PathBuf>,
 }
 
 impl Catalog {
@@ -332,6 +387,12 @@ impl Catalog {
                         token: Secret::new(token),
                     }),
                     (None, None) => None,
+                },
+                sns_certificates: match parsed.settings.sns_certificates {
+                    Some(dir) if dir.as_os_str().is_empty() => {
+                        return Err(error("settings.sns_certificates", "must name a folder".into()))
+                    }
+                    other => other,
                 },
             },
             ..Catalog::default()
@@ -395,6 +456,14 @@ impl Catalog {
                     return Err(error(&at("key"), "another integration already uses this key".into()));
                 }
                 let secret = match integration.secret {
+                    Some(_) if integration.provider == ProviderKind::CloudWatch => {
+                        return Err(error(
+                            &at("secret"),
+                            "SNS cannot sign with a shared secret: cloudwatch integrations are checked by the SNS \
+                             message signature instead"
+                                .into(),
+                        ))
+                    }
                     Some(secret) if secret.len() < 16 => {
                         return Err(error(&at("secret"), "must be at least 16 characters".into()))
                     }
@@ -403,6 +472,24 @@ impl Catalog {
                 if integration.fields != FieldMapping::default() && integration.provider != ProviderKind::Webhook {
                     return Err(error(&at("fields"), "field paths apply only to type webhook".into()));
                 }
+                let cloudwatch = match (integration.cloudwatch, integration.provider) {
+                    (Some(_), provider) if provider != ProviderKind::CloudWatch => {
+                        return Err(error(&at("cloudwatch"), "applies only to type cloudwatch".into()))
+                    }
+                    (settings, ProviderKind::CloudWatch) => {
+                        let settings = settings.unwrap_or_default();
+                        if settings.topics.is_empty() {
+                            return Err(error(
+                                &at("cloudwatch.topics"),
+                                "must list at least one SNS topic ARN: Tocsin accepts, and confirms subscriptions \
+                                 of, the listed topics only"
+                                    .into(),
+                            ));
+                        }
+                        settings
+                    }
+                    _ => CloudWatchSettings::default(),
+                };
                 catalog.integrations.push(Integration {
                     id: integration_id,
                     service: id.clone(),
@@ -411,6 +498,7 @@ impl Catalog {
                     secret,
                     enabled: integration.enabled,
                     fields: integration.fields,
+                    cloudwatch,
                 });
             }
 
@@ -555,6 +643,100 @@ services:
         ] {
             assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    const CLOUDWATCH: &str = r##"
+services:
+  - id: checkout
+    integrations:
+      - id: alarms
+        type: cloudwatch
+        key: 0123456789abcdef0123456789abcdef
+        cloudwatch:
+          topics: [arn:aws:sns:eu-west-1:123456789012:alarms, arn:aws-cn:sns:cn-north-1:123456789012:cn-alarms]
+          insufficient_data: trigger
+          severity: critical
+      - {id: more-alarms, type: cloudwatch, key: fedcba9876543210fedcba9876543210,
+         cloudwatch: {topics: [arn:aws:sns:us-east-1:123456789012:other]}}
+      - {id: am, type: prometheus, key: 22222222222222222222222222222222}
+settings:
+  sns_certificates: /etc/tocsin/sns-certificates
+"##;
+
+    #[test]
+    fn cloudwatch_settings_parse_with_their_defaults() {
+        let catalog = Catalog::from_yaml(CLOUDWATCH, "tocsin.yaml").unwrap();
+        let alarms = &catalog.integrations[0].cloudwatch;
+        let topics: Vec<&str> = alarms.topics.iter().map(TopicArn::as_str).collect();
+        assert_eq!(
+            topics,
+            [
+                "arn:aws:sns:eu-west-1:123456789012:alarms",
+                "arn:aws-cn:sns:cn-north-1:123456789012:cn-alarms"
+            ]
+        );
+        assert_eq!(alarms.insufficient_data, InsufficientData::Trigger);
+        assert_eq!(alarms.severity, Severity::Critical);
+        let more = &catalog.integrations[1].cloudwatch;
+        assert_eq!(more.insufficient_data, InsufficientData::Ignore);
+        assert_eq!(more.severity, Severity::Error);
+        assert_eq!(catalog.integrations[2].cloudwatch, CloudWatchSettings::default());
+        assert_eq!(
+            catalog.settings.sns_certificates.as_deref(),
+            Some(std::path::Path::new("/etc/tocsin/sns-certificates"))
+        );
+        assert_eq!(
+            Catalog::from_yaml(GOOD, "tocsin.yaml")
+                .unwrap()
+                .settings
+                .sns_certificates,
+            None
+        );
+    }
+
+    #[test]
+    fn cloudwatch_settings_errors_name_the_field() {
+        let e = refused(&CLOUDWATCH.replace(
+            "cloudwatch: {topics: [arn:aws:sns:us-east-1:123456789012:other]}",
+            "cloudwatch: {topics: []}",
+        ));
+        assert_eq!(e.field, "services[0].integrations[1].cloudwatch.topics");
+        assert!(e.reason.contains("at least one SNS topic"), "{e}");
+
+        let e = refused(&CLOUDWATCH.replace(
+            ",\n         cloudwatch: {topics: [arn:aws:sns:us-east-1:123456789012:other]}",
+            "",
+        ));
+        assert_eq!(e.field, "services[0].integrations[1].cloudwatch.topics");
+
+        let e = refused(&CLOUDWATCH.replace("arn:aws:sns:us-east-1:123456789012:other", "other"));
+        assert_eq!(e.field, "services[0].integrations[1].cloudwatch.topics[0]");
+        assert!(e.reason.contains("not an SNS topic ARN"), "{e}");
+
+        let e = refused(&CLOUDWATCH.replace("insufficient_data: trigger", "insufficient_data: page"));
+        assert_eq!(e.field, "services[0].integrations[0].cloudwatch.insufficient_data");
+
+        let e = refused(&CLOUDWATCH.replace("severity: critical", "severity: sev1"));
+        assert_eq!(e.field, "services[0].integrations[0].cloudwatch.severity");
+
+        let e = refused(&CLOUDWATCH.replace("insufficient_data: trigger", "insuficient_data: trigger"));
+        assert!(e.reason.contains("insuficient_data"), "{e}");
+
+        let e = refused(&CLOUDWATCH.replace(
+            "key: 22222222222222222222222222222222}",
+            "key: 22222222222222222222222222222222, cloudwatch: {topics: [arn:aws:sns:eu-west-1:123456789012:a]}}",
+        ));
+        assert_eq!(e.field, "services[0].integrations[2].cloudwatch");
+
+        let e = refused(&CLOUDWATCH.replace(
+            "key: 0123456789abcdef0123456789abcdef",
+            "key: 0123456789abcdef0123456789abcdef\n        secret: a-long-enough-secret",
+        ));
+        assert_eq!(e.field, "services[0].integrations[0].secret");
+        assert!(e.reason.contains("SNS"), "{e}");
+
+        let e = refused(&CLOUDWATCH.replace("sns_certificates: /etc/tocsin/sns-certificates", "sns_certificates: ''"));
+        assert_eq!(e.field, "settings.sns_certificates");
     }
 
     #[test]

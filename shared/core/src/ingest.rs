@@ -1,19 +1,27 @@
 //! Ingest: authenticate → verify → normalize → enqueue. The same service
 //! answers in the provider Lambdas and in the local router.
+//!
+//! Providers delivered by Amazon SNS ([`Delivery::Sns`]) take one more
+//! step, with I/O: the envelope's signature is verified (fetching the
+//! signing certificate once per process), its topic checked against the
+//! integration's, and subscription confirmations answered, before the
+//! provider sees the notification's Message. That needs [`Sns`], given with
+//! [`IngestService::with_sns`].
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
 
-use crate::answer::{error_answer, Answer};
+use crate::answer::{error_answer, json_answer, Answer};
 use crate::auth::{key_from_request, IntegrationKey, KeyHash};
 use crate::config::Integration;
 use crate::event::{Action, Event, EventId, IntegrationId, Origin};
 use crate::incident::IncidentId;
 use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore};
-use crate::providers::{provider, Accepted, Inbound, IncidentHint, InvalidPayload, ProviderKind};
+use crate::providers::{provider, Accepted, Delivery, Inbound, IncidentHint, InvalidPayload, Provider, ProviderKind};
 use crate::signature::SignatureError;
+use crate::sns::{check_topic, refuse_raw_delivery, Confirmation, Sns, SnsError, SnsMessage, SnsMessageType};
 
 /// Every way a request is refused, each with one status code.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +46,8 @@ pub enum IngestError {
     Signature(#[from] SignatureError),
     #[error(transparent)]
     Payload(#[from] InvalidPayload),
+    #[error(transparent)]
+    Sns(#[from] SnsError),
     #[error("the events could not be queued; retry")]
     Unavailable(#[source] BackendError),
 }
@@ -50,6 +60,7 @@ impl IngestError {
             IngestError::UnknownIntegration | IngestError::WrongProvider { .. } => StatusCode::NOT_FOUND,
             IngestError::Disabled(_) => StatusCode::FORBIDDEN,
             IngestError::Payload(_) => StatusCode::BAD_REQUEST,
+            IngestError::Sns(error) => error.status(),
             IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -69,10 +80,15 @@ impl IngestError {
             }
             IngestError::UnknownIntegration | IngestError::WrongProvider { .. } => ("not found", Vec::new()),
             IngestError::Disabled(_) => ("forbidden", Vec::new()),
+            IngestError::Sns(error) => match error.status() {
+                StatusCode::FORBIDDEN => ("forbidden", Vec::new()),
+                StatusCode::SERVICE_UNAVAILABLE => ("unavailable", Vec::new()),
+                _ => ("unauthorized", Vec::new()),
+            },
             IngestError::Unavailable(_) => ("unavailable", Vec::new()),
         };
         let mut answer = error_answer(status, label, self.to_string(), errors);
-        if matches!(self, IngestError::Unavailable(_)) {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             answer
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
@@ -94,11 +110,23 @@ pub struct IngestRequest<'a> {
     pub received_at: DateTime<Utc>,
 }
 
+/// One SNS notification that AWS delivered itself (SNS invoking a Lambda
+/// function directly, authenticated by IAM): no key and no signature to
+/// check, but the topic must still be one the integration allows.
+#[derive(Debug, Clone, Copy)]
+pub struct SnsNotification<'a> {
+    pub message_id: &'a str,
+    pub topic_arn: &'a str,
+    pub message: &'a str,
+    pub received_at: DateTime<Utc>,
+}
+
 #[derive(Clone)]
 pub struct IngestService {
     config: Arc<dyn ConfigStore>,
     queue: Arc<dyn EventQueue>,
     incidents: Arc<dyn IncidentStore>,
+    sns: Option<Arc<Sns>>,
 }
 
 impl IngestService {
@@ -107,7 +135,15 @@ impl IngestService {
             config,
             queue,
             incidents,
+            sns: None,
         }
+    }
+
+    /// Accepts SNS-delivered providers (cloudwatch): without it they are
+    /// answered 503. Build it once per process: it caches certificates.
+    pub fn with_sns(mut self, sns: Sns) -> Self {
+        self.sns = Some(Arc::new(sns));
+        self
     }
 
     /// Handles one request and always answers: success or a JSON error.
@@ -138,19 +174,134 @@ impl IngestService {
         };
 
         let integration = self.authenticate(&inbound, request.provider).await?;
+        if provider.delivery() == Delivery::Sns {
+            return self.ingest_sns(provider, &inbound, &integration).await;
+        }
         provider.verify(&inbound, &integration)?;
         let alerts = provider.normalize(&inbound, &integration)?;
+        self.accept(provider, &inbound, &integration, alerts, None).await
+    }
 
+    /// The SNS step: raw delivery refused, topic checked (before anything
+    /// is fetched), signature verified at the request's receive time, then
+    /// confirmations answered here and notifications handed to the provider.
+    async fn ingest_sns(
+        &self,
+        provider: &dyn Provider,
+        inbound: &Inbound<'_>,
+        integration: &Integration,
+    ) -> Result<Answer, IngestError> {
+        let sns = self.sns.as_deref().ok_or(SnsError::NotConfigured)?;
+        refuse_raw_delivery(inbound.headers)?;
+        let message = SnsMessage::parse(inbound.body)?;
+        // cloudwatch is the only SNS-delivered type; its settings hold the
+        // allowed topics.
+        check_topic(&integration.cloudwatch.topics, &message.topic_arn)?;
+        let verified = sns.verify(&message, inbound.received_at).await?;
+        match verified.kind {
+            SnsMessageType::SubscriptionConfirmation => {
+                let confirmation = sns.confirm(&verified).await?;
+                tracing::info!(
+                    integration = %integration.id,
+                    topic = %verified.topic_arn,
+                    ?confirmation,
+                    "SNS subscription confirmation"
+                );
+                let (status, text) = match confirmation {
+                    Confirmation::Confirmed => ("confirmed", "the subscription is confirmed"),
+                    Confirmation::LeftToOperator => (
+                        "pending",
+                        "the subscription awaits confirmation by an operator (see the logs)",
+                    ),
+                };
+                Ok(json_answer(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": status, "message": text, "topic": verified.topic_arn}),
+                ))
+            }
+            SnsMessageType::UnsubscribeConfirmation => {
+                tracing::warn!(
+                    integration = %integration.id,
+                    topic = %verified.topic_arn,
+                    "SNS says this endpoint was unsubscribed from the topic"
+                );
+                Ok(json_answer(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "acknowledged", "topic": verified.topic_arn}),
+                ))
+            }
+            SnsMessageType::Notification => {
+                let unwrapped = Inbound {
+                    body: verified.message.as_bytes(),
+                    ..*inbound
+                };
+                provider.verify(&unwrapped, integration)?;
+                let alerts = provider.normalize(&unwrapped, integration)?;
+                self.accept(provider, &unwrapped, integration, alerts, Some(&verified.message_id))
+                    .await
+            }
+        }
+    }
+
+    /// Ingests an SNS notification that AWS delivered itself (the direct
+    /// SNS → Lambda form) to `integration`, a provider with
+    /// [`Delivery::Sns`]. As over HTTPS, event ids come from the MessageId,
+    /// so a redelivery is the same event.
+    pub async fn ingest_sns_notification(
+        &self,
+        integration: &Integration,
+        notification: SnsNotification<'_>,
+    ) -> Result<Answer, IngestError> {
+        let provider = provider(integration.provider);
+        if provider.delivery() != Delivery::Sns {
+            return Err(IngestError::WrongProvider {
+                actual: integration.provider,
+                path: integration.provider.path(),
+            });
+        }
+        if !integration.enabled {
+            return Err(IngestError::Disabled(integration.id.clone()));
+        }
+        check_topic(&integration.cloudwatch.topics, notification.topic_arn)?;
+        let headers = HeaderMap::new();
+        let inbound = Inbound {
+            headers: &headers,
+            query: None,
+            body: notification.message.as_bytes(),
+            received_at: notification.received_at,
+        };
+        provider.verify(&inbound, integration)?;
+        let alerts = provider.normalize(&inbound, integration)?;
+        self.accept(provider, &inbound, integration, alerts, Some(notification.message_id))
+            .await
+    }
+
+    /// Alerts into events, checked for size, enqueued, answered. With a
+    /// delivery id (SNS MessageId) the event ids derive from it, so a
+    /// provider's retry is the same event; otherwise they are fresh.
+    async fn accept(
+        &self,
+        provider: &dyn Provider,
+        inbound: &Inbound<'_>,
+        integration: &Integration,
+        alerts: Vec<crate::event::Alert>,
+        delivery: Option<&str>,
+    ) -> Result<Answer, IngestError> {
+        let kind = provider.kind();
         let events: Vec<Event> = alerts
             .into_iter()
-            .map(|alert| Event {
-                id: EventId::generate(),
+            .enumerate()
+            .map(|(index, alert)| Event {
+                id: match delivery {
+                    Some(delivery) => EventId::from_delivery(&integration.id, delivery, index),
+                    None => EventId::generate(),
+                },
                 service: integration.service.clone(),
                 origin: Origin::Integration {
                     integration: integration.id.clone(),
-                    provider: request.provider,
+                    provider: kind,
                 },
-                received_at: request.received_at,
+                received_at: inbound.received_at,
                 alert,
             })
             .collect();
@@ -170,24 +321,24 @@ impl IngestService {
 
         // Read before enqueueing: afterwards the processor may already have
         // opened the incident, and the caller would be told it was not new.
-        let hint = match (provider.wants_incident_hint(&inbound), events.first()) {
+        let hint = match (provider.wants_incident_hint(inbound), events.first()) {
             (true, Some(event)) => Some(self.incident_hint(event).await?),
             _ => None,
         };
 
         self.queue.enqueue(&events).await.map_err(IngestError::Unavailable)?;
         tracing::info!(
-            provider = %request.provider,
+            provider = %kind,
             integration = %integration.id,
             service = %integration.service,
             events = events.len(),
             "events accepted"
         );
         Ok(provider.accepted(
-            &inbound,
+            inbound,
             &Accepted {
                 events: &events,
-                integration: &integration,
+                integration,
                 hint,
             },
         ))
@@ -287,6 +438,372 @@ services:
             "payload": {"summary": "s", "source": "x", "severity": "info",
                         "custom_details": {"blob": "x".repeat(details_bytes)}},
         })
+    }
+
+    mod sns {
+        use http::HeaderValue;
+        use serde_json::{json, Value};
+
+        use super::*;
+        use crate::sns::testing::{at, block_on, sign, CountingFolders, RecordingSubscriptions};
+        use crate::sns::SnsMessage;
+
+        const KEY: &str = "33333333333333333333333333333333";
+        const OTHER_TOPIC_KEY: &str = "44444444444444444444444444444444";
+        const TOPIC: &str = "arn:aws:sns:us-east-1:427809481713:if-sim-app-AWSCloudWatchDiagnostics";
+        const SIGNER_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:alarms";
+        const CONFIG: &str = r#"
+services:
+  - id: checkout
+    integrations:
+      - id: alarms
+        type: cloudwatch
+        key: 33333333333333333333333333333333
+        cloudwatch:
+          topics:
+            - arn:aws:sns:us-east-1:427809481713:if-sim-app-AWSCloudWatchDiagnostics
+            - arn:aws:sns:eu-west-1:123456789012:alarms
+            - arn:aws:sns:ap-southeast-2:257706363616:phd-info-dev
+      - id: other-alarms
+        type: cloudwatch
+        key: 44444444444444444444444444444444
+        cloudwatch: {topics: ["arn:aws:sns:eu-west-1:123456789012:someone-else"]}
+      - {id: pd, type: events-v2, key: 22222222222222222222222222222222}
+"#;
+        const ALARM: &str = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/cloudwatch/alarm.json"
+        ));
+        const INSUFFICIENT: &str = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/cloudwatch/insufficient-data.json"
+        ));
+        const NOT_AN_ALARM: &str = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/cloudwatch/not-an-alarm.json"
+        ));
+        const CONFIRMATION: &str = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/cloudwatch/subscription-confirmation.json"
+        ));
+        /// Just after the real alarm sample was sent.
+        const ALARM_CLOCK: &str = "2021-11-10T02:46:00Z";
+        /// Inside the test signer's validity.
+        const SIGNER_CLOCK: &str = "2027-01-01T00:00:05Z";
+
+        struct Stack {
+            ingest: IngestService,
+            store: Arc<MemoryStore>,
+            certificates: Arc<CountingFolders>,
+            subscriptions: Arc<RecordingSubscriptions>,
+        }
+
+        fn stack_with(certificates: CountingFolders, sns: bool) -> Stack {
+            let store = Arc::new(MemoryStore::new());
+            let catalog = Catalog::from_yaml(CONFIG, "test.yaml").unwrap();
+            let certificates = Arc::new(certificates);
+            let subscriptions = Arc::new(RecordingSubscriptions::default());
+            let mut ingest = IngestService::new(Arc::new(catalog), store.clone(), store.clone());
+            if sns {
+                ingest = ingest.with_sns(Sns::new(certificates.clone(), subscriptions.clone()));
+            }
+            Stack {
+                ingest,
+                store,
+                certificates,
+                subscriptions,
+            }
+        }
+
+        fn stack() -> Stack {
+            stack_with(CountingFolders::default(), true)
+        }
+
+        impl Stack {
+            fn post_with(&self, key: &str, body: &str, now: &str, headers: HeaderMap) -> (StatusCode, Value) {
+                let query = format!("token={key}");
+                let answer = block_on(self.ingest.handle(IngestRequest {
+                    provider: ProviderKind::CloudWatch,
+                    headers: &headers,
+                    query: Some(&query),
+                    body: body.as_bytes(),
+                    received_at: at(now),
+                }));
+                let body = serde_json::from_slice(answer.body()).unwrap_or(Value::Null);
+                (answer.status(), body)
+            }
+
+            /// As SNS posts: the key in the query, text/plain.
+            fn post(&self, body: &str, now: &str) -> (StatusCode, Value) {
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=UTF-8"),
+                );
+                headers.insert("x-amz-sns-message-type", HeaderValue::from_static("Notification"));
+                self.post_with(KEY, body, now, headers)
+            }
+        }
+
+        fn envelope(sample: &str, change: impl FnOnce(&mut Value)) -> String {
+            let mut value: Value = serde_json::from_str(sample).unwrap();
+            change(&mut value);
+            value.to_string()
+        }
+
+        /// A message signed by the test signer at SIGNER_CLOCK, on the
+        /// allowed test topic.
+        fn signed(sample: &str, change: impl FnOnce(&mut SnsMessage)) -> String {
+            let text = sample.replace("arn:aws:sns:eu-west-1:1234567890:alerta-test", SIGNER_TOPIC);
+            let mut message = SnsMessage::parse(text.as_bytes()).unwrap();
+            message.timestamp = "2027-01-01T00:00:00.000Z".into();
+            change(&mut message);
+            sign(&mut message);
+            let mut value: Value = serde_json::from_str(&text).unwrap();
+            for (key, field) in [
+                ("Type", Some(message.kind.as_str().to_owned())),
+                ("TopicArn", Some(message.topic_arn.clone())),
+                ("Timestamp", Some(message.timestamp.clone())),
+                ("SubscribeURL", message.subscribe_url.clone()),
+                ("SignatureVersion", message.signature_version.clone()),
+                ("Signature", message.signature.clone()),
+                ("SigningCertURL", message.signing_cert_url.clone()),
+            ] {
+                if let Some(field) = field {
+                    value[key] = json!(field);
+                }
+            }
+            value.to_string()
+        }
+
+        fn alarms_id() -> crate::event::IntegrationId {
+            crate::event::IntegrationId::parse("alarms").unwrap()
+        }
+
+        #[test]
+        fn a_real_signed_alarm_is_queued_under_an_id_from_its_message_id() {
+            let stack = stack();
+            let (status, body) = stack.post(ALARM, ALARM_CLOCK);
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            let arn = "arn:aws:cloudwatch:us-east-1:427809481713:alarm:if-sim-app_427809481713_us-east-1-metric_emitting_node_failure";
+            assert_eq!(body["dedup_keys"], json!([arn]));
+            let events = stack.store.queued_events();
+            assert_eq!(events.len(), 1);
+            let expected = EventId::from_delivery(&alarms_id(), "57c992bc-21f6-5a74-bda5-c8b9155571ca", 0);
+            assert_eq!(events[0].id, expected);
+            assert_eq!(events[0].action(), Action::Trigger);
+            assert_eq!(
+                events[0].origin,
+                Origin::Integration {
+                    integration: alarms_id(),
+                    provider: ProviderKind::CloudWatch
+                }
+            );
+
+            // SNS retries with the same MessageId: the same event, which the
+            // processor applies once.
+            let (status, _) = stack.post(ALARM, "2021-11-10T02:50:00Z");
+            assert_eq!(status, StatusCode::ACCEPTED);
+            let events = stack.store.queued_events();
+            assert_eq!(events.len(), 2);
+            assert_eq!(events[1].id, events[0].id);
+            assert_eq!(stack.certificates.fetches(), 1, "the certificate is cached");
+        }
+
+        #[test]
+        fn a_tampered_or_stale_alarm_is_refused_and_nothing_queued() {
+            let stack = stack();
+            let tampered = envelope(ALARM, |v| {
+                let message = v["Message"].as_str().unwrap().replacen("ALARM", "OK", 1);
+                v["Message"] = json!(message);
+            });
+            let (status, body) = stack.post(&tampered, ALARM_CLOCK);
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+            assert_eq!(body["status"], json!("unauthorized"));
+            assert!(body["message"].as_str().unwrap().contains("does not match"), "{body}");
+
+            let (status, body) = stack.post(ALARM, "2021-11-10T06:00:00Z");
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+            assert!(body["message"].as_str().unwrap().contains("two hours"), "{body}");
+
+            let http = envelope(ALARM, |v| {
+                let url = v["SigningCertURL"].as_str().unwrap().replace("https://", "http://");
+                v["SigningCertURL"] = json!(url);
+            });
+            assert_eq!(stack.post(&http, ALARM_CLOCK).0, StatusCode::UNAUTHORIZED);
+            assert!(stack.store.queued_events().is_empty());
+        }
+
+        #[test]
+        fn a_topic_the_integration_does_not_list_is_refused_before_any_fetch() {
+            let stack = stack();
+            let (status, body) = stack.post_with(OTHER_TOPIC_KEY, ALARM, ALARM_CLOCK, HeaderMap::new());
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+            assert_eq!(body["status"], json!("forbidden"));
+            assert!(body["message"].as_str().unwrap().contains(TOPIC), "{body}");
+            assert_eq!(stack.certificates.fetches(), 0);
+            assert!(stack.store.queued_events().is_empty());
+        }
+
+        #[test]
+        fn a_subscription_confirmation_is_confirmed_and_opens_nothing() {
+            let stack = stack();
+            let body = signed(CONFIRMATION, |_| {});
+            let (status, answer) = stack.post(&body, SIGNER_CLOCK);
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            assert_eq!(answer["status"], json!("confirmed"));
+            let confirmed = stack.subscriptions.confirmed();
+            assert_eq!(confirmed.len(), 1);
+            assert!(confirmed[0].starts_with(&format!(
+                "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={SIGNER_TOPIC}&Token="
+            )));
+            // The answer never carries the token.
+            assert!(!answer.to_string().contains("2336412f37"), "{answer}");
+            assert!(stack.store.queued_events().is_empty());
+        }
+
+        #[test]
+        fn confirmations_that_are_unsigned_off_sns_or_for_other_topics_are_never_followed() {
+            let stack = stack();
+            // The documented sample: its signature is for another account.
+            let (status, _) = stack.post(
+                &CONFIRMATION.replace("1234567890:alerta-test", "123456789012:alarms"),
+                SIGNER_CLOCK,
+            );
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+            let off_sns = signed(CONFIRMATION, |m| {
+                m.subscribe_url = m
+                    .subscribe_url
+                    .as_ref()
+                    .map(|u| u.replace("sns.eu-west-1.amazonaws.com", "attacker.example"));
+            });
+            let (status, answer) = stack.post(&off_sns, SIGNER_CLOCK);
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+            assert!(answer["message"].as_str().unwrap().contains("SubscribeURL"), "{answer}");
+
+            let other_topic = signed(CONFIRMATION, |m| {
+                m.topic_arn = "arn:aws:sns:eu-west-1:123456789012:someone-else".into();
+            });
+            assert_eq!(stack.post(&other_topic, SIGNER_CLOCK).0, StatusCode::FORBIDDEN);
+            assert!(stack.subscriptions.confirmed().is_empty());
+        }
+
+        #[test]
+        fn an_unsubscribe_confirmation_is_acknowledged_and_nothing_else() {
+            let stack = stack();
+            let body = signed(CONFIRMATION, |m| {
+                m.kind = crate::sns::SnsMessageType::UnsubscribeConfirmation
+            });
+            let (status, answer) = stack.post(&body, SIGNER_CLOCK);
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            assert_eq!(answer["status"], json!("acknowledged"));
+            assert!(stack.subscriptions.confirmed().is_empty());
+            assert!(stack.store.queued_events().is_empty());
+        }
+
+        #[test]
+        fn raw_message_delivery_is_refused_with_a_clear_400() {
+            let stack = stack();
+            let alarm = SnsMessage::parse(ALARM.as_bytes()).unwrap().message;
+            let (status, body) = stack.post(&alarm, ALARM_CLOCK);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(
+                body["errors"][0].as_str().unwrap().contains("raw message delivery"),
+                "{body}"
+            );
+
+            let mut headers = HeaderMap::new();
+            headers.insert("x-amz-sns-rawdelivery", HeaderValue::from_static("true"));
+            let (status, body) = stack.post_with(KEY, ALARM, ALARM_CLOCK, headers);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(
+                body["errors"][0].as_str().unwrap().contains("raw message delivery"),
+                "{body}"
+            );
+            assert_eq!(stack.certificates.fetches(), 0);
+        }
+
+        #[test]
+        fn a_signed_message_that_is_not_an_alarm_is_refused_by_field() {
+            // A real AWS Health event, signed by SNS, on an allowed topic.
+            let stack = stack();
+            let (status, body) = stack.post(NOT_AN_ALARM, "2022-02-18T08:36:00Z");
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(
+                body["errors"],
+                json!([
+                    "NewStateValue: is missing",
+                    "AlarmName: is missing (and there is no AlarmArn)"
+                ])
+            );
+            assert!(stack.store.queued_events().is_empty());
+        }
+
+        #[test]
+        fn insufficient_data_left_ignored_is_accepted_with_no_event() {
+            let stack = stack();
+            let body = signed(INSUFFICIENT, |_| {});
+            let (status, answer) = stack.post(&body, SIGNER_CLOCK);
+            assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+            assert_eq!(answer["events"], json!(0));
+            assert!(stack.store.queued_events().is_empty());
+        }
+
+        #[test]
+        fn without_sns_support_or_certificates_the_answer_is_503_so_sns_retries() {
+            let (status, body) = stack_with(CountingFolders::default(), false).post(ALARM, ALARM_CLOCK);
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body["status"], json!("unavailable"));
+
+            let down = stack_with(
+                CountingFolders {
+                    fail: true,
+                    ..CountingFolders::default()
+                },
+                true,
+            );
+            let headers = HeaderMap::new();
+            let query = format!("token={KEY}");
+            let answer = block_on(down.ingest.handle(IngestRequest {
+                provider: ProviderKind::CloudWatch,
+                headers: &headers,
+                query: Some(&query),
+                body: ALARM.as_bytes(),
+                received_at: at(ALARM_CLOCK),
+            }));
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(answer.headers().contains_key(http::header::RETRY_AFTER));
+        }
+
+        #[test]
+        fn a_notification_aws_delivered_itself_is_ingested_the_same_way() {
+            let stack = stack();
+            let catalog = Catalog::from_yaml(CONFIG, "test.yaml").unwrap();
+            let alarms = catalog.integrations[0].clone();
+            let message = SnsMessage::parse(ALARM.as_bytes()).unwrap();
+            let notification = SnsNotification {
+                message_id: &message.message_id,
+                topic_arn: &message.topic_arn,
+                message: &message.message,
+                received_at: at(ALARM_CLOCK),
+            };
+            let answer = block_on(stack.ingest.ingest_sns_notification(&alarms, notification)).unwrap();
+            assert_eq!(answer.status(), StatusCode::ACCEPTED);
+            let events = stack.store.queued_events();
+            assert_eq!(
+                events[0].id,
+                EventId::from_delivery(&alarms_id(), "57c992bc-21f6-5a74-bda5-c8b9155571ca", 0)
+            );
+
+            let other = catalog.integrations[1].clone();
+            let error = block_on(stack.ingest.ingest_sns_notification(&other, notification)).unwrap_err();
+            assert_eq!(error.status(), StatusCode::FORBIDDEN);
+            let events_v2 = catalog.integrations[2].clone();
+            let error = block_on(stack.ingest.ingest_sns_notification(&events_v2, notification)).unwrap_err();
+            assert!(matches!(error, IngestError::WrongProvider { .. }), "{error}");
+            assert_eq!(stack.store.queued_events().len(), 1);
+        }
     }
 
     #[test]

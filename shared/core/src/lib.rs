@@ -19,3 +19,4 @@ pub mod process;
 pub mod providers;
 pub mod render;
 pub mod signature;
+pub mod sns;

@@ -58,13 +58,30 @@ pub fn decode_sha256_header(value: &str) -> Result<Vec<u8>, SignatureError> {
 /// raw body. Several secrets may be given during a rotation; any one matching
 /// is enough.
 pub fn verify_body_signature(headers: &HeaderMap, body: &[u8], secrets: &[&Secret]) -> Result<(), SignatureError> {
-    let header = headers
-        .get("x-signature")
-        .or_else(|| headers.get("x-webhook-signature"))
-        .ok_or(SignatureError::Missing {
-            expected: "X-Signature: sha256=<hex>",
-        })?;
-    let value = header.to_str().map_err(|_| SignatureError::Malformed)?;
+    let header = if headers.contains_key("x-signature") {
+        "x-signature"
+    } else {
+        "x-webhook-signature"
+    };
+    verify_sha256_header(headers, header, "X-Signature: sha256=<hex>", body, secrets)
+}
+
+/// Checks the `sha256=<hex>` HMAC-SHA256 of the raw body carried in `header`
+/// (Tocsin's own `X-Signature`, GitHub's `X-Hub-Signature-256`, Bitbucket
+/// Cloud's `X-Hub-Signature`). `expected` is how the error names the header
+/// when it is missing. Any one of `secrets` matching is enough.
+pub fn verify_sha256_header(
+    headers: &HeaderMap,
+    header: &str,
+    expected: &'static str,
+    body: &[u8],
+    secrets: &[&Secret],
+) -> Result<(), SignatureError> {
+    let value = headers
+        .get(header)
+        .ok_or(SignatureError::Missing { expected })?
+        .to_str()
+        .map_err(|_| SignatureError::Malformed)?;
     let signature = decode_sha256_header(value)?;
     if secrets
         .iter()

@@ -63,6 +63,8 @@ pub enum StackError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot build the HTTPS client for SNS certificates and confirmations")]
+    SnsClient(#[source] reqwest::Error),
 }
 
 /// A started stack: its address, and a handle to stop it.
@@ -112,6 +114,10 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     let context = RenderContext {
         public_url: options.catalog.settings.public_url.clone(),
     };
+    // CloudWatch through SNS: certificates from settings.sns_certificates,
+    // or fetched from SNS (and subscriptions confirmed) over HTTPS.
+    let sns = tocsin_outbound::sns::sns_support(options.catalog.settings.sns_certificates.clone())
+        .map_err(StackError::SnsClient)?;
     let slack: Arc<dyn Notifier> = match &options.catalog.settings.slack {
         Some(SlackDelivery::IncomingWebhook { url }) => Arc::new(RecordedNotifier::new(
             Arc::new(SlackNotifier::incoming_webhook(url.clone())),
@@ -134,7 +140,7 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     let process = ProcessService::new(incidents.clone());
     let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()));
     let notify = NotifyService::new(notifiers, context);
-    let ingest = IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone());
+    let ingest = IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone()).with_sns(sns);
     let api = ApiState {
         process: process.clone(),
         incidents,

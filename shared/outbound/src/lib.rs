@@ -2,3 +2,4 @@
 //! stack: one reqwest client with rustls per notifier, built at start-up.
 
 pub mod slack;
+pub mod sns;

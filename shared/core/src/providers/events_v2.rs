@@ -375,6 +375,7 @@ mod tests {
             secret: None,
             enabled: true,
             fields: FieldMapping::default(),
+            cloudwatch: Default::default(),
         }
     }
 

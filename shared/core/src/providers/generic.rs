@@ -262,6 +262,7 @@ mod tests {
             secret: None,
             enabled: true,
             fields: FieldMapping::default(),
+            cloudwatch: Default::default(),
         }
     }
 

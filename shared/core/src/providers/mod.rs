@@ -15,9 +15,33 @@ use crate::event::{Alert, Event, FieldError};
 use crate::incident::IncidentId;
 use crate::signature::{verify_body_signature, SignatureError};
 
+pub mod appdynamics;
+pub mod azure;
+mod base64;
+pub mod better_uptime;
+pub mod bitbucket;
+pub mod cloudwatch;
+pub mod datadog;
+pub mod dynatrace;
+pub mod elastic;
 pub mod events_v2;
+mod forge;
 pub mod generic;
+pub mod github;
+pub mod gitlab;
+pub mod google_cloud_monitoring;
+pub mod grafana;
+mod header_secret;
+pub mod honeycomb;
+pub mod newrelic;
+pub mod pingdom;
 pub mod prometheus;
+pub mod sentry;
+pub mod site24x7;
+pub mod splunk_observability;
+pub mod splunk_oncall;
+pub mod uptime_kuma;
+pub mod uptimerobot;
 pub mod webhook;
 
 /// The provider ids: the config `type` and the `/integrations/{provider}` path.
@@ -35,6 +59,69 @@ pub enum ProviderKind {
     /// GoAlert's generic incoming API (`POST /api/v2/generic/incoming`).
     #[serde(rename = "generic")]
     Generic,
+    /// UptimeRobot's webhook alert contact, with Tocsin's published POST value.
+    #[serde(rename = "uptimerobot")]
+    UptimeRobot,
+    /// Azure Monitor action groups, common alert schema.
+    #[serde(rename = "azure")]
+    Azure,
+    /// Grafana Alerting's webhook contact point (and legacy dashboard alerts).
+    #[serde(rename = "grafana")]
+    Grafana,
+    /// Kibana alerting rules through the Webhook connector, with Tocsin's published body template.
+    #[serde(rename = "elastic")]
+    Elastic,
+    /// Honeycomb triggers and SLO burn alerts through a webhook recipient (default payload).
+    #[serde(rename = "honeycomb")]
+    Honeycomb,
+    /// Splunk Observability Cloud (SignalFx) detectors through a Webhook integration.
+    #[serde(rename = "splunk-observability")]
+    SplunkObservability,
+    /// Splunk On-Call (VictorOps) REST endpoint alerts.
+    #[serde(rename = "splunk-oncall")]
+    SplunkOnCall,
+    /// Google Cloud Monitoring's webhook notification channel (version 1.2).
+    #[serde(rename = "google-cloud-monitoring")]
+    GoogleCloudMonitoring,
+    /// Pingdom's state change webhook (uptime and transaction checks).
+    #[serde(rename = "pingdom")]
+    Pingdom,
+    /// Datadog monitors through the Webhooks integration, with Tocsin's payload template.
+    #[serde(rename = "datadog")]
+    Datadog,
+    /// Better Stack Uptime's (formerly Better Uptime) incident webhook.
+    #[serde(rename = "better-uptime")]
+    BetterUptime,
+    /// New Relic workflows' webhook destination, with Tocsin's payload template.
+    #[serde(rename = "newrelic")]
+    NewRelic,
+    /// Sentry's integration platform webhooks (issues, issue alerts, metric alerts).
+    #[serde(rename = "sentry")]
+    Sentry,
+    /// Amazon CloudWatch alarms, delivered by Amazon SNS to an HTTPS subscription.
+    #[serde(rename = "cloudwatch")]
+    CloudWatch,
+    /// GitHub webhooks: Actions runs, checks, code scanning, Dependabot.
+    #[serde(rename = "github")]
+    Github,
+    /// GitLab pipeline events.
+    #[serde(rename = "gitlab")]
+    Gitlab,
+    /// Bitbucket Cloud build status events.
+    #[serde(rename = "bitbucket")]
+    Bitbucket,
+    /// Uptime Kuma's webhook notification (JSON, form-data or custom body).
+    #[serde(rename = "uptime-kuma")]
+    UptimeKuma,
+    /// Site24x7's webhook integration (incident or custom parameters).
+    #[serde(rename = "site24x7")]
+    Site24x7,
+    /// Dynatrace problem notifications (custom integration), with Tocsin's payload.
+    #[serde(rename = "dynatrace")]
+    Dynatrace,
+    /// AppDynamics HTTP request actions, with Tocsin's request template.
+    #[serde(rename = "appdynamics")]
+    AppDynamics,
 }
 
 impl ProviderKind {
@@ -43,6 +130,27 @@ impl ProviderKind {
         ProviderKind::Prometheus,
         ProviderKind::Webhook,
         ProviderKind::Generic,
+        ProviderKind::UptimeRobot,
+        ProviderKind::Azure,
+        ProviderKind::Grafana,
+        ProviderKind::Elastic,
+        ProviderKind::Honeycomb,
+        ProviderKind::SplunkObservability,
+        ProviderKind::SplunkOnCall,
+        ProviderKind::GoogleCloudMonitoring,
+        ProviderKind::Pingdom,
+        ProviderKind::Datadog,
+        ProviderKind::BetterUptime,
+        ProviderKind::NewRelic,
+        ProviderKind::Sentry,
+        ProviderKind::CloudWatch,
+        ProviderKind::Github,
+        ProviderKind::Gitlab,
+        ProviderKind::Bitbucket,
+        ProviderKind::UptimeKuma,
+        ProviderKind::Site24x7,
+        ProviderKind::Dynatrace,
+        ProviderKind::AppDynamics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +159,27 @@ impl ProviderKind {
             ProviderKind::Prometheus => "prometheus",
             ProviderKind::Webhook => "webhook",
             ProviderKind::Generic => "generic",
+            ProviderKind::UptimeRobot => "uptimerobot",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Grafana => "grafana",
+            ProviderKind::Elastic => "elastic",
+            ProviderKind::Honeycomb => "honeycomb",
+            ProviderKind::SplunkObservability => "splunk-observability",
+            ProviderKind::SplunkOnCall => "splunk-oncall",
+            ProviderKind::GoogleCloudMonitoring => "google-cloud-monitoring",
+            ProviderKind::Pingdom => "pingdom",
+            ProviderKind::Datadog => "datadog",
+            ProviderKind::BetterUptime => "better-uptime",
+            ProviderKind::NewRelic => "newrelic",
+            ProviderKind::Sentry => "sentry",
+            ProviderKind::CloudWatch => "cloudwatch",
+            ProviderKind::Github => "github",
+            ProviderKind::Gitlab => "gitlab",
+            ProviderKind::Bitbucket => "bitbucket",
+            ProviderKind::UptimeKuma => "uptime-kuma",
+            ProviderKind::Site24x7 => "site24x7",
+            ProviderKind::Dynatrace => "dynatrace",
+            ProviderKind::AppDynamics => "appdynamics",
         }
     }
 
@@ -65,6 +194,27 @@ impl ProviderKind {
             ProviderKind::Prometheus => "/integrations/prometheus",
             ProviderKind::Webhook => "/integrations/webhook",
             ProviderKind::Generic => "/api/v2/generic/incoming",
+            ProviderKind::UptimeRobot => "/integrations/uptimerobot",
+            ProviderKind::Azure => "/integrations/azure",
+            ProviderKind::Grafana => "/integrations/grafana",
+            ProviderKind::Elastic => "/integrations/elastic",
+            ProviderKind::Honeycomb => "/integrations/honeycomb",
+            ProviderKind::SplunkObservability => "/integrations/splunk-observability",
+            ProviderKind::SplunkOnCall => "/integrations/splunk-oncall",
+            ProviderKind::GoogleCloudMonitoring => "/integrations/google-cloud-monitoring",
+            ProviderKind::Pingdom => "/integrations/pingdom",
+            ProviderKind::Datadog => "/integrations/datadog",
+            ProviderKind::BetterUptime => "/integrations/better-uptime",
+            ProviderKind::NewRelic => "/integrations/newrelic",
+            ProviderKind::Sentry => "/integrations/sentry",
+            ProviderKind::CloudWatch => "/integrations/cloudwatch",
+            ProviderKind::Github => "/integrations/github",
+            ProviderKind::Gitlab => "/integrations/gitlab",
+            ProviderKind::Bitbucket => "/integrations/bitbucket",
+            ProviderKind::UptimeKuma => "/integrations/uptime-kuma",
+            ProviderKind::Site24x7 => "/integrations/site24x7",
+            ProviderKind::Dynatrace => "/integrations/dynatrace",
+            ProviderKind::AppDynamics => "/integrations/appdynamics",
         }
     }
 
@@ -75,6 +225,27 @@ impl ProviderKind {
             ProviderKind::Prometheus => "Prometheus Alertmanager",
             ProviderKind::Webhook => "Generic webhook",
             ProviderKind::Generic => "GoAlert-compatible generic API",
+            ProviderKind::UptimeRobot => "UptimeRobot",
+            ProviderKind::Azure => "Azure Monitor",
+            ProviderKind::Grafana => "Grafana Alerting",
+            ProviderKind::Elastic => "Elastic (Kibana alerting)",
+            ProviderKind::Honeycomb => "Honeycomb",
+            ProviderKind::SplunkObservability => "Splunk Observability Cloud",
+            ProviderKind::SplunkOnCall => "Splunk On-Call (VictorOps) REST",
+            ProviderKind::GoogleCloudMonitoring => "Google Cloud Monitoring",
+            ProviderKind::Pingdom => "Pingdom",
+            ProviderKind::Datadog => "Datadog",
+            ProviderKind::BetterUptime => "Better Stack Uptime (Better Uptime)",
+            ProviderKind::NewRelic => "New Relic",
+            ProviderKind::Sentry => "Sentry",
+            ProviderKind::CloudWatch => "Amazon CloudWatch alarms (through SNS)",
+            ProviderKind::Github => "GitHub",
+            ProviderKind::Gitlab => "GitLab",
+            ProviderKind::Bitbucket => "Bitbucket Cloud",
+            ProviderKind::UptimeKuma => "Uptime Kuma",
+            ProviderKind::Site24x7 => "Site24x7",
+            ProviderKind::Dynatrace => "Dynatrace",
+            ProviderKind::AppDynamics => "AppDynamics",
         }
     }
 }
@@ -142,6 +313,17 @@ pub struct Accepted<'a> {
     pub hint: Option<IncidentHint>,
 }
 
+/// How a provider's requests arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The tool posts its own payload.
+    Direct,
+    /// Amazon SNS posts an envelope that ingest verifies (signature, topic)
+    /// and answers (subscription confirmation) itself; the provider's
+    /// `verify` and `normalize` see only a notification's `Message`.
+    Sns,
+}
+
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
 
@@ -149,6 +331,11 @@ pub trait Provider: Send + Sync {
     /// documents otherwise).
     fn max_body_bytes(&self) -> usize {
         512 * 1024
+    }
+
+    /// How requests reach this provider's endpoint.
+    fn delivery(&self) -> Delivery {
+        Delivery::Direct
     }
 
     /// The integration key when the provider carries it in the body (Events
@@ -198,6 +385,27 @@ pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::Prometheus => &prometheus::Prometheus,
         ProviderKind::Webhook => &webhook::Webhook,
         ProviderKind::Generic => &generic::Generic,
+        ProviderKind::UptimeRobot => &uptimerobot::UptimeRobot,
+        ProviderKind::Azure => &azure::Azure,
+        ProviderKind::Grafana => &grafana::Grafana,
+        ProviderKind::Elastic => &elastic::Elastic,
+        ProviderKind::Honeycomb => &honeycomb::Honeycomb,
+        ProviderKind::SplunkObservability => &splunk_observability::SplunkObservability,
+        ProviderKind::SplunkOnCall => &splunk_oncall::SplunkOnCall,
+        ProviderKind::GoogleCloudMonitoring => &google_cloud_monitoring::GoogleCloudMonitoring,
+        ProviderKind::Pingdom => &pingdom::Pingdom,
+        ProviderKind::Datadog => &datadog::Datadog,
+        ProviderKind::BetterUptime => &better_uptime::BetterUptime,
+        ProviderKind::NewRelic => &newrelic::NewRelic,
+        ProviderKind::Sentry => &sentry::Sentry,
+        ProviderKind::CloudWatch => &cloudwatch::CloudWatch,
+        ProviderKind::Github => &github::Github,
+        ProviderKind::Gitlab => &gitlab::Gitlab,
+        ProviderKind::Bitbucket => &bitbucket::Bitbucket,
+        ProviderKind::UptimeKuma => &uptime_kuma::UptimeKuma,
+        ProviderKind::Site24x7 => &site24x7::Site24x7,
+        ProviderKind::Dynatrace => &dynatrace::Dynatrace,
+        ProviderKind::AppDynamics => &appdynamics::AppDynamics,
     }
 }
 

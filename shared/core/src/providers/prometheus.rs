@@ -320,6 +320,7 @@ mod tests {
             secret: None,
             enabled: true,
             fields: FieldMapping::default(),
+            cloudwatch: Default::default(),
         }
     }
 

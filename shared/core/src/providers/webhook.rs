@@ -414,6 +414,7 @@ mod tests {
             secret: None,
             enabled: true,
             fields,
+            cloudwatch: Default::default(),
         }
     }
 

@@ -1,0 +1,6 @@
+//! ingest-cloudwatch: API Gateway → cloudwatch provider → events queue.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tocsin_aws::function::run_ingest(tocsin_core::providers::ProviderKind::CloudWatch).await
+}
