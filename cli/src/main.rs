@@ -381,8 +381,26 @@ fn banner(catalog: &Catalog, file: Option<&Path>, data: &Path) -> String {
         data.display(),
         data.display()
     );
+    let mut others = Vec::new();
     for integration in &catalog.integrations {
         let path = integration.provider.path();
+        if !matches!(
+            integration.provider,
+            ProviderKind::EventsV2 | ProviderKind::Prometheus | ProviderKind::Webhook | ProviderKind::Generic
+        ) {
+            // The monitoring tools' own payloads: one line each, the setup
+            // is in their doc page.
+            let token = catalog
+                .plain_keys
+                .get(&integration.id)
+                .map(|key| format!("?token={}", key.reveal()))
+                .unwrap_or_default();
+            others.push(format!(
+                "  {:<34} POST {base}{path}{token}\n",
+                format!("{} / {}", integration.service, integration.id)
+            ));
+            continue;
+        }
         out.push_str(&format!(
             "\n{} / {} ({}{})\n  POST {base}{path}\n",
             integration.service,
@@ -411,11 +429,14 @@ fn banner(catalog: &Catalog, file: Option<&Path>, data: &Path) -> String {
             ProviderKind::Generic => format!(
                 "curl -s '{base}{path}?token={key}' -H 'Accept: application/json' -d summary='Queue backed up' -d dedup=queue"
             ),
-            other => format!(
-                "curl -s '{base}{path}?token={key}' -H 'Content-Type: application/json' --data-binary @events/{other}/<sample>   # setup: docs/providers/{other}.md"
-            ),
+            // Listed above with the other monitoring tools.
+            _ => continue,
         };
         out.push_str(&format!("  {example}\n"));
+    }
+    if !others.is_empty() {
+        out.push_str("\nmonitoring tools (setup: docs/providers/<type>.md, samples: events/<type>/):\n");
+        out.extend(others);
     }
     if !catalog.api_keys.is_empty() {
         out.push_str(&format!(

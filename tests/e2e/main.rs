@@ -13,6 +13,7 @@ mod generic;
 mod incidents_api;
 mod lambda_pipeline;
 mod prometheus;
+mod providers;
 mod restart;
 mod runtime_api;
 mod template;

@@ -1,6 +1,7 @@
-//! ingest-cloudwatch: API Gateway → cloudwatch provider → events queue.
+//! ingest-cloudwatch: API Gateway → SNS envelope checks → cloudwatch
+//! provider → events queue.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    tocsin_aws::function::run_ingest(tocsin_core::providers::ProviderKind::CloudWatch).await
+    tocsin_aws::function::run_ingest_cloudwatch().await
 }

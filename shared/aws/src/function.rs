@@ -55,6 +55,23 @@ pub fn init_tracing() {
 /// provider endpoint.
 pub async fn run_ingest(provider: ProviderKind) -> Result<(), lambda_http::Error> {
     init_tracing();
+    serve_ingest(ingest_service().await?, provider).await
+}
+
+/// The ingest-cloudwatch function: as [`run_ingest`], with SNS signature
+/// checks and subscription confirmation. TOCSIN_SNS_CERTIFICATES names a
+/// folder of trusted signing certificates, for accounts whose functions
+/// cannot reach SNS's certificate URLs. Its own entry point, so that only
+/// this function carries the outbound HTTPS client.
+pub async fn run_ingest_cloudwatch() -> Result<(), lambda_http::Error> {
+    init_tracing();
+    let folder = optional("TOCSIN_SNS_CERTIFICATES").map(std::path::PathBuf::from);
+    let sns = tocsin_outbound::sns::sns_support(folder)?;
+    serve_ingest(ingest_service().await?.with_sns(sns), ProviderKind::CloudWatch).await
+}
+
+/// The ingest service on the table (integrations) and the events queue.
+async fn ingest_service() -> Result<IngestService, MissingVariable> {
     let config = EventsConfig::from_env()?;
     let sdk = crate::sdk_config().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
@@ -62,13 +79,10 @@ pub async fn run_ingest(provider: ProviderKind) -> Result<(), lambda_http::Error
         aws_sdk_sqs::Client::new(&sdk),
         config.events_queue_url,
     ));
-    let mut ingest = IngestService::new(store.clone(), queue, store);
-    if provider == ProviderKind::CloudWatch {
-        // TOCSIN_SNS_CERTIFICATES: a folder of trusted signing certificates,
-        // for accounts whose functions cannot reach SNS's certificate URLs.
-        let folder = optional("TOCSIN_SNS_CERTIFICATES").map(std::path::PathBuf::from);
-        ingest = ingest.with_sns(tocsin_outbound::sns::sns_support(folder)?);
-    }
+    Ok(IngestService::new(store.clone(), queue, store))
+}
+
+async fn serve_ingest(ingest: IngestService, provider: ProviderKind) -> Result<(), lambda_http::Error> {
     lambda_http::run(lambda_http::service_fn(|request: Request| {
         let ingest = ingest.clone();
         async move { Ok::<_, std::convert::Infallible>(answer_ingest(&ingest, provider, request).await) }
