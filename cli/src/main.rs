@@ -182,9 +182,17 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Providers => {
+            println!("{:<24} {:<44} {:<40} CHECK", "TYPE", "ENDPOINT", "TOOL");
             for kind in ProviderKind::ALL {
-                println!("{:<12} POST {:<28} {}", kind.as_str(), kind.path(), kind.title());
+                println!(
+                    "{:<24} POST {:<39} {:<40} {}",
+                    kind.as_str(),
+                    kind.path(),
+                    kind.title(),
+                    kind.signature()
+                );
             }
+            println!("\nThe key: Authorization: Bearer KEY, X-Integration-Key: KEY or ?token=KEY. Setup: docs/providers/<type>.md");
             Ok(())
         }
         Command::Dlq(DlqCommand::List { data }) => {

@@ -213,3 +213,42 @@ async fn every_tool_refuses_a_wrong_key_and_a_broken_body_without_queueing() {
     crate::app::settle().await;
     assert!(app.incidents("service=platform").await.is_empty(), "nothing was queued");
 }
+
+#[tokio::test]
+async fn a_preview_shows_the_events_and_dedup_keys_and_enqueues_nothing() {
+    let app = TestApp::start_with_sample_config().await;
+    for trip in ROUND_TRIPS {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend_from_slice(trip.headers);
+        let path = format!("/integrations/{}/preview?token={}", trip.provider, trip.key);
+        let sample = fixture(&format!("events/{}/{}", trip.provider, trip.trigger));
+        let reply = app.post_bytes(&path, &headers, sample).await;
+        let body = reply.expect(200).json();
+        assert_eq!(body["status"], "preview", "{}: {body}", trip.provider);
+        assert_eq!(body["integration"], format!("platform-{}", trip.provider));
+        let events = body["events"].as_array().expect("an events list");
+        assert!(!events.is_empty(), "{}: {body}", trip.provider);
+        for event in events {
+            assert_eq!(event["event_action"], "trigger", "{}: {event}", trip.provider);
+            assert!(event["dedup_key"].as_str().is_some_and(|k| !k.is_empty()));
+        }
+
+        // The same checks as a delivery: a wrong key is refused.
+        let wrong = format!(
+            "/integrations/{}/preview?token=9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c",
+            trip.provider
+        );
+        app.post_bytes(
+            &wrong,
+            &headers,
+            fixture(&format!("events/{}/{}", trip.provider, trip.trigger)),
+        )
+        .await
+        .expect_error(404);
+    }
+    crate::app::settle().await;
+    assert!(
+        app.incidents("service=platform").await.is_empty(),
+        "a preview queues nothing"
+    );
+}

@@ -1,5 +1,6 @@
 //! template.yaml and the repository agree with tocsin-core: every provider
-//! has its function crate, its Lambda function, its route and its samples.
+//! has its function crate, its Lambda function, its route, its doc page and
+//! its samples.
 
 use std::path::Path;
 
@@ -52,6 +53,8 @@ fn every_provider_has_its_function_route_crate_and_samples() {
             workspace().join("functions").join(&binary).join("Cargo.toml").is_file(),
             "functions/{binary} is missing"
         );
+        let doc = workspace().join("docs/providers").join(format!("{}.md", kind.as_str()));
+        assert!(doc.is_file(), "docs/providers/{}.md is missing", kind.as_str());
         let samples = workspace().join("events").join(kind.as_str());
         let count = std::fs::read_dir(&samples).map(|dir| dir.count()).unwrap_or(0);
         assert!(count > 0, "events/{} has no samples", kind.as_str());

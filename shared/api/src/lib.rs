@@ -49,6 +49,7 @@ fn ingest_routes(ingest: IngestService) -> Router {
         .route("/v2/enqueue", post(enqueue_events_v2))
         .route("/api/v2/generic/incoming", post(generic_incoming))
         .route("/integrations/{provider}", post(integration))
+        .route("/integrations/{provider}/preview", post(preview))
         .with_state(ingest)
 }
 
@@ -112,23 +113,58 @@ async fn integration(
 ) -> Response {
     match ProviderKind::parse(&name) {
         Some(kind) => ingest(state, kind, uri, headers, body).await,
-        None => send(error_answer(
-            StatusCode::NOT_FOUND,
-            "not found",
-            format!(
-                "no provider '{name}'; known providers: {}",
-                ProviderKind::ALL
-                    .iter()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Vec::new(),
-        )),
+        None => unknown_provider(&name),
     }
 }
 
+/// What a payload would become, enqueueing nothing.
+async fn preview(
+    State(state): State<IngestService>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match ProviderKind::parse(&name) {
+        Some(kind) => run_ingest(state, kind, uri, headers, body, Mode::Preview).await,
+        None => unknown_provider(&name),
+    }
+}
+
+fn unknown_provider(name: &str) -> Response {
+    send(error_answer(
+        StatusCode::NOT_FOUND,
+        "not found",
+        format!(
+            "no provider '{name}'; known providers: {}",
+            ProviderKind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Vec::new(),
+    ))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Enqueue,
+    Preview,
+}
+
 async fn ingest(state: IngestService, kind: ProviderKind, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    run_ingest(state, kind, uri, headers, body, Mode::Enqueue).await
+}
+
+async fn run_ingest(
+    state: IngestService,
+    kind: ProviderKind,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+    mode: Mode,
+) -> Response {
     let received_at = Utc::now();
     let limit = provider(kind).max_body_bytes();
     // Read one byte past the limit, so that the ingest service (not the HTTP
@@ -144,17 +180,17 @@ async fn ingest(state: IngestService, kind: ProviderKind, uri: Uri, headers: Hea
             ))
         }
     };
-    send(
-        state
-            .handle(IngestRequest {
-                provider: kind,
-                headers: &headers,
-                query: uri.query(),
-                body: &body,
-                received_at,
-            })
-            .await,
-    )
+    let request = IngestRequest {
+        provider: kind,
+        headers: &headers,
+        query: uri.query(),
+        body: &body,
+        received_at,
+    };
+    send(match mode {
+        Mode::Enqueue => state.handle(request).await,
+        Mode::Preview => state.preview(request).await,
+    })
 }
 
 /// An API request that may not go on, already answered. Boxed: it travels

@@ -105,15 +105,19 @@ pub async fn answer_ingest(ingest: &IngestService, provider: ProviderKind, reque
         })
     });
     let (parts, body) = request.into_parts();
-    let answer = ingest
-        .handle(IngestRequest {
-            provider,
-            headers: &parts.headers,
-            query: query.as_deref(),
-            body: body.as_ref(),
-            received_at,
-        })
-        .await;
+    let request = IngestRequest {
+        provider,
+        headers: &parts.headers,
+        query: query.as_deref(),
+        body: body.as_ref(),
+        received_at,
+    };
+    // The function's second route, /integrations/<type>/preview.
+    let answer = if parts.uri.path().ends_with("/preview") {
+        ingest.preview(request).await
+    } else {
+        ingest.handle(request).await
+    };
     let (parts, bytes) = answer.into_parts();
     let body = if bytes.is_empty() {
         Body::Empty

@@ -97,6 +97,13 @@ impl IngestError {
     }
 }
 
+/// Whether accepted events are enqueued or only shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Enqueue,
+    Preview,
+}
+
 /// The largest event, as queued JSON: SQS's limit for one message.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
@@ -148,16 +155,31 @@ impl IngestService {
 
     /// Handles one request and always answers: success or a JSON error.
     pub async fn handle(&self, request: IngestRequest<'_>) -> Answer {
-        match self.ingest(request).await {
+        Self::answer(request.provider, self.run(request, Mode::Enqueue).await)
+    }
+
+    /// Checks a request exactly as [`handle`](Self::handle) does and
+    /// answers 200 with the events it would produce (dedup keys, actions,
+    /// payloads), enqueueing nothing: for setting up an integration.
+    pub async fn preview(&self, request: IngestRequest<'_>) -> Answer {
+        Self::answer(request.provider, self.run(request, Mode::Preview).await)
+    }
+
+    fn answer(provider: ProviderKind, result: Result<Answer, IngestError>) -> Answer {
+        match result {
             Ok(answer) => answer,
             Err(error) => {
-                tracing::info!(provider = %request.provider, status = error.status().as_u16(), %error, "request refused");
+                tracing::info!(%provider, status = error.status().as_u16(), %error, "request refused");
                 error.answer()
             }
         }
     }
 
     pub async fn ingest(&self, request: IngestRequest<'_>) -> Result<Answer, IngestError> {
+        self.run(request, Mode::Enqueue).await
+    }
+
+    async fn run(&self, request: IngestRequest<'_>, mode: Mode) -> Result<Answer, IngestError> {
         let provider = provider(request.provider);
         let limit = provider.max_body_bytes();
         if request.body.len() > limit {
@@ -175,11 +197,13 @@ impl IngestService {
 
         let integration = self.authenticate(&inbound, request.provider).await?;
         if provider.delivery() == Delivery::Sns {
-            return self.ingest_sns(provider, &inbound, &integration).await;
+            return self.ingest_sns(provider, &inbound, &integration, mode).await;
         }
         provider.verify(&inbound, &integration)?;
         let alerts = provider.normalize(&inbound, &integration)?;
-        self.accept(provider, &inbound, &integration, alerts, None).await
+        let delivery = provider.delivery_id(&inbound);
+        self.accept(provider, &inbound, &integration, alerts, delivery, mode)
+            .await
     }
 
     /// The SNS step: raw delivery refused, topic checked (before anything
@@ -190,6 +214,7 @@ impl IngestService {
         provider: &dyn Provider,
         inbound: &Inbound<'_>,
         integration: &Integration,
+        mode: Mode,
     ) -> Result<Answer, IngestError> {
         let sns = self.sns.as_deref().ok_or(SnsError::NotConfigured)?;
         refuse_raw_delivery(inbound.headers)?;
@@ -199,6 +224,14 @@ impl IngestService {
         check_topic(&integration.cloudwatch.topics, &message.topic_arn)?;
         let verified = sns.verify(&message, inbound.received_at).await?;
         match verified.kind {
+            SnsMessageType::SubscriptionConfirmation if mode == Mode::Preview => Ok(json_answer(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "status": "preview",
+                    "message": "a verified subscription confirmation: it would be confirmed",
+                    "topic": verified.topic_arn,
+                }),
+            )),
             SnsMessageType::SubscriptionConfirmation => {
                 let confirmation = sns.confirm(&verified).await?;
                 tracing::info!(
@@ -237,8 +270,15 @@ impl IngestService {
                 };
                 provider.verify(&unwrapped, integration)?;
                 let alerts = provider.normalize(&unwrapped, integration)?;
-                self.accept(provider, &unwrapped, integration, alerts, Some(&verified.message_id))
-                    .await
+                self.accept(
+                    provider,
+                    &unwrapped,
+                    integration,
+                    alerts,
+                    Some(&verified.message_id),
+                    mode,
+                )
+                .await
             }
         }
     }
@@ -272,13 +312,21 @@ impl IngestService {
         };
         provider.verify(&inbound, integration)?;
         let alerts = provider.normalize(&inbound, integration)?;
-        self.accept(provider, &inbound, integration, alerts, Some(notification.message_id))
-            .await
+        self.accept(
+            provider,
+            &inbound,
+            integration,
+            alerts,
+            Some(notification.message_id),
+            Mode::Enqueue,
+        )
+        .await
     }
 
     /// Alerts into events, checked for size, enqueued, answered. With a
-    /// delivery id (SNS MessageId) the event ids derive from it, so a
-    /// provider's retry is the same event; otherwise they are fresh.
+    /// delivery id (SNS MessageId, X-GitHub-Delivery, …) the event ids
+    /// derive from it, so a provider's retry is the same event; otherwise
+    /// they are fresh.
     async fn accept(
         &self,
         provider: &dyn Provider,
@@ -286,6 +334,7 @@ impl IngestService {
         integration: &Integration,
         alerts: Vec<crate::event::Alert>,
         delivery: Option<&str>,
+        mode: Mode,
     ) -> Result<Answer, IngestError> {
         let kind = provider.kind();
         let events: Vec<Event> = alerts
@@ -317,6 +366,19 @@ impl IngestService {
                     limit: MAX_EVENT_BYTES,
                 });
             }
+        }
+
+        if mode == Mode::Preview {
+            return Ok(json_answer(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "status": "preview",
+                    "message": "nothing was enqueued",
+                    "integration": integration.id,
+                    "service": integration.service,
+                    "events": events.iter().map(|e| &e.alert).collect::<Vec<_>>(),
+                }),
+            ));
         }
 
         // Read before enqueueing: afterwards the processor may already have

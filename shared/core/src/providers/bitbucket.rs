@@ -44,6 +44,10 @@ impl Provider for Bitbucket {
         ProviderKind::Bitbucket
     }
 
+    fn delivery_id<'a>(&self, inbound: &Inbound<'a>) -> Option<&'a str> {
+        Bitbucket::delivery_id(inbound.headers)
+    }
+
     fn verify(&self, inbound: &Inbound<'_>, integration: &Integration) -> Result<(), SignatureError> {
         match &integration.secret {
             Some(secret) => verify_sha256_header(

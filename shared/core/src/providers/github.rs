@@ -46,6 +46,10 @@ impl Provider for Github {
         ProviderKind::Github
     }
 
+    fn delivery_id<'a>(&self, inbound: &Inbound<'a>) -> Option<&'a str> {
+        Github::delivery_id(inbound.headers)
+    }
+
     fn verify(&self, inbound: &Inbound<'_>, integration: &Integration) -> Result<(), SignatureError> {
         match &integration.secret {
             Some(secret) => verify_sha256_header(
@@ -1192,6 +1196,15 @@ services:
 
     /// Posts through the ingest service, as the Lambda and the local router do.
     fn post(event: &str, body: &[u8], signature: Option<&str>) -> (StatusCode, Value, Arc<MemoryStore>) {
+        post_delivery(event, body, signature, None)
+    }
+
+    fn post_delivery(
+        event: &str,
+        body: &[u8],
+        signature: Option<&str>,
+        delivery: Option<&str>,
+    ) -> (StatusCode, Value, Arc<MemoryStore>) {
         let store = Arc::new(MemoryStore::new());
         let catalog = Catalog::from_yaml(CONFIG, "test.yaml").unwrap();
         let ingest = IngestService::new(Arc::new(catalog), store.clone(), store.clone());
@@ -1201,6 +1214,9 @@ services:
         ];
         if let Some(signature) = signature {
             pairs.push(("x-hub-signature-256", signature));
+        }
+        if let Some(delivery) = delivery {
+            pairs.push(("x-github-delivery", delivery));
         }
         let headers = headers(&pairs);
         let answer = tokio::runtime::Builder::new_current_thread()
@@ -1237,6 +1253,24 @@ services:
         assert_eq!(status, StatusCode::ACCEPTED);
         assert_eq!(json["events"], 0);
         assert!(store.queued_events().is_empty());
+    }
+
+    #[test]
+    fn a_redelivery_is_the_same_event_and_another_delivery_is_not() {
+        let body = RUN_FAILED.as_bytes();
+        let id = |delivery: Option<&str>| {
+            let (status, _, store) = post_delivery("workflow_run", body, Some(&sign(body)), delivery);
+            assert_eq!(status, StatusCode::ACCEPTED);
+            store.queued_events()[0].id.clone()
+        };
+        let first = id(Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert_eq!(first, id(Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")), "redelivered");
+        assert_ne!(
+            first,
+            id(Some("0b9c5a34-cc79-11e3-8a1e-2a9d3f1c0001")),
+            "a new delivery"
+        );
+        assert_ne!(id(None), id(None), "without a delivery id every request is new");
     }
 
     #[test]

@@ -46,6 +46,10 @@ impl Provider for Gitlab {
         ProviderKind::Gitlab
     }
 
+    fn delivery_id<'a>(&self, inbound: &Inbound<'a>) -> Option<&'a str> {
+        Gitlab::delivery_id(inbound.headers)
+    }
+
     fn verify(&self, inbound: &Inbound<'_>, integration: &Integration) -> Result<(), SignatureError> {
         let Some(secret) = &integration.secret else {
             return Ok(());

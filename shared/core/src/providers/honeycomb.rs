@@ -20,6 +20,8 @@ pub struct Honeycomb;
 
 /// The header carrying the webhook recipient's shared secret, as is.
 const TOKEN_HEADER: &str = "x-honeycomb-webhook-token";
+/// Stable across Honeycomb's retries of one notification.
+const DELIVERY_HEADER: &str = "x-honeycomb-webhook-delivery-id";
 
 /// The default payload carries no severity. Honeycomb's own default for
 /// paging recipients is critical, and a trigger firing means someone asked
@@ -47,6 +49,15 @@ struct Notification {
 impl Provider for Honeycomb {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Honeycomb
+    }
+
+    fn delivery_id<'a>(&self, inbound: &Inbound<'a>) -> Option<&'a str> {
+        inbound
+            .headers
+            .get(DELIVERY_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
     }
 
     /// Honeycomb sends the recipient's shared secret itself in

@@ -24,6 +24,7 @@ pub mod cloudwatch;
 pub mod datadog;
 pub mod dynatrace;
 pub mod elastic;
+pub mod email;
 pub mod events_v2;
 mod forge;
 pub mod generic;
@@ -122,6 +123,9 @@ pub enum ProviderKind {
     /// AppDynamics HTTP request actions, with Tocsin's request template.
     #[serde(rename = "appdynamics")]
     AppDynamics,
+    /// Inbound email: an SES receipt rule, or an MTA posting the raw message.
+    #[serde(rename = "email")]
+    Email,
 }
 
 impl ProviderKind {
@@ -130,27 +134,28 @@ impl ProviderKind {
         ProviderKind::Prometheus,
         ProviderKind::Webhook,
         ProviderKind::Generic,
-        ProviderKind::UptimeRobot,
+        ProviderKind::AppDynamics,
         ProviderKind::Azure,
-        ProviderKind::Grafana,
-        ProviderKind::Elastic,
-        ProviderKind::Honeycomb,
-        ProviderKind::SplunkObservability,
-        ProviderKind::SplunkOnCall,
-        ProviderKind::GoogleCloudMonitoring,
-        ProviderKind::Pingdom,
-        ProviderKind::Datadog,
         ProviderKind::BetterUptime,
-        ProviderKind::NewRelic,
-        ProviderKind::Sentry,
+        ProviderKind::Bitbucket,
         ProviderKind::CloudWatch,
+        ProviderKind::Datadog,
+        ProviderKind::Dynatrace,
+        ProviderKind::Elastic,
+        ProviderKind::Email,
         ProviderKind::Github,
         ProviderKind::Gitlab,
-        ProviderKind::Bitbucket,
-        ProviderKind::UptimeKuma,
+        ProviderKind::GoogleCloudMonitoring,
+        ProviderKind::Grafana,
+        ProviderKind::Honeycomb,
+        ProviderKind::NewRelic,
+        ProviderKind::Pingdom,
+        ProviderKind::Sentry,
         ProviderKind::Site24x7,
-        ProviderKind::Dynatrace,
-        ProviderKind::AppDynamics,
+        ProviderKind::SplunkObservability,
+        ProviderKind::SplunkOnCall,
+        ProviderKind::UptimeKuma,
+        ProviderKind::UptimeRobot,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -180,6 +185,7 @@ impl ProviderKind {
             ProviderKind::Site24x7 => "site24x7",
             ProviderKind::Dynatrace => "dynatrace",
             ProviderKind::AppDynamics => "appdynamics",
+            ProviderKind::Email => "email",
         }
     }
 
@@ -215,6 +221,40 @@ impl ProviderKind {
             ProviderKind::Site24x7 => "/integrations/site24x7",
             ProviderKind::Dynatrace => "/integrations/dynatrace",
             ProviderKind::AppDynamics => "/integrations/appdynamics",
+            ProviderKind::Email => "/integrations/email",
+        }
+    }
+
+    /// How requests are checked beyond the integration key: the provider's
+    /// own signature or token scheme, for listings and docs.
+    pub fn signature(self) -> &'static str {
+        match self {
+            ProviderKind::EventsV2 => "routing_key in the body; optional X-Signature HMAC-SHA256",
+            ProviderKind::Prometheus => "optional X-Signature HMAC-SHA256 of the body",
+            ProviderKind::Webhook => "optional X-Signature / X-Webhook-Signature HMAC-SHA256",
+            ProviderKind::Generic => "token in query, form or JSON; optional X-Signature HMAC-SHA256",
+            ProviderKind::AppDynamics => "X-Tocsin-Secret shared secret header",
+            ProviderKind::Email => "key in the recipient address; optional X-Signature HMAC-SHA256 over HTTP",
+            ProviderKind::Azure => "key in the URL (Azure sends no headers)",
+            ProviderKind::BetterUptime => "X-Tocsin-Secret shared secret header",
+            ProviderKind::Bitbucket => "X-Hub-Signature HMAC-SHA256 of the body",
+            ProviderKind::CloudWatch => "SNS message signature (RSA, v1 SHA1 / v2 SHA256), topic allow-list",
+            ProviderKind::Datadog => "X-Tocsin-Secret shared secret header",
+            ProviderKind::Dynatrace => "X-Tocsin-Secret shared secret header",
+            ProviderKind::Elastic => "HTTP Basic password = the secret",
+            ProviderKind::Github => "X-Hub-Signature-256 HMAC-SHA256 of the body",
+            ProviderKind::Gitlab => "X-Gitlab-Token secret token",
+            ProviderKind::GoogleCloudMonitoring => "HTTP Basic password = the secret",
+            ProviderKind::Grafana => "X-Grafana-Alerting-Signature HMAC-SHA256 (optional timestamp)",
+            ProviderKind::Honeycomb => "X-Honeycomb-Webhook-Token shared secret",
+            ProviderKind::NewRelic => "X-Tocsin-Secret shared secret header",
+            ProviderKind::Pingdom => "key in the URL (Pingdom sends no headers)",
+            ProviderKind::Sentry => "Sentry-Hook-Signature HMAC-SHA256 of the body",
+            ProviderKind::Site24x7 => "X-Tocsin-Secret shared secret header",
+            ProviderKind::SplunkObservability => "X-SFX-Signature base64 HMAC-SHA256 of the body",
+            ProviderKind::SplunkOnCall => "optional X-Signature HMAC-SHA256",
+            ProviderKind::UptimeKuma => "X-Tocsin-Secret shared secret header",
+            ProviderKind::UptimeRobot => "X-Tocsin-Secret shared secret header",
         }
     }
 
@@ -246,6 +286,7 @@ impl ProviderKind {
             ProviderKind::Site24x7 => "Site24x7",
             ProviderKind::Dynatrace => "Dynatrace",
             ProviderKind::AppDynamics => "AppDynamics",
+            ProviderKind::Email => "Inbound email",
         }
     }
 }
@@ -358,6 +399,13 @@ pub trait Provider: Send + Sync {
     /// Turns the payload into alerts: all of them, or an error and none.
     fn normalize(&self, inbound: &Inbound<'_>, integration: &Integration) -> Result<Vec<Alert>, InvalidPayload>;
 
+    /// The provider's id of this delivery, kept when it retries or an
+    /// operator redelivers (GitHub's X-GitHub-Delivery): event ids derive
+    /// from it, so a repeated delivery is the same events, applied once.
+    fn delivery_id<'a>(&self, _inbound: &Inbound<'a>) -> Option<&'a str> {
+        None
+    }
+
     /// Whether the answer needs an [`IncidentHint`] (costs a store read).
     fn wants_incident_hint(&self, _inbound: &Inbound<'_>) -> bool {
         false
@@ -406,6 +454,7 @@ pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::Site24x7 => &site24x7::Site24x7,
         ProviderKind::Dynatrace => &dynatrace::Dynatrace,
         ProviderKind::AppDynamics => &appdynamics::AppDynamics,
+        ProviderKind::Email => &email::Email,
     }
 }
 

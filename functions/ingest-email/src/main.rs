@@ -1,0 +1,6 @@
+//! ingest-email: API Gateway → email provider → events queue.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tocsin_aws::function::run_ingest(tocsin_core::providers::ProviderKind::Email).await
+}
