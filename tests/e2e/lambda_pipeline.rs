@@ -202,6 +202,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
             enabled: true,
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
+            dedup_key: None,
         })
         .await
         .unwrap();

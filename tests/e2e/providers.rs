@@ -252,3 +252,50 @@ async fn a_preview_shows_the_events_and_dedup_keys_and_enqueues_nothing() {
         "a preview queues nothing"
     );
 }
+
+#[tokio::test]
+async fn an_integrations_dedup_key_template_groups_alerts_for_any_provider() {
+    let config = r#"
+api_keys:
+  - {name: ops, key: sk_e2e_ops_0123456789abcdef, scopes: [incidents:read, incidents:write]}
+services:
+  - id: checkout
+    name: Checkout
+    integrations:
+      # One incident per job, whatever the alert: both alerts of the sample
+      # are job checkout-api.
+      - id: checkout-am
+        type: prometheus
+        key: a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1
+        dedup_key: "job:{payload.custom_details.labels.job}"
+"#;
+    let app = TestApp::start_with(Some(config), crate::app::keys::OPS).await;
+    let headers = [
+        ("authorization", "Bearer a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1"),
+        ("content-type", "application/json"),
+    ];
+    app.post_bytes(
+        "/integrations/prometheus",
+        &headers,
+        fixture("events/prometheus/firing.json"),
+    )
+    .await
+    .expect(202);
+    let incident = app
+        .wait_for_incident("the job's incident", |i| i["occurrences"] == 2)
+        .await;
+    assert_eq!(incident["dedup_key"], "job:checkout-api");
+    assert_eq!(app.incidents("").await.len(), 1, "two alerts, one job, one incident");
+
+    app.post_bytes(
+        "/integrations/prometheus",
+        &headers,
+        fixture("events/prometheus/resolved.json"),
+    )
+    .await
+    .expect(202);
+    app.wait_for_incident("the job's incident resolved", |i| {
+        i["id"] == incident["id"] && i["status"] == "resolved"
+    })
+    .await;
+}

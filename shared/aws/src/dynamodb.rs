@@ -32,6 +32,7 @@ use tocsin_core::auth::{ApiKey, KeyHash, Scope};
 use tocsin_core::config::{
     CloudWatchSettings, EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Secret, Service,
 };
+use tocsin_core::dedup::DedupTemplate;
 use tocsin_core::event::{DedupKey, EventId, FieldError, IntegrationId, ServiceId, Severity};
 use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
 use tocsin_core::ports::{
@@ -512,6 +513,9 @@ struct IntegrationRecord {
     /// default severity. Absent from items written before it existed.
     #[serde(default)]
     cloudwatch: CloudWatchSettings,
+    /// The `dedup_key` template's text, checked when the config was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dedup_key: Option<String>,
 }
 
 impl Record for IntegrationRecord {
@@ -576,12 +580,22 @@ impl From<&Integration> for IntegrationRecord {
             enabled: integration.enabled,
             fields: FieldsRecord::from(&integration.fields),
             cloudwatch: integration.cloudwatch.clone(),
+            dedup_key: integration.dedup_key.as_ref().map(|t| t.as_str().to_owned()),
         }
     }
 }
 
 impl From<IntegrationRecord> for Integration {
     fn from(record: IntegrationRecord) -> Self {
+        // `tocsin apply` refuses a bad template, so one here was written by
+        // another version: the provider's keys are the safe side.
+        let dedup_key = record.dedup_key.and_then(|text| match DedupTemplate::parse(&text) {
+            Ok(template) => Some(template),
+            Err(reason) => {
+                tracing::warn!(integration = %record.id, %reason, "ignoring a stored dedup_key template");
+                None
+            }
+        });
         Integration {
             id: record.id,
             service: record.service,
@@ -591,6 +605,7 @@ impl From<IntegrationRecord> for Integration {
             enabled: record.enabled,
             fields: record.fields.into(),
             cloudwatch: record.cloudwatch,
+            dedup_key,
         }
     }
 }

@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tocsin_aws::dynamodb::{self, attr, DynamoStore, Item};
 use tocsin_core::auth::{ApiKey, KeyHash, Scope};
 use tocsin_core::config::{EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Secret, Service};
+use tocsin_core::dedup::DedupTemplate;
 use tocsin_core::event::{
     Action, Alert, DedupKey, Event, EventId, IntegrationId, Origin, Payload, ServiceId, Severity,
 };
@@ -456,6 +457,7 @@ async fn config_records_round_trip() {
             acknowledge_values: Vec::new(),
         },
         cloudwatch: Default::default(),
+        dedup_key: Some(DedupTemplate::parse("{payload.source}/{dedup_key}").unwrap()),
     };
     assert_eq!(store.integration_by_key(&key_hash).await.unwrap(), None);
     store.put_integration(&integration).await.unwrap();

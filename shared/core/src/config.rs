@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{ApiKey, IntegrationKey, KeyHash, Scope};
+use crate::dedup::DedupTemplate;
 use crate::event::{FieldError, IntegrationId, ServiceId, Severity};
 use crate::incident::TransitionKind;
 use crate::providers::ProviderKind;
@@ -113,6 +114,8 @@ pub struct Integration {
     pub fields: FieldMapping,
     /// Type cloudwatch only; the default elsewhere.
     pub cloudwatch: CloudWatchSettings,
+    /// Replaces the provider's dedup key (crate::dedup).
+    pub dedup_key: Option<DedupTemplate>,
 }
 
 /// An E.164 phone number: `+`, then 8 to 15 digits, the first not 0.
@@ -319,6 +322,8 @@ struct IntegrationEntry {
     fields: FieldMapping,
     #[serde(default)]
     cloudwatch: Option<CloudWatchSettings>,
+    #[serde(default, alias = "dedupKey")]
+    dedup_key: Option<String>,
 }
 
 fn enabled_by_default() -> bool {
@@ -490,6 +495,12 @@ impl Catalog {
                     }
                     _ => CloudWatchSettings::default(),
                 };
+                let dedup_key = match integration.dedup_key.as_deref() {
+                    None => None,
+                    Some(template) => {
+                        Some(DedupTemplate::parse(template).map_err(|reason| error(&at("dedup_key"), reason))?)
+                    }
+                };
                 catalog.integrations.push(Integration {
                     id: integration_id,
                     service: id.clone(),
@@ -499,6 +510,7 @@ impl Catalog {
                     enabled: integration.enabled,
                     fields: integration.fields,
                     cloudwatch,
+                    dedup_key,
                 });
             }
 
@@ -743,5 +755,23 @@ settings:
     fn the_shipped_sample_config_is_valid() {
         let text = include_str!("../../../cli/tocsin.sample.yaml");
         Catalog::from_yaml(text, "tocsin.sample.yaml").unwrap();
+    }
+    #[test]
+    fn a_dedup_key_template_is_checked_and_named_on_error() {
+        let yaml = |template: &str| {
+            format!(
+                "services:\n  - id: checkout\n    integrations:\n      - {{id: am, type: prometheus, key: a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1, dedup_key: \"{template}\"}}\n"
+            )
+        };
+        let catalog = Catalog::from_yaml(&yaml("{payload.source}/{dedup_key}"), "t.yaml").unwrap();
+        assert_eq!(
+            catalog.integrations[0].dedup_key.as_ref().map(|t| t.as_str()),
+            Some("{payload.source}/{dedup_key}")
+        );
+        let error = Catalog::from_yaml(&yaml("{payload.source"), "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("services[0].integrations[0].dedup_key"), "{error}");
+        assert!(error.contains("never closed"), "{error}");
     }
 }

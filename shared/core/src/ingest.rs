@@ -332,10 +332,13 @@ impl IngestService {
         provider: &dyn Provider,
         inbound: &Inbound<'_>,
         integration: &Integration,
-        alerts: Vec<crate::event::Alert>,
+        mut alerts: Vec<crate::event::Alert>,
         delivery: Option<&str>,
         mode: Mode,
     ) -> Result<Answer, IngestError> {
+        if let Some(template) = &integration.dedup_key {
+            template.apply(&mut alerts);
+        }
         let kind = provider.kind();
         let events: Vec<Event> = alerts
             .into_iter()

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod dedup;
 pub mod dispatch;
 pub mod event;
 pub mod incident;

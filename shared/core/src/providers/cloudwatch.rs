@@ -412,6 +412,7 @@ mod tests {
             enabled: true,
             fields: FieldMapping::default(),
             cloudwatch: settings,
+            dedup_key: None,
         }
     }
 

@@ -362,6 +362,7 @@ mod tests {
             enabled: true,
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
+            dedup_key: None,
         }
     }
 

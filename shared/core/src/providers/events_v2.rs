@@ -376,6 +376,7 @@ mod tests {
             enabled: true,
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
+            dedup_key: None,
         }
     }
 

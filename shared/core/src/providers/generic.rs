@@ -263,6 +263,7 @@ mod tests {
             enabled: true,
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
+            dedup_key: None,
         }
     }
 

@@ -535,6 +535,7 @@ mod tests {
             enabled: true,
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
+            dedup_key: None,
         }
     }
 

@@ -261,6 +261,7 @@ mod tests {
             enabled: true,
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
+            dedup_key: None,
         }
     }
 

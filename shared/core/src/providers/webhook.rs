@@ -415,6 +415,7 @@ mod tests {
             enabled: true,
             fields,
             cloudwatch: Default::default(),
+            dedup_key: None,
         }
     }
 
