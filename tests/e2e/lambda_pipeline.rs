@@ -709,3 +709,107 @@ async fn tocsin_dev_aws_serves_the_endpoints_on_a_table_and_queue_and_processes_
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["status"], "not found", "the same JSON as the function's: {body}");
 }
+
+#[tokio::test]
+async fn mail_that_ses_stored_in_s3_becomes_events_for_each_recipients_integration() {
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let moto = moto_url();
+    let config = sdk_config(&moto).await;
+    let table = unique("email");
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    create_table(&dynamodb, &table).await.unwrap();
+    let store = DynamoStore::new(dynamodb, &table);
+    store
+        .put_integration(&Integration {
+            id: IntegrationId::parse("db-mail").unwrap(),
+            service: ServiceId::parse("checkout").unwrap(),
+            provider: ProviderKind::Email,
+            key_hash: KeyHash::of(KEY),
+            secret: None,
+            enabled: true,
+            fields: FieldMapping::default(),
+            cloudwatch: Default::default(),
+            dedup_key: None,
+        })
+        .await
+        .unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let (queue_url, queue_arn) = fifo_queue(&sqs, "email-events").await;
+
+    // What the receipt rule's S3 action wrote.
+    let bucket = unique("tocsin-mail");
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let mut event: Value = serde_json::from_slice(&fixture("events/aws/ses-receipt.json")).unwrap();
+    let message_id = event["Records"][0]["ses"]["mail"]["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s3.put_object()
+        .bucket(&bucket)
+        .key(format!("inbound/{message_id}"))
+        .body(fixture("events/email/nagios-problem.eml").into())
+        .send()
+        .await
+        .unwrap();
+    // A second recipient without a key: refused, and the first still counts.
+    event["Records"][0]["ses"]["receipt"]["recipients"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("postmaster@alerts.example.com"));
+
+    let scratch = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.as_str()),
+        ("TOCSIN_TABLE", table.as_str()),
+        ("TOCSIN_EVENTS_QUEUE_URL", queue_url.as_str()),
+        ("TOCSIN_EMAIL_BUCKET", bucket.as_str()),
+        ("TOCSIN_EMAIL_PREFIX", "inbound/"),
+    ];
+    let mut function = Function::start(&function_bin("ingest-email-ses"), &env, scratch.path()).await;
+    let (answer, cold) = function.cold_invoke(event.clone()).await;
+    let answer = answer.unwrap_or_else(|e| panic!("ingest-email-ses failed: {e}"));
+    assert_eq!(answer, json!({"accepted": 1, "refused": 1, "dropped": 0}));
+    println!(
+        "ingest-email-ses cold start: init {:?}, first response {:?}, peak RSS {:?} KiB",
+        cold.init, cold.to_first_response, cold.peak_rss_kib
+    );
+
+    let (batch, _) = take_sqs_event(&sqs, &queue_url, &queue_arn).await;
+    let records = batch["Records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{batch}");
+    let queued: Value = serde_json::from_str(records[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(queued["origin"]["integration"], "db-mail");
+    assert_eq!(queued["event_action"], "trigger");
+    assert!(
+        queued["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("db1/Disk /var"),
+        "{queued}"
+    );
+    assert!(!queued.to_string().contains(KEY), "the key never travels in the event");
+
+    // Lambda retries an invocation: the same events, by id.
+    let again = function.invoke(event).await.unwrap();
+    assert_eq!(again["accepted"], 1);
+    let (retried, _) = take_sqs_event(&sqs, &queue_url, &queue_arn).await;
+    for record in retried["Records"].as_array().unwrap() {
+        let body: Value = serde_json::from_str(record["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["id"], queued["id"], "a retried invocation is the same event");
+    }
+
+    // A message S3 does not have fails the invocation, so Lambda retries it
+    // and, after the retries, the function's dead-letter queue keeps it.
+    let mut missing: Value = serde_json::from_slice(&fixture("events/aws/ses-receipt.json")).unwrap();
+    missing["Records"][0]["ses"]["mail"]["messageId"] = json!("not-in-the-bucket");
+    let error = function
+        .invoke(missing)
+        .await
+        .expect_err("an error for Lambda to retry");
+    assert!(error.to_string().contains("not-in-the-bucket"), "{error}");
+}

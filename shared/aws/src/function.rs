@@ -55,7 +55,8 @@ pub fn init_tracing() {
 /// provider endpoint.
 pub async fn run_ingest(provider: ProviderKind) -> Result<(), lambda_http::Error> {
     init_tracing();
-    serve_ingest(ingest_service().await?, provider).await
+    let sdk = crate::sdk_config().await;
+    serve_ingest(ingest_service(&sdk)?, provider).await
 }
 
 /// The ingest-cloudwatch function: as [`run_ingest`], with SNS signature
@@ -67,19 +68,74 @@ pub async fn run_ingest_cloudwatch() -> Result<(), lambda_http::Error> {
     init_tracing();
     let folder = optional("TOCSIN_SNS_CERTIFICATES").map(std::path::PathBuf::from);
     let sns = tocsin_outbound::sns::sns_support(folder)?;
-    serve_ingest(ingest_service().await?.with_sns(sns), ProviderKind::CloudWatch).await
+    let sdk = crate::sdk_config().await;
+    serve_ingest(ingest_service(&sdk)?.with_sns(sns), ProviderKind::CloudWatch).await
 }
 
 /// The ingest service on the table (integrations) and the events queue.
-async fn ingest_service() -> Result<IngestService, MissingVariable> {
+fn ingest_service(sdk: &aws_config::SdkConfig) -> Result<IngestService, MissingVariable> {
     let config = EventsConfig::from_env()?;
-    let sdk = crate::sdk_config().await;
-    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table));
     let queue = Arc::new(SqsEventQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
+        aws_sdk_sqs::Client::new(sdk),
         config.events_queue_url,
     ));
     Ok(IngestService::new(store.clone(), queue, store))
+}
+
+/// The ingest-email-ses function: SES receipt rules invoke it after storing
+/// each message in TOCSIN_EMAIL_BUCKET under TOCSIN_EMAIL_PREFIX.
+pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let bucket = required("TOCSIN_EMAIL_BUCKET")?;
+    let prefix = optional("TOCSIN_EMAIL_PREFIX").unwrap_or_default();
+    let sdk = crate::sdk_config().await;
+    let ingest = ingest_service(&sdk)?;
+    // A custom endpoint (AWS_ENDPOINT_URL: moto, LocalStack, MinIO) serves
+    // buckets by path; AWS itself by virtual host.
+    let s3 = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    let store = crate::email::MessageStore {
+        s3: aws_sdk_s3::Client::from_conf(s3),
+        bucket,
+        prefix,
+    };
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |event: LambdaEvent<aws_lambda_events::event::ses::SimpleEmailEvent>| {
+            let (ingest, store) = (ingest.clone(), store.clone());
+            async move {
+                let received = crate::email::receive(&ingest, &store, event.payload)
+                    .await
+                    .map_err(|error| {
+                        tracing::error!(%error, "the invocation fails, for Lambda to retry");
+                        lambda_runtime::Diagnostic {
+                            error_type: "EmailError".to_owned(),
+                            error_message: chain(&error),
+                        }
+                    })?;
+                tracing::info!(?received, "messages received");
+                Ok::<_, lambda_runtime::Diagnostic>(serde_json::json!({
+                    "accepted": received.accepted,
+                    "refused": received.refused,
+                    "dropped": received.dropped,
+                }))
+            }
+        },
+    ))
+    .await
+}
+
+/// An error and its sources, on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn serve_ingest(ingest: IngestService, provider: ProviderKind) -> Result<(), lambda_http::Error> {

@@ -7,6 +7,7 @@
 
 pub mod dispatch;
 pub mod dynamodb;
+pub mod email;
 pub mod function;
 pub mod notify;
 pub mod poller;

@@ -323,6 +323,44 @@ impl IngestService {
         .await
     }
 
+    /// Ingests a message that SES received for `recipient` (the receipt
+    /// rule → Lambda path): the address names the integration, as over
+    /// HTTP, and the event ids derive from SES's message id, so a retried
+    /// invocation is the same events.
+    pub async fn ingest_email(
+        &self,
+        raw: &[u8],
+        recipient: &str,
+        message_id: &str,
+        received_at: DateTime<Utc>,
+    ) -> Result<Answer, IngestError> {
+        let provider = provider(ProviderKind::Email);
+        if raw.len() > provider.max_body_bytes() {
+            return Err(IngestError::TooLarge {
+                size: raw.len(),
+                limit: provider.max_body_bytes(),
+            });
+        }
+        let email = crate::providers::email::read_email(raw, recipient).map_err(|e| IngestError::Payload(e.into()))?;
+        let integration = self.integration_for(&email.key, ProviderKind::Email).await?;
+        let headers = HeaderMap::new();
+        let inbound = Inbound {
+            headers: &headers,
+            query: None,
+            body: raw,
+            received_at,
+        };
+        self.accept(
+            provider,
+            &inbound,
+            &integration,
+            email.alerts,
+            Some(message_id),
+            Mode::Enqueue,
+        )
+        .await
+    }
+
     /// Alerts into events, checked for size, enqueued, answered. With a
     /// delivery id (SNS MessageId, X-GitHub-Delivery, …) the event ids
     /// derive from it, so a provider's retry is the same event; otherwise
@@ -414,6 +452,11 @@ impl IngestService {
             .or_else(|| provider(kind).key_in_body(inbound))
             .ok_or(IngestError::MissingKey)?;
         let key = IntegrationKey::parse(&key).map_err(|_| IngestError::MalformedKey)?;
+        self.integration_for(&key, kind).await
+    }
+
+    /// The enabled integration of type `kind` that `key` belongs to.
+    async fn integration_for(&self, key: &IntegrationKey, kind: ProviderKind) -> Result<Integration, IngestError> {
         let integration = self
             .config
             .integration_by_key(&KeyHash::of(key.reveal()))
