@@ -108,9 +108,9 @@ mod tests {
     fn github_vector() -> GithubVector {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/signature-vectors.json"
+            "/../../tests/fixtures/signature-vectors.json"
         ))
-        .expect("../shared/fixtures/signature-vectors.json beside the repository");
+        .expect("tests/fixtures/signature-vectors.json");
         let all: serde_json::Value = serde_json::from_str(&text).unwrap();
         serde_json::from_value(all["github_x_hub_signature_256"].clone()).unwrap()
     }

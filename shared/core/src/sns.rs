@@ -931,8 +931,8 @@ pub(crate) mod testing {
 
     use super::*;
 
-    /// The real certificate that signed the fixtures in ../shared/fixtures/sns.
-    pub const AWS_CERT_FOLDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/sns");
+    /// The real certificate that signed the fixtures in tests/fixtures/sns.
+    pub const AWS_CERT_FOLDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/sns");
     /// A key and self-signed certificate made for these tests only (see
     /// testdata/sns/README.md); trusted nowhere else.
     pub const TEST_FOLDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/sns");
@@ -1025,7 +1025,7 @@ mod tests {
     use super::testing::*;
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/sns");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/sns");
     const FIXTURE_NAMES: [&str; 4] = [
         "notification-sigv1.json",
         "notification-sigv1-subject.json",
@@ -1037,7 +1037,7 @@ mod tests {
     const FIXTURE_CLOCK: &str = "2022-07-28T23:00:00Z";
 
     fn fixture(name: &str) -> SnsMessage {
-        let body = std::fs::read(format!("{FIXTURES}/{name}")).expect("../shared/fixtures/sns beside the repository");
+        let body = std::fs::read(format!("{FIXTURES}/{name}")).expect("tests/fixtures/sns");
         SnsMessage::parse(&body).unwrap()
     }
 

@@ -149,7 +149,7 @@ mod tests {
     const CERT_FILE: &str = "SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem";
     const CERT_PATH: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/sns/SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem"
+        "/../../tests/fixtures/sns/SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem"
     );
     const TOPIC: &str = "arn:aws:sns:us-east-2:123456789012:alarms";
 

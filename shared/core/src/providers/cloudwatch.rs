@@ -455,7 +455,7 @@ mod tests {
 
     #[test]
     fn the_real_alarm_samples_carry_valid_sns_signatures() {
-        // Both were signed by the certificate in ../shared/fixtures/sns,
+        // Both were signed by the certificate in tests/fixtures/sns,
         // which was valid when they were sent.
         let sns = Sns::offline(crate::sns::testing::AWS_CERT_FOLDER);
         for sample in [ALARM, COMPOSITE] {

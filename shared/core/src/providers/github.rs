@@ -1122,9 +1122,9 @@ mod tests {
     fn githubs_published_signature_vector_verifies() {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/signature-vectors.json"
+            "/../../tests/fixtures/signature-vectors.json"
         ))
-        .expect("../shared/fixtures/signature-vectors.json beside the repository");
+        .expect("tests/fixtures/signature-vectors.json");
         let all: Value = serde_json::from_str(&text).unwrap();
         let v: PublishedVector = serde_json::from_value(all["github_x_hub_signature_256"].clone()).unwrap();
         assert_eq!(v.header, "X-Hub-Signature-256");
