@@ -1,6 +1,7 @@
 //! Conformance with the real Prometheus Alertmanager: it delivers to the
-//! local stack through webhook_configs and through pagerduty_configs (Events
-//! API v2), an alert fires, then resolves, and the incidents open and close.
+//! local stack through webhook_configs, pagerduty_configs (Events API v2)
+//! and victorops_configs (Splunk On-Call, key in the path), an alert fires,
+//! then resolves, and the incidents open and close.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -17,9 +18,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 const WEBHOOK_KEY: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
 const EVENTS_KEY: &str = "8b8b8b8b8b8b8b8b8b8b8b8b8b8b8b8b";
+const ONCALL_KEY: &str = "9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d";
 const API_KEY: &str = "sk_e2e_alertmanager_0123456789";
 
-/// Two services, so that the two receivers never share a dedup key space.
+/// A service per receiver, so that they never share a dedup key space.
 const TOCSIN_CONFIG: &str = r##"
 api_keys:
   - {name: ops, key: sk_e2e_alertmanager_0123456789, scopes: [events:write, incidents:read, incidents:write]}
@@ -34,6 +36,12 @@ services:
     name: Via pagerduty_configs
     integrations:
       - {id: am-pagerduty, type: events-v2, key: 8b8b8b8b8b8b8b8b8b8b8b8b8b8b8b8b}
+    notify:
+      email: [oncall@example.com]
+  - id: via-victorops
+    name: Via victorops_configs
+    integrations:
+      - {id: am-victorops, type: splunk-oncall, key: 9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d}
     notify:
       email: [oncall@example.com]
 "##;
@@ -168,7 +176,7 @@ async fn incident_of(app: &TestApp, service: &str, status: &str) -> Option<Value
 }
 
 #[tokio::test]
-async fn alertmanager_delivers_through_webhook_and_pagerduty_configs() {
+async fn alertmanager_delivers_through_webhook_pagerduty_and_victorops_configs() {
     let Some(bin) = alertmanager_bin() else {
         if std::env::var("TOCSIN_SKIP_ALERTMANAGER").as_deref() == Ok("1") {
             eprintln!("SKIPPED: prometheus-alertmanager is not installed and TOCSIN_SKIP_ALERTMANAGER=1");
@@ -197,6 +205,8 @@ route:
       continue: true
     - receiver: tocsin-pagerduty
       continue: true
+    - receiver: tocsin-victorops
+      continue: true
 receivers:
   - name: nowhere
   - name: tocsin-webhook
@@ -211,6 +221,12 @@ receivers:
     pagerduty_configs:
       - routing_key: {EVENTS_KEY}
         url: {base}/v2/enqueue
+        send_resolved: true
+  - name: tocsin-victorops
+    victorops_configs:
+      - api_key: {ONCALL_KEY}
+        api_url: {base}/integrations/splunk-oncall/
+        routing_key: db-team
         send_resolved: true
 "#,
         base = app.base
@@ -267,6 +283,15 @@ receivers:
         incident_of(app, "via-pagerduty", "open").await
     })
     .await;
+    let via_victorops = wait_for_within(DEADLINE, "an open incident through victorops_configs", || async move {
+        incident_of(app, "via-victorops", "open").await
+    })
+    .await;
+    assert_eq!(
+        via_victorops["origin"]["integration"], "am-victorops",
+        "{via_victorops}"
+    );
+    assert_eq!(via_victorops["severity"], "critical", "{via_victorops}");
 
     assert_eq!(via_webhook["severity"], "critical", "{via_webhook}");
     assert_eq!(via_webhook["summary"], "Disk full on db-7", "{via_webhook}");
@@ -286,7 +311,7 @@ receivers:
     let now = SystemTime::now();
     post_alert(alert(started, now)).await;
 
-    for incident in [&via_webhook, &via_pagerduty] {
+    for incident in [&via_webhook, &via_pagerduty, &via_victorops] {
         let service = incident["service"].as_str().unwrap_or_default().to_owned();
         let id = incident["id"].clone();
         wait_for_within(DEADLINE, &format!("the {service} incident to be resolved"), || {
@@ -302,7 +327,7 @@ receivers:
     }
 
     let all = app.incidents("").await;
-    assert_eq!(all.len(), 2, "one incident per receiver: {all:#?}");
+    assert_eq!(all.len(), 3, "one incident per receiver: {all:#?}");
     if let Some(problem) = alertmanager.exited() {
         panic!("{problem}");
     }

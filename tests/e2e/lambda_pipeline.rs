@@ -786,10 +786,7 @@ async fn mail_that_ses_stored_in_s3_becomes_events_for_each_recipients_integrati
     assert_eq!(queued["origin"]["integration"], "db-mail");
     assert_eq!(queued["event_action"], "trigger");
     assert!(
-        queued["payload"]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("db1/Disk /var"),
+        queued["payload"]["summary"].as_str().unwrap().contains("db1/Disk /var"),
         "{queued}"
     );
     assert!(!queued.to_string().contains(KEY), "the key never travels in the event");

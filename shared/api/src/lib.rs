@@ -50,6 +50,10 @@ fn ingest_routes(ingest: IngestService) -> Router {
         .route("/api/v2/generic/incoming", post(generic_incoming))
         .route("/integrations/{provider}", post(integration))
         .route("/integrations/{provider}/preview", post(preview))
+        .route(
+            "/integrations/{provider}/{key}/{route}",
+            post(integration_with_path_key),
+        )
         .with_state(ingest)
 }
 
@@ -117,6 +121,22 @@ async fn integration(
     }
 }
 
+/// Splunk On-Call senders put the key in the path; no other provider does.
+async fn integration_with_path_key(
+    State(state): State<IngestService>,
+    Path((name, _, _)): Path<(String, String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match ProviderKind::parse(&name) {
+        Some(kind) if kind.query_with_path_key(uri.path(), None).is_some() => {
+            ingest(state, kind, uri, headers, body).await
+        }
+        _ => not_found(Method::POST, uri).await,
+    }
+}
+
 /// What a payload would become, enqueueing nothing.
 async fn preview(
     State(state): State<IngestService>,
@@ -180,10 +200,11 @@ async fn run_ingest(
             ))
         }
     };
+    let query = kind.query_with_path_key(uri.path(), uri.query());
     let request = IngestRequest {
         provider: kind,
         headers: &headers,
-        query: uri.query(),
+        query: query.as_deref(),
         body: &body,
         received_at,
     };

@@ -161,6 +161,7 @@ pub async fn answer_ingest(ingest: &IngestService, provider: ProviderKind, reque
         })
     });
     let (parts, body) = request.into_parts();
+    let query = provider.query_with_path_key(parts.uri.path(), query.as_deref());
     let request = IngestRequest {
         provider,
         headers: &parts.headers,

@@ -258,6 +258,29 @@ impl ProviderKind {
         }
     }
 
+    /// The query string a request to `path` carries, with the integration
+    /// key when the path holds it: Splunk On-Call (VictorOps) senders build
+    /// `<api_url><api_key>/<routing_key>`, so its endpoint also answers
+    /// `/integrations/splunk-oncall/{key}/{routing_key}`, read as
+    /// `?token={key}&routing_key={routing_key}`.
+    pub fn query_with_path_key(self, path: &str, query: Option<&str>) -> Option<String> {
+        let rest = path.strip_prefix(self.path()).and_then(|rest| rest.strip_prefix('/'));
+        let key_and_route = match (self, rest) {
+            (ProviderKind::SplunkOnCall, Some(rest)) => rest.split_once('/').filter(|(key, route)| {
+                !key.is_empty() && !route.is_empty() && !route.contains('/') && !key.contains('/')
+            }),
+            _ => None,
+        };
+        match key_and_route {
+            None => query.map(str::to_owned),
+            Some((key, route)) => {
+                let mut out = form_urlencoded::Serializer::new(query.unwrap_or_default().to_owned());
+                out.append_pair("token", key).append_pair("routing_key", route);
+                Some(out.finish())
+            }
+        }
+    }
+
     /// Human name, for listings and docs.
     pub fn title(self) -> &'static str {
         match self {
@@ -471,5 +494,33 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
         assert_eq!(ProviderKind::parse("nagios"), None);
+    }
+
+    #[test]
+    fn a_splunk_on_call_path_carries_the_key_and_routing_key() {
+        let kind = ProviderKind::SplunkOnCall;
+        let key = "7e57000000000000000000000000000f";
+        assert_eq!(
+            kind.query_with_path_key(&format!("/integrations/splunk-oncall/{key}/db%20team"), None)
+                .as_deref(),
+            Some(format!("token={key}&routing_key=db%2520team").as_str())
+        );
+        assert_eq!(
+            kind.query_with_path_key("/integrations/splunk-oncall", Some("token=x"))
+                .as_deref(),
+            Some("token=x")
+        );
+        for path in [
+            "/integrations/splunk-oncall/only-a-key",
+            "/integrations/splunk-oncall/k/r/extra",
+            "/integrations/splunk-oncall//r",
+        ] {
+            assert_eq!(kind.query_with_path_key(path, None), None, "{path}");
+        }
+        // Only Splunk On-Call reads a key from its path.
+        assert_eq!(
+            ProviderKind::Grafana.query_with_path_key(&format!("/integrations/grafana/{key}/x"), None),
+            None
+        );
     }
 }
