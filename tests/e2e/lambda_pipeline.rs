@@ -810,3 +810,97 @@ async fn mail_that_ses_stored_in_s3_becomes_events_for_each_recipients_integrati
         .expect_err("an error for Lambda to retry");
     assert!(error.to_string().contains("not-in-the-bucket"), "{error}");
 }
+
+/// A topic's notification as SNS hands it to a subscribed function.
+fn sns_lambda_event(envelope: &Value) -> Value {
+    json!({"Records": [{
+        "EventSource": "aws:sns",
+        "EventVersion": "1.0",
+        "EventSubscriptionArn": format!("{}:2bcfbf39-05c3-41de-beaa-fcfcc21c8f55", envelope["TopicArn"].as_str().unwrap()),
+        "Sns": {
+            "Type": envelope["Type"],
+            "MessageId": envelope["MessageId"],
+            "TopicArn": envelope["TopicArn"],
+            "Subject": envelope["Subject"],
+            "Message": envelope["Message"],
+            "Timestamp": envelope["Timestamp"],
+            "SignatureVersion": envelope["SignatureVersion"],
+            "Signature": envelope["Signature"],
+            "SigningCertUrl": envelope["SigningCertURL"],
+            "UnsubscribeUrl": envelope["UnsubscribeURL"],
+            "MessageAttributes": {}
+        }
+    }]})
+}
+
+#[tokio::test]
+async fn a_topic_that_invokes_the_function_directly_reaches_the_integration_listing_it() {
+    let moto = moto_url();
+    let config = sdk_config(&moto).await;
+    let table = unique("sns-direct");
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    create_table(&dynamodb, &table).await.unwrap();
+    let store = DynamoStore::new(dynamodb, &table);
+    let alarm: Value = serde_json::from_slice(&fixture("events/cloudwatch/alarm.json")).unwrap();
+    let topic = alarm["TopicArn"].as_str().unwrap();
+    let mut settings = tocsin_core::config::CloudWatchSettings::default();
+    settings.topics = vec![tocsin_core::sns::TopicArn::parse(topic).unwrap()];
+    store
+        .put_integration(&Integration {
+            id: IntegrationId::parse("alarms").unwrap(),
+            service: ServiceId::parse("checkout").unwrap(),
+            provider: ProviderKind::CloudWatch,
+            key_hash: KeyHash::of("5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"),
+            secret: None,
+            enabled: true,
+            fields: FieldMapping::default(),
+            cloudwatch: settings,
+            dedup_key: None,
+        })
+        .await
+        .unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let (queue_url, queue_arn) = fifo_queue(&sqs, "sns-direct-events").await;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.as_str()),
+        ("TOCSIN_TABLE", table.as_str()),
+        ("TOCSIN_EVENTS_QUEUE_URL", queue_url.as_str()),
+    ];
+    let mut function = Function::start(&function_bin("ingest-cloudwatch-sns"), &env, scratch.path()).await;
+    let event = sns_lambda_event(&alarm);
+    let (answer, cold) = function.cold_invoke(event.clone()).await;
+    let answer = answer.unwrap_or_else(|e| panic!("ingest-cloudwatch-sns failed: {e}"));
+    assert_eq!(answer, json!({"accepted": 1}));
+    println!(
+        "ingest-cloudwatch-sns cold start: init {:?}, first response {:?}, peak RSS {:?} KiB",
+        cold.init, cold.to_first_response, cold.peak_rss_kib
+    );
+    let (batch, _) = take_sqs_event(&sqs, &queue_url, &queue_arn).await;
+    let records = batch["Records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{batch}");
+    let queued: Value = serde_json::from_str(records[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(queued["origin"]["integration"], "alarms");
+    assert_eq!(queued["event_action"], "trigger");
+    let alarm_arn = serde_json::from_str::<Value>(alarm["Message"].as_str().unwrap()).unwrap()["AlarmArn"].clone();
+    assert_eq!(queued["dedup_key"], alarm_arn, "keyed by the alarm");
+
+    // SNS retries with the same MessageId: the same event.
+    function.invoke(event).await.unwrap();
+    let (retried, _) = take_sqs_event(&sqs, &queue_url, &queue_arn).await;
+    for record in retried["Records"].as_array().unwrap() {
+        let body: Value = serde_json::from_str(record["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["id"], queued["id"]);
+    }
+
+    // A topic no integration lists fails the invocation: retried, then kept
+    // in the function's dead-letter queue, never dropped.
+    let mut stranger = alarm.clone();
+    stranger["TopicArn"] = json!("arn:aws:sns:us-east-1:123456789012:someone-elses-topic");
+    let error = function
+        .invoke(sns_lambda_event(&stranger))
+        .await
+        .expect_err("an unknown topic is an error");
+    assert!(error.to_string().contains("no integration"), "{error}");
+}

@@ -39,6 +39,7 @@ use tocsin_core::ports::{
     BackendError, Commit, CommitOutcome, ConfigStore, IgnoredEvent, IncidentFilter, IncidentStore,
 };
 use tocsin_core::providers::ProviderKind;
+use tocsin_core::sns::TopicArn;
 
 /// One DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
@@ -90,6 +91,7 @@ pub mod kind {
     pub const SERVICE: &str = "service";
     pub const INTEGRATION: &str = "integration";
     pub const API_KEY: &str = "api_key";
+    pub const TOPIC: &str = "topic";
 }
 
 /// The global secondary indexes, all KEYS_ONLY.
@@ -257,6 +259,10 @@ fn integration_pk(key: &KeyHash) -> String {
     format!("INTKEY#{}", key.as_str())
 }
 
+fn topic_pk(topic: &TopicArn) -> String {
+    format!("TOPIC#{}", topic.as_str())
+}
+
 fn api_key_pk(key: &KeyHash) -> String {
     format!("APIKEY#{}", key.as_str())
 }
@@ -287,6 +293,10 @@ pub fn ignored_key(event: &EventId) -> Item {
 
 pub fn service_key(service: &ServiceId) -> Item {
     key(service_pk(service), SERVICE_SK)
+}
+
+pub fn topic_key(topic: &TopicArn) -> Item {
+    key(topic_pk(topic), INTEGRATION_SK)
 }
 
 pub fn integration_key(key_hash: &KeyHash) -> Item {
@@ -610,6 +620,21 @@ impl From<IntegrationRecord> for Integration {
     }
 }
 
+/// Which cloudwatch integration an SNS topic delivers to.
+#[derive(Debug, Serialize, Deserialize)]
+struct TopicRecord {
+    topic: TopicArn,
+    key_hash: KeyHash,
+}
+
+impl Record for TopicRecord {
+    const KIND: &'static str = kind::TOPIC;
+
+    fn key(&self) -> Item {
+        topic_key(&self.topic)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct ApiKeyRecord {
     name: String,
@@ -785,17 +810,44 @@ impl DynamoStore {
 
     /// Creates or replaces the integration its key hash names. A key
     /// rotation is a new item: delete the old hash's with
-    /// [`DynamoStore::delete_integration`].
+    /// [`DynamoStore::delete_integration`]. A cloudwatch integration also
+    /// gets one item per allowed topic, naming its key hash, for the SNS
+    /// deliveries AWS makes to the function directly.
     pub async fn put_integration(&self, integration: &Integration) -> Result<(), BackendError> {
-        self.put_record(&IntegrationRecord::from(integration)).await
+        self.put_record(&IntegrationRecord::from(integration)).await?;
+        if integration.provider == ProviderKind::CloudWatch {
+            for topic in &integration.cloudwatch.topics {
+                self.put_record(&TopicRecord {
+                    topic: topic.clone(),
+                    key_hash: integration.key_hash.clone(),
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn put_api_key(&self, key: &ApiKey) -> Result<(), BackendError> {
         self.put_record(&ApiKeyRecord::from(key)).await
     }
 
-    /// Removes the integration of this key hash; nothing if there is none.
+    /// Removes the integration of this key hash, and the topic items that
+    /// name it; nothing if there is none.
     pub async fn delete_integration(&self, key: &KeyHash) -> Result<(), BackendError> {
+        if let Some(integration) = self.integration_by_key(key).await? {
+            for topic in &integration.cloudwatch.topics {
+                let record: Option<TopicRecord> = self.get_record(topic_key(topic)).await?;
+                if record.is_some_and(|r| &r.key_hash == key) {
+                    self.client
+                        .delete_item()
+                        .table_name(&self.table)
+                        .set_key(Some(topic_key(topic)))
+                        .send()
+                        .await
+                        .map_err(|e| BackendError::new("dynamodb DeleteItem", e))?;
+                }
+            }
+        }
         self.client
             .delete_item()
             .table_name(&self.table)
@@ -1138,6 +1190,16 @@ impl ConfigStore for DynamoStore {
     async fn integration_by_key(&self, key: &KeyHash) -> Result<Option<Integration>, BackendError> {
         let record: Option<IntegrationRecord> = self.get_record(integration_key(key)).await?;
         Ok(record.map(Integration::from))
+    }
+
+    async fn integration_by_topic(&self, topic: &TopicArn) -> Result<Option<Integration>, BackendError> {
+        let record: Option<TopicRecord> = self.get_record(topic_key(topic)).await?;
+        let Some(record) = record else { return Ok(None) };
+        // The topic item may outlive a change of the integration's topics.
+        Ok(self
+            .integration_by_key(&record.key_hash)
+            .await?
+            .filter(|i| i.provider == ProviderKind::CloudWatch && i.cloudwatch.topics.contains(topic)))
     }
 
     async fn service(&self, id: &ServiceId) -> Result<Option<Service>, BackendError> {

@@ -126,6 +126,48 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// The ingest-cloudwatch-sns function: SNS topics that invoke it directly
+/// (a Lambda subscription instead of the HTTPS endpoint). Each record goes to
+/// the cloudwatch integration listing its topic; event ids derive from the
+/// MessageId. Any failure fails the invocation: SNS and Lambda retry it, and
+/// what still fails waits in the function's dead-letter queue.
+pub async fn run_ingest_cloudwatch_sns() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let sdk = crate::sdk_config().await;
+    let ingest = ingest_service(&sdk)?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |event: LambdaEvent<aws_lambda_events::event::sns::SnsEvent>| {
+            let ingest = ingest.clone();
+            async move {
+                let mut accepted = 0;
+                for record in event.payload.records {
+                    let notification = tocsin_core::ingest::SnsNotification {
+                        message_id: &record.sns.message_id,
+                        topic_arn: &record.sns.topic_arn,
+                        message: &record.sns.message,
+                        received_at: Utc::now(),
+                    };
+                    ingest.ingest_sns_direct(notification).await.map_err(|error| {
+                        tracing::error!(
+                            message_id = %record.sns.message_id,
+                            topic = %record.sns.topic_arn,
+                            %error,
+                            "the invocation fails, for SNS and Lambda to retry"
+                        );
+                        lambda_runtime::Diagnostic {
+                            error_type: "IngestError".to_owned(),
+                            error_message: format!("message {}: {}", record.sns.message_id, chain(&error)),
+                        }
+                    })?;
+                    accepted += 1;
+                }
+                Ok::<_, lambda_runtime::Diagnostic>(serde_json::json!({ "accepted": accepted }))
+            }
+        },
+    ))
+    .await
+}
+
 /// An error and its sources, on one line.
 fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -609,3 +609,31 @@ async fn create_table_declares_the_documented_schema() {
     assert_eq!(ttl.attribute_name(), Some("expires_at"));
     assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
 }
+
+#[tokio::test]
+async fn a_cloudwatch_integration_is_found_by_its_topics_until_deleted() {
+    let (_, store) = table().await;
+    let topic = tocsin_core::sns::TopicArn::parse("arn:aws:sns:us-east-1:123456789012:alarms").unwrap();
+    let other = tocsin_core::sns::TopicArn::parse("arn:aws:sns:us-east-1:123456789012:other").unwrap();
+    let key_hash = KeyHash::of("5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a");
+    let mut settings = tocsin_core::config::CloudWatchSettings::default();
+    settings.topics = vec![topic.clone()];
+    let integration = Integration {
+        id: IntegrationId::parse("alarms").unwrap(),
+        service: service("checkout"),
+        provider: ProviderKind::CloudWatch,
+        key_hash: key_hash.clone(),
+        secret: None,
+        enabled: true,
+        fields: FieldMapping::default(),
+        cloudwatch: settings,
+        dedup_key: None,
+    };
+    store.put_integration(&integration).await.unwrap();
+    assert_eq!(store.integration_by_topic(&topic).await.unwrap(), Some(integration));
+    assert_eq!(store.integration_by_topic(&other).await.unwrap(), None);
+
+    store.delete_integration(&key_hash).await.unwrap();
+    assert_eq!(store.integration_by_topic(&topic).await.unwrap(), None);
+    assert_eq!(store.integration_by_key(&key_hash).await.unwrap(), None);
+}

@@ -250,6 +250,14 @@ impl crate::ports::ConfigStore for Catalog {
         Ok(Catalog::integration_by_key(self, key).cloned())
     }
 
+    async fn integration_by_topic(&self, topic: &TopicArn) -> Result<Option<Integration>, crate::ports::BackendError> {
+        Ok(self
+            .integrations
+            .iter()
+            .find(|i| i.provider == ProviderKind::CloudWatch && i.cloudwatch.topics.contains(topic))
+            .cloned())
+    }
+
     async fn service(&self, id: &ServiceId) -> Result<Option<Service>, crate::ports::BackendError> {
         Ok(Catalog::service(self, id).cloned())
     }

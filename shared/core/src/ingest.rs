@@ -323,6 +323,21 @@ impl IngestService {
         .await
     }
 
+    /// Ingests an SNS notification that AWS invoked a function with
+    /// directly (topic → Lambda, no HTTPS endpoint, no key): the topic names
+    /// the cloudwatch integration that lists it.
+    pub async fn ingest_sns_direct(&self, notification: SnsNotification<'_>) -> Result<Answer, IngestError> {
+        let topic = crate::sns::TopicArn::parse(notification.topic_arn)
+            .map_err(|e| IngestError::Payload(InvalidPayload::new(e.to_string(), vec![e])))?;
+        let integration = self
+            .config
+            .integration_by_topic(&topic)
+            .await
+            .map_err(IngestError::Unavailable)?
+            .ok_or(IngestError::UnknownIntegration)?;
+        self.ingest_sns_notification(&integration, notification).await
+    }
+
     /// Ingests a message that SES received for `recipient` (the receipt
     /// rule → Lambda path): the address names the integration, as over
     /// HTTP, and the event ids derive from SES's message id, so a retried

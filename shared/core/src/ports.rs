@@ -10,6 +10,7 @@ use crate::config::{Integration, Service};
 use crate::event::{DedupKey, Event, EventId, ServiceId};
 use crate::incident::{IgnoreReason, Incident, IncidentId, IncidentStatus, Transition};
 use crate::notify::NotificationJob;
+use crate::sns::TopicArn;
 
 /// A failure of the thing behind a port (disk, network, AWS). Always worth
 /// a retry; never the caller's fault.
@@ -41,6 +42,9 @@ pub trait EventQueue: Send + Sync {
 #[async_trait]
 pub trait ConfigStore: Send + Sync {
     async fn integration_by_key(&self, key: &KeyHash) -> Result<Option<Integration>, BackendError>;
+    /// The cloudwatch integration that lists `topic`, for SNS deliveries
+    /// that AWS makes itself (topic → Lambda), where there is no key.
+    async fn integration_by_topic(&self, topic: &TopicArn) -> Result<Option<Integration>, BackendError>;
     async fn service(&self, id: &ServiceId) -> Result<Option<Service>, BackendError>;
     async fn api_key(&self, key: &KeyHash) -> Result<Option<ApiKey>, BackendError>;
 }
