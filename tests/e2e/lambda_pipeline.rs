@@ -843,8 +843,10 @@ async fn a_topic_that_invokes_the_function_directly_reaches_the_integration_list
     let store = DynamoStore::new(dynamodb, &table);
     let alarm: Value = serde_json::from_slice(&fixture("events/cloudwatch/alarm.json")).unwrap();
     let topic = alarm["TopicArn"].as_str().unwrap();
-    let mut settings = tocsin_core::config::CloudWatchSettings::default();
-    settings.topics = vec![tocsin_core::sns::TopicArn::parse(topic).unwrap()];
+    let settings = tocsin_core::config::CloudWatchSettings {
+        topics: vec![tocsin_core::sns::TopicArn::parse(topic).unwrap()],
+        ..Default::default()
+    };
     store
         .put_integration(&Integration {
             id: IntegrationId::parse("alarms").unwrap(),

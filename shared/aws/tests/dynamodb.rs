@@ -616,8 +616,10 @@ async fn a_cloudwatch_integration_is_found_by_its_topics_until_deleted() {
     let topic = tocsin_core::sns::TopicArn::parse("arn:aws:sns:us-east-1:123456789012:alarms").unwrap();
     let other = tocsin_core::sns::TopicArn::parse("arn:aws:sns:us-east-1:123456789012:other").unwrap();
     let key_hash = KeyHash::of("5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a");
-    let mut settings = tocsin_core::config::CloudWatchSettings::default();
-    settings.topics = vec![topic.clone()];
+    let settings = tocsin_core::config::CloudWatchSettings {
+        topics: vec![topic.clone()],
+        ..Default::default()
+    };
     let integration = Integration {
         id: IntegrationId::parse("alarms").unwrap(),
         service: service("checkout"),
