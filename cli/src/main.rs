@@ -401,7 +401,11 @@ fn banner(catalog: &Catalog, file: Option<&Path>, data: &Path) -> String {
             let token = catalog
                 .plain_keys
                 .get(&integration.id)
-                .map(|key| format!("?token={}", key.reveal()))
+                .map(|key| match integration.provider {
+                    // The key is the recipient's local part.
+                    ProviderKind::Email => format!("?to={}@localhost", key.reveal()),
+                    _ => format!("?token={}", key.reveal()),
+                })
                 .unwrap_or_default();
             others.push(format!(
                 "  {:<34} POST {base}{path}{token}\n",

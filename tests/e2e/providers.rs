@@ -299,3 +299,23 @@ services:
     })
     .await;
 }
+
+#[tokio::test]
+async fn tools_that_deliver_by_get_are_heard_and_others_get_a_json_405() {
+    let app = TestApp::start_with_sample_config().await;
+    let form = String::from_utf8(fixture("events/uptimerobot/trigger.form")).unwrap();
+    let url = app.url(&format!(
+        "/integrations/uptimerobot?token=7e570000000000000000000000000010&{}",
+        form.trim()
+    ));
+    let reply = app.send(app.client.get(url)).await;
+    assert!(reply.status / 100 == 2, "{reply}");
+    app.wait_for_incident("the UptimeRobot incident from a GET", |i| {
+        i["origin"]["integration"] == "platform-uptimerobot"
+    })
+    .await;
+
+    let url = app.url("/integrations/grafana?token=7e570000000000000000000000000001");
+    let body = app.send(app.client.get(url)).await.expect_error(405);
+    assert_eq!(body["status"], "method not allowed", "{body}");
+}

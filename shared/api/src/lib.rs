@@ -48,7 +48,7 @@ fn ingest_routes(ingest: IngestService) -> Router {
     Router::new()
         .route("/v2/enqueue", post(enqueue_events_v2))
         .route("/api/v2/generic/incoming", post(generic_incoming))
-        .route("/integrations/{provider}", post(integration))
+        .route("/integrations/{provider}", post(integration).get(integration_by_get))
         .route("/integrations/{provider}/preview", post(preview))
         .route(
             "/integrations/{provider}/{key}/{route}",
@@ -117,6 +117,21 @@ async fn integration(
 ) -> Response {
     match ProviderKind::parse(&name) {
         Some(kind) => ingest(state, kind, uri, headers, body).await,
+        None => unknown_provider(&name),
+    }
+}
+
+/// The tools that deliver with GET (the alert in the query string).
+async fn integration_by_get(
+    State(state): State<IngestService>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match ProviderKind::parse(&name) {
+        Some(kind) if kind.accepts_get() => ingest(state, kind, uri, headers, body).await,
+        Some(_) => method_not_allowed(Method::GET, uri).await,
         None => unknown_provider(&name),
     }
 }

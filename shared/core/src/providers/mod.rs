@@ -281,6 +281,12 @@ impl ProviderKind {
         }
     }
 
+    /// Whether the tool may deliver with GET and the alert in the query
+    /// string (Uptime Kuma's GET method, UptimeRobot's query mode).
+    pub fn accepts_get(self) -> bool {
+        matches!(self, ProviderKind::UptimeKuma | ProviderKind::UptimeRobot)
+    }
+
     /// Human name, for listings and docs.
     pub fn title(self) -> &'static str {
         match self {
