@@ -904,5 +904,10 @@ async fn a_topic_that_invokes_the_function_directly_reaches_the_integration_list
         .invoke(sns_lambda_event(&stranger))
         .await
         .expect_err("an unknown topic is an error");
-    assert!(error.to_string().contains("no integration"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("lists the topic arn:aws:sns:us-east-1:123456789012:someone-elses-topic"),
+        "{error}"
+    );
 }

@@ -38,6 +38,8 @@ pub enum IngestError {
     MalformedKey,
     #[error("no integration has this key")]
     UnknownIntegration,
+    #[error("no integration of type cloudwatch lists the topic {0}")]
+    UnknownTopic(String),
     #[error("this key belongs to a {actual} integration; send it to {path}")]
     WrongProvider { actual: ProviderKind, path: &'static str },
     #[error("integration '{0}' is disabled")]
@@ -57,7 +59,9 @@ impl IngestError {
         match self {
             IngestError::TooLarge { .. } | IngestError::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
-            IngestError::UnknownIntegration | IngestError::WrongProvider { .. } => StatusCode::NOT_FOUND,
+            IngestError::UnknownIntegration | IngestError::UnknownTopic(_) | IngestError::WrongProvider { .. } => {
+                StatusCode::NOT_FOUND
+            }
             IngestError::Disabled(_) => StatusCode::FORBIDDEN,
             IngestError::Payload(_) => StatusCode::BAD_REQUEST,
             IngestError::Sns(error) => error.status(),
@@ -78,7 +82,9 @@ impl IngestError {
             IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => {
                 ("unauthorized", Vec::new())
             }
-            IngestError::UnknownIntegration | IngestError::WrongProvider { .. } => ("not found", Vec::new()),
+            IngestError::UnknownIntegration | IngestError::UnknownTopic(_) | IngestError::WrongProvider { .. } => {
+                ("not found", Vec::new())
+            }
             IngestError::Disabled(_) => ("forbidden", Vec::new()),
             IngestError::Sns(error) => match error.status() {
                 StatusCode::FORBIDDEN => ("forbidden", Vec::new()),
@@ -334,7 +340,7 @@ impl IngestService {
             .integration_by_topic(&topic)
             .await
             .map_err(IngestError::Unavailable)?
-            .ok_or(IngestError::UnknownIntegration)?;
+            .ok_or_else(|| IngestError::UnknownTopic(topic.as_str().to_owned()))?;
         self.ingest_sns_notification(&integration, notification).await
     }
 
