@@ -292,9 +292,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
 
     const OPEN: &str = include_str!("../../../../events/appdynamics/open-critical.json");
     const CLOSE: &str = include_str!("../../../../events/appdynamics/close-critical.json");
@@ -302,17 +299,13 @@ mod tests {
     const TEMPLATE_FILE: &str = include_str!("../../../../events/appdynamics/template.json");
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-appd").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::AppDynamics,
-            key_hash: KeyHash::of("88888888888888888888888888888888"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-appd",
+            "checkout",
+            ProviderKind::AppDynamics,
+            "88888888888888888888888888888888",
+            secret,
+        )
     }
 
     fn inbound<'a>(headers: &'a HeaderMap, body: &'a str) -> Inbound<'a> {

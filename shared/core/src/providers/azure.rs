@@ -305,9 +305,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
+
     use crate::signature::{hmac_sha256_hex, SignatureError};
 
     const FIRED: &str = include_str!("../../../../events/azure/fired.json");
@@ -317,17 +315,13 @@ mod tests {
     const LEGACY_METRIC: &str = include_str!("../../../../events/azure/legacy-metric-alert.json");
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-azure").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Azure,
-            key_hash: KeyHash::of("44444444444444444444444444444444"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-azure",
+            "checkout",
+            ProviderKind::Azure,
+            "44444444444444444444444444444444",
+            secret,
+        )
     }
 
     fn inbound<'a>(headers: &'a HeaderMap, body: &'a str) -> Inbound<'a> {

@@ -211,9 +211,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{Catalog, FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
+
+    use crate::config::Catalog;
+
     use crate::ingest::{IngestRequest, IngestService};
     use crate::memory::MemoryStore;
     use crate::signature::hmac_sha256_hex;
@@ -235,17 +235,13 @@ mod tests {
     const SECRET: &str = "a-bitbucket-webhook-secret";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("repo-bitbucket").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Bitbucket,
-            key_hash: KeyHash::of("77777777777777777777777777777777"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "repo-bitbucket",
+            "checkout",
+            ProviderKind::Bitbucket,
+            "77777777777777777777777777777777",
+            secret,
+        )
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

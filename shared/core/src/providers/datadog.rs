@@ -329,9 +329,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
 
     const TRIGGERED: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -353,17 +350,13 @@ mod tests {
     const SECRET: &str = "datadog-shared-secret-for-tests";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-datadog").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Datadog,
-            key_hash: KeyHash::of("11111111111111111111111111111111"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-datadog",
+            "checkout",
+            ProviderKind::Datadog,
+            "11111111111111111111111111111111",
+            secret,
+        )
     }
 
     fn normalize(body: &str) -> Result<Vec<Alert>, InvalidPayload> {

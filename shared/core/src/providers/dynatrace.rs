@@ -272,9 +272,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
 
     const OPEN: &str = include_str!("../../../../events/dynatrace/open.json");
     const RESOLVED: &str = include_str!("../../../../events/dynatrace/resolved.json");
@@ -283,17 +280,13 @@ mod tests {
     const TEMPLATE_FILE: &str = include_str!("../../../../events/dynatrace/template.txt");
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-dynatrace").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Dynatrace,
-            key_hash: KeyHash::of("77777777777777777777777777777777"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-dynatrace",
+            "checkout",
+            ProviderKind::Dynatrace,
+            "77777777777777777777777777777777",
+            secret,
+        )
     }
 
     fn inbound<'a>(headers: &'a HeaderMap, body: &'a str) -> Inbound<'a> {

@@ -258,9 +258,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
 
     const TEMPLATE: &str = include_str!("../../../../events/elastic/template.json");
     const ACTIVE: &str = include_str!("../../../../events/elastic/active.json");
@@ -269,17 +266,13 @@ mod tests {
     const SECRET: &str = "kibana-connector-password";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-kibana").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Elastic,
-            key_hash: KeyHash::of("44444444444444444444444444444444"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-kibana",
+            "checkout",
+            ProviderKind::Elastic,
+            "44444444444444444444444444444444",
+            secret,
+        )
     }
 
     fn inbound<'a>(headers: &'a HeaderMap, body: &'a str) -> Inbound<'a> {

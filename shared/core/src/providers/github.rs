@@ -692,9 +692,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{Catalog, FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
+
+    use crate::config::Catalog;
+
     use crate::ingest::{IngestRequest, IngestService};
     use crate::memory::MemoryStore;
     use crate::signature::hmac_sha256_hex;
@@ -721,17 +721,13 @@ mod tests {
     const SECRET: &str = "a-github-webhook-secret";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("repo-github").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Github,
-            key_hash: KeyHash::of("55555555555555555555555555555555"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "repo-github",
+            "checkout",
+            ProviderKind::Github,
+            "55555555555555555555555555555555",
+            secret,
+        )
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

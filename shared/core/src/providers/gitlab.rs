@@ -285,9 +285,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{Catalog, FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
+
+    use crate::config::Catalog;
+
     use crate::ingest::{IngestRequest, IngestService};
     use crate::memory::MemoryStore;
 
@@ -307,17 +307,13 @@ mod tests {
     const TOKEN: &str = "a-gitlab-secret-token";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("app-gitlab").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Gitlab,
-            key_hash: KeyHash::of("66666666666666666666666666666666"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "app-gitlab",
+            "checkout",
+            ProviderKind::Gitlab,
+            "66666666666666666666666666666666",
+            secret,
+        )
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

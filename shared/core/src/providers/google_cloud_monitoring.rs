@@ -249,9 +249,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::{key_from_request, KeyHash};
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
+    use crate::auth::key_from_request;
+
     use crate::signature::SignatureError;
 
     const OPEN: &str = include_str!("../../../../events/google-cloud-monitoring/open.json");
@@ -261,17 +260,13 @@ mod tests {
     const TEST: &str = include_str!("../../../../events/google-cloud-monitoring/test-connection.json");
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-gcm").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::GoogleCloudMonitoring,
-            key_hash: KeyHash::of("55555555555555555555555555555555"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-gcm",
+            "checkout",
+            ProviderKind::GoogleCloudMonitoring,
+            "55555555555555555555555555555555",
+            secret,
+        )
     }
 
     fn inbound<'a>(headers: &'a HeaderMap, body: &'a str) -> Inbound<'a> {

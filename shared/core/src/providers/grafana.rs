@@ -538,9 +538,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
+
     use crate::signature::hmac_sha256_hex;
 
     const FIRING: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/grafana/firing.json"));
@@ -576,17 +574,13 @@ mod tests {
     const SECRET: &str = "grafana-hmac-secret-for-tests";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-grafana").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Grafana,
-            key_hash: KeyHash::of("11111111111111111111111111111111"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-grafana",
+            "checkout",
+            ProviderKind::Grafana,
+            "11111111111111111111111111111111",
+            secret,
+        )
     }
 
     fn at(secs: i64) -> DateTime<Utc> {

@@ -208,9 +208,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
 
     const TRIGGERED: &str = include_str!("../../../../events/honeycomb/triggered.json");
     const OK: &str = include_str!("../../../../events/honeycomb/ok.json");
@@ -221,17 +218,13 @@ mod tests {
     const SECRET: &str = "would you like to play a game";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-honeycomb").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Honeycomb,
-            key_hash: KeyHash::of("55555555555555555555555555555555"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-honeycomb",
+            "checkout",
+            ProviderKind::Honeycomb,
+            "55555555555555555555555555555555",
+            secret,
+        )
     }
 
     fn inbound<'a>(headers: &'a HeaderMap, body: &'a str) -> Inbound<'a> {

@@ -487,6 +487,37 @@ pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
     }
 }
 
+/// What the provider modules' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::auth::KeyHash;
+    use crate::config::{FieldMapping, Integration, Secret};
+    use crate::event::{IntegrationId, ServiceId};
+
+    use super::ProviderKind;
+
+    /// An enabled integration of `kind` with the given key and secret.
+    pub(crate) fn integration(
+        id: &str,
+        service: &str,
+        kind: ProviderKind,
+        key: &str,
+        secret: Option<&str>,
+    ) -> Integration {
+        Integration {
+            id: IntegrationId::parse(id).expect("a valid integration id"),
+            service: ServiceId::parse(service).expect("a valid service id"),
+            provider: kind,
+            key_hash: KeyHash::of(key),
+            secret: secret.map(Secret::new),
+            enabled: true,
+            fields: FieldMapping::default(),
+            cloudwatch: Default::default(),
+            dedup_key: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

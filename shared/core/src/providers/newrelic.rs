@@ -259,9 +259,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
+
     use crate::signature::SignatureError;
 
     const ACTIVATED: &str = include_str!("../../../../events/newrelic/activated.json");
@@ -271,17 +269,13 @@ mod tests {
     const TEMPLATE_FILE: &str = include_str!("../../../../events/newrelic/template.hbs");
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-newrelic").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::NewRelic,
-            key_hash: KeyHash::of("66666666666666666666666666666666"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-newrelic",
+            "checkout",
+            ProviderKind::NewRelic,
+            "66666666666666666666666666666666",
+            secret,
+        )
     }
 
     fn inbound<'a>(headers: &'a HeaderMap, body: &'a str) -> Inbound<'a> {

@@ -489,9 +489,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
+
     use crate::signature::hmac_sha256_hex;
 
     const ISSUE_CREATED: &str = include_str!(concat!(
@@ -526,17 +524,13 @@ mod tests {
     const SECRET: &str = "sentry-client-secret-for-tests";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-sentry").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::Sentry,
-            key_hash: KeyHash::of("11111111111111111111111111111111"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-sentry",
+            "checkout",
+            ProviderKind::Sentry,
+            "11111111111111111111111111111111",
+            secret,
+        )
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

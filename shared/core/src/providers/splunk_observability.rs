@@ -236,9 +236,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::KeyHash;
-    use crate::config::{FieldMapping, Secret};
-    use crate::event::{IntegrationId, ServiceId};
 
     const ANOMALOUS: &str = include_str!("../../../../events/splunk-observability/anomalous.json");
     const OK: &str = include_str!("../../../../events/splunk-observability/ok.json");
@@ -252,17 +249,13 @@ mod tests {
     const ANOMALOUS_SIGNATURE: &str = "Mu5eYLBu44EAdj99FU0iYKT5rU/yTNYh6tNtcmD3Vfs=";
 
     fn integration(secret: Option<&str>) -> Integration {
-        Integration {
-            id: IntegrationId::parse("checkout-splunk-o11y").unwrap(),
-            service: ServiceId::parse("checkout").unwrap(),
-            provider: ProviderKind::SplunkObservability,
-            key_hash: KeyHash::of("66666666666666666666666666666666"),
-            secret: secret.map(Secret::new),
-            enabled: true,
-            fields: FieldMapping::default(),
-            cloudwatch: Default::default(),
-            dedup_key: None,
-        }
+        crate::providers::test_support::integration(
+            "checkout-splunk-o11y",
+            "checkout",
+            ProviderKind::SplunkObservability,
+            "66666666666666666666666666666666",
+            secret,
+        )
     }
 
     fn inbound<'a>(headers: &'a HeaderMap, body: &'a str) -> Inbound<'a> {
