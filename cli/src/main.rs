@@ -318,7 +318,9 @@ async fn dev_aws(listen: SocketAddr, table: String, queue_url: String, process: 
     let processing = tocsin_core::process::ProcessService::new(store.clone());
     let sns = tocsin_outbound::sns::sns_support(std::env::var_os("TOCSIN_SNS_CERTIFICATES").map(PathBuf::from))
         .map_err(|e| format!("cannot build the HTTPS client for SNS: {e}"))?;
-    let ingest = tocsin_core::ingest::IngestService::new(store.clone(), queue, store.clone()).with_sns(sns);
+    let ingest = tocsin_core::ingest::IngestService::new(store.clone(), queue, store.clone())
+        .with_sns(sns)
+        .with_rate_limiter(store.clone());
     let api = tocsin_api::ApiState {
         process: processing.clone(),
         incidents: store.clone(),

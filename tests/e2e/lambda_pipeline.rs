@@ -203,6 +203,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
             dedup_key: None,
+            rate_limit_per_minute: None,
         })
         .await
         .unwrap();
@@ -730,6 +731,7 @@ async fn mail_that_ses_stored_in_s3_becomes_events_for_each_recipients_integrati
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
             dedup_key: None,
+            rate_limit_per_minute: None,
         })
         .await
         .unwrap();
@@ -858,6 +860,7 @@ async fn a_topic_that_invokes_the_function_directly_reaches_the_integration_list
             fields: FieldMapping::default(),
             cloudwatch: settings,
             dedup_key: None,
+            rate_limit_per_minute: None,
         })
         .await
         .unwrap();

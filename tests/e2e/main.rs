@@ -14,6 +14,7 @@ mod incidents_api;
 mod lambda_pipeline;
 mod prometheus;
 mod providers;
+mod rate_limit;
 mod restart;
 mod runtime_api;
 mod template;

@@ -19,8 +19,8 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, KeysAndAttributes, PointInTimeRecoverySpecification, Projection, ProjectionType, Put,
-    ScalarAttributeType, SseSpecification, SseType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
-    TransactWriteItem,
+    ReturnValue, ScalarAttributeType, SseSpecification, SseType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
@@ -36,7 +36,7 @@ use tocsin_core::dedup::DedupTemplate;
 use tocsin_core::event::{DedupKey, EventId, FieldError, IntegrationId, ServiceId, Severity};
 use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
 use tocsin_core::ports::{
-    BackendError, Commit, CommitOutcome, ConfigStore, IgnoredEvent, IncidentFilter, IncidentStore,
+    BackendError, Commit, CommitOutcome, ConfigStore, IgnoredEvent, IncidentFilter, IncidentStore, RateCounter,
 };
 use tocsin_core::providers::ProviderKind;
 use tocsin_core::sns::TopicArn;
@@ -78,6 +78,8 @@ pub mod attr {
     pub const INCIDENT: &str = "incident";
     pub const APPLIED_AT: &str = "applied_at";
     pub const REASON: &str = "reason";
+    /// On a rate window: the requests counted in it.
+    pub const COUNT: &str = "count";
     /// The table's TTL attribute: epoch seconds.
     pub const EXPIRES_AT: &str = "expires_at";
 }
@@ -92,6 +94,7 @@ pub mod kind {
     pub const INTEGRATION: &str = "integration";
     pub const API_KEY: &str = "api_key";
     pub const TOPIC: &str = "topic";
+    pub const RATE_WINDOW: &str = "rate_window";
 }
 
 /// The global secondary indexes, all KEYS_ONLY.
@@ -261,6 +264,15 @@ fn integration_pk(key: &KeyHash) -> String {
 
 fn topic_pk(topic: &TopicArn) -> String {
     format!("TOPIC#{}", topic.as_str())
+}
+
+fn rate_pk(integration: &IntegrationId) -> String {
+    format!("RATE#{integration}")
+}
+
+/// The key of an integration's request count in one minute window.
+pub fn rate_window_key(integration: &IntegrationId, window: i64) -> Item {
+    key(rate_pk(integration), window.to_string())
 }
 
 fn api_key_pk(key: &KeyHash) -> String {
@@ -526,6 +538,13 @@ struct IntegrationRecord {
     /// The `dedup_key` template's text, checked when the config was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dedup_key: Option<String>,
+    /// 0: no limit. Items written before the limit existed get the default.
+    #[serde(default = "default_rate_limit")]
+    rate_limit_per_minute: u32,
+}
+
+fn default_rate_limit() -> u32 {
+    tocsin_core::ratelimit::DEFAULT_PER_MINUTE
 }
 
 impl Record for IntegrationRecord {
@@ -591,6 +610,7 @@ impl From<&Integration> for IntegrationRecord {
             fields: FieldsRecord::from(&integration.fields),
             cloudwatch: integration.cloudwatch.clone(),
             dedup_key: integration.dedup_key.as_ref().map(|t| t.as_str().to_owned()),
+            rate_limit_per_minute: integration.rate_limit_per_minute.unwrap_or(0),
         }
     }
 }
@@ -616,6 +636,7 @@ impl From<IntegrationRecord> for Integration {
             fields: record.fields.into(),
             cloudwatch: record.cloudwatch,
             dedup_key,
+            rate_limit_per_minute: (record.rate_limit_per_minute > 0).then_some(record.rate_limit_per_minute),
         }
     }
 }
@@ -1182,6 +1203,32 @@ impl IncidentStore for DynamoStore {
                 Err(BackendError::new("dynamodb TransactWriteItems", err))
             }
         }
+    }
+}
+
+/// One UpdateItem per request: an atomic ADD on the window's item, which
+/// expires (TTL) a minute after its window ends.
+#[async_trait]
+impl RateCounter for DynamoStore {
+    async fn hit(&self, integration: &IntegrationId, window: i64) -> Result<u64, BackendError> {
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(rate_window_key(integration, window)))
+            .update_expression("ADD #count :one SET #type = :kind, #expires_at = :expires_at")
+            .expression_attribute_names("#count", attr::COUNT)
+            .expression_attribute_names("#type", attr::TYPE)
+            .expression_attribute_names("#expires_at", attr::EXPIRES_AT)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":kind", s(kind::RATE_WINDOW))
+            .expression_attribute_values(":expires_at", n((window + 2) * 60))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb UpdateItem (rate window)", e))?;
+        let attributes = output.attributes.unwrap_or_default();
+        number(&attributes, attr::COUNT).map_err(|e| BackendError::new("dynamodb read a rate window", e))
     }
 }
 

@@ -56,7 +56,7 @@ pub fn init_tracing() {
 pub async fn run_ingest(provider: ProviderKind) -> Result<(), lambda_http::Error> {
     init_tracing();
     let sdk = crate::sdk_config().await;
-    serve_ingest(ingest_service(&sdk)?, provider).await
+    serve_ingest(ingest_service(&sdk)?.limited(), provider).await
 }
 
 /// The ingest-cloudwatch function: as [`run_ingest`], with SNS signature
@@ -69,18 +69,36 @@ pub async fn run_ingest_cloudwatch() -> Result<(), lambda_http::Error> {
     let folder = optional("TOCSIN_SNS_CERTIFICATES").map(std::path::PathBuf::from);
     let sns = tocsin_outbound::sns::sns_support(folder)?;
     let sdk = crate::sdk_config().await;
-    serve_ingest(ingest_service(&sdk)?.with_sns(sns), ProviderKind::CloudWatch).await
+    serve_ingest(ingest_service(&sdk)?.limited().with_sns(sns), ProviderKind::CloudWatch).await
 }
 
 /// The ingest service on the table (integrations) and the events queue.
-fn ingest_service(sdk: &aws_config::SdkConfig) -> Result<IngestService, MissingVariable> {
+fn ingest_service(sdk: &aws_config::SdkConfig) -> Result<Ingest, MissingVariable> {
     let config = EventsConfig::from_env()?;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table));
     let queue = Arc::new(SqsEventQueue::new(
         aws_sdk_sqs::Client::new(sdk),
         config.events_queue_url,
     ));
-    Ok(IngestService::new(store.clone(), queue, store))
+    Ok(Ingest {
+        service: IngestService::new(store.clone(), queue, store.clone()),
+        store,
+    })
+}
+
+/// An ingest service and the table it reads integrations from.
+struct Ingest {
+    service: IngestService,
+    store: Arc<DynamoStore>,
+}
+
+impl Ingest {
+    /// With each integration's rate limit counted in the table: for the
+    /// HTTP endpoints, whose senders can back off on a 429. Deliveries AWS
+    /// makes itself (SNS → Lambda, SES receipt rules) have no one to tell.
+    fn limited(self) -> IngestService {
+        self.service.with_rate_limiter(self.store)
+    }
 }
 
 /// The ingest-email-ses function: SES receipt rules invoke it after storing
@@ -90,7 +108,7 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
     let bucket = required("TOCSIN_EMAIL_BUCKET")?;
     let prefix = optional("TOCSIN_EMAIL_PREFIX").unwrap_or_default();
     let sdk = crate::sdk_config().await;
-    let ingest = ingest_service(&sdk)?;
+    let ingest = ingest_service(&sdk)?.service;
     // A custom endpoint (AWS_ENDPOINT_URL: moto, LocalStack, MinIO) serves
     // buckets by path; AWS itself by virtual host.
     let s3 = aws_sdk_s3::config::Builder::from(&sdk)
@@ -134,7 +152,7 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
 pub async fn run_ingest_cloudwatch_sns() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let sdk = crate::sdk_config().await;
-    let ingest = ingest_service(&sdk)?;
+    let ingest = ingest_service(&sdk)?.service;
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sns::SnsEvent>| {
             let ingest = ingest.clone();

@@ -458,6 +458,7 @@ async fn config_records_round_trip() {
         },
         cloudwatch: Default::default(),
         dedup_key: Some(DedupTemplate::parse("{payload.source}/{dedup_key}").unwrap()),
+        rate_limit_per_minute: Some(30),
     };
     assert_eq!(store.integration_by_key(&key_hash).await.unwrap(), None);
     store.put_integration(&integration).await.unwrap();
@@ -471,6 +472,8 @@ async fn config_records_round_trip() {
         enabled: true,
         secret: None,
         fields: FieldMapping::default(),
+        // No limit is stored as 0 and read back as none.
+        rate_limit_per_minute: None,
         ..integration
     };
     store.put_integration(&enabled).await.unwrap();
@@ -630,6 +633,7 @@ async fn a_cloudwatch_integration_is_found_by_its_topics_until_deleted() {
         fields: FieldMapping::default(),
         cloudwatch: settings,
         dedup_key: None,
+        rate_limit_per_minute: Some(120),
     };
     store.put_integration(&integration).await.unwrap();
     assert_eq!(store.integration_by_topic(&topic).await.unwrap(), Some(integration));
@@ -638,4 +642,31 @@ async fn a_cloudwatch_integration_is_found_by_its_topics_until_deleted() {
     store.delete_integration(&key_hash).await.unwrap();
     assert_eq!(store.integration_by_topic(&topic).await.unwrap(), None);
     assert_eq!(store.integration_by_key(&key_hash).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn rate_windows_are_atomic_counters_per_integration_and_minute() {
+    use tocsin_core::ports::RateCounter;
+    let (_, store) = table().await;
+    let a = IntegrationId::parse("a").unwrap();
+    let b = IntegrationId::parse("b").unwrap();
+    // Concurrent hits on one window each get their own count.
+    let hits = futures_hits(&store, &a, 29_000_000, 10).await;
+    assert_eq!(hits, (1..=10).collect::<Vec<u64>>());
+    assert_eq!(store.hit(&b, 29_000_000).await.unwrap(), 1);
+    assert_eq!(store.hit(&a, 29_000_001).await.unwrap(), 1);
+}
+
+/// `n` hits at once on one window, their counts sorted.
+async fn futures_hits(store: &DynamoStore, integration: &IntegrationId, window: i64, n: usize) -> Vec<u64> {
+    use tocsin_core::ports::RateCounter;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let store = store.clone();
+        let integration = integration.clone();
+        tasks.spawn(async move { store.hit(&integration, window).await.unwrap() });
+    }
+    let mut counts = tasks.join_all().await;
+    counts.sort_unstable();
+    counts
 }

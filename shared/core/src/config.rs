@@ -116,6 +116,8 @@ pub struct Integration {
     pub cloudwatch: CloudWatchSettings,
     /// Replaces the provider's dedup key (crate::dedup).
     pub dedup_key: Option<DedupTemplate>,
+    /// Requests accepted per minute (crate::ratelimit); None: no limit.
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 /// An E.164 phone number: `+`, then 8 to 15 digits, the first not 0.
@@ -332,6 +334,9 @@ struct IntegrationEntry {
     cloudwatch: Option<CloudWatchSettings>,
     #[serde(default, alias = "dedupKey")]
     dedup_key: Option<String>,
+    /// 0 turns the limit off; absent: settings.rate_limit_per_minute.
+    #[serde(default)]
+    rate_limit_per_minute: Option<u32>,
 }
 
 fn enabled_by_default() -> bool {
@@ -366,6 +371,9 @@ struct SettingsEntry {
     slack_bot_token: Option<String>,
     #[serde(default)]
     sns_certificates: Option<PathBuf>,
+    /// Every integration's default; 0 turns the limit off.
+    #[serde(default)]
+    rate_limit_per_minute: Option<u32>,
 }
 
 impl Catalog {
@@ -384,6 +392,7 @@ impl Catalog {
             error(&field, e.into_inner().to_string())
         })?;
 
+        let default_rate_limit = parsed.settings.rate_limit_per_minute;
         let mut catalog = Catalog {
             settings: Settings {
                 email_from: parsed.settings.email_from,
@@ -509,6 +518,11 @@ impl Catalog {
                         Some(DedupTemplate::parse(template).map_err(|reason| error(&at("dedup_key"), reason))?)
                     }
                 };
+                let rate_limit_per_minute = match integration.rate_limit_per_minute.or(default_rate_limit) {
+                    Some(0) => None,
+                    Some(limit) => Some(limit),
+                    None => Some(crate::ratelimit::DEFAULT_PER_MINUTE),
+                };
                 catalog.integrations.push(Integration {
                     id: integration_id,
                     service: id.clone(),
@@ -519,6 +533,7 @@ impl Catalog {
                     fields: integration.fields,
                     cloudwatch,
                     dedup_key,
+                    rate_limit_per_minute,
                 });
             }
 

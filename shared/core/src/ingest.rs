@@ -18,8 +18,9 @@ use crate::auth::{key_from_request, IntegrationKey, KeyHash};
 use crate::config::Integration;
 use crate::event::{Action, Event, EventId, IntegrationId, Origin};
 use crate::incident::IncidentId;
-use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore};
+use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore, RateCounter};
 use crate::providers::{provider, Accepted, Delivery, Inbound, IncidentHint, InvalidPayload, Provider, ProviderKind};
+use crate::ratelimit::{Decision, Quota, RateLimiter};
 use crate::signature::SignatureError;
 use crate::sns::{check_topic, refuse_raw_delivery, Confirmation, Sns, SnsError, SnsMessage, SnsMessageType};
 
@@ -50,6 +51,12 @@ pub enum IngestError {
     Payload(#[from] InvalidPayload),
     #[error(transparent)]
     Sns(#[from] SnsError),
+    #[error(
+        "integration '{integration}' may send {} requests per minute; retry after {} seconds",
+        quota.limit,
+        quota.retry_after
+    )]
+    RateLimited { integration: IntegrationId, quota: Quota },
     #[error("the events could not be queued; retry")]
     Unavailable(#[source] BackendError),
 }
@@ -65,6 +72,7 @@ impl IngestError {
             IngestError::Disabled(_) => StatusCode::FORBIDDEN,
             IngestError::Payload(_) => StatusCode::BAD_REQUEST,
             IngestError::Sns(error) => error.status(),
+            IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -73,6 +81,23 @@ impl IngestError {
     /// contains a key, a secret or an expected signature.
     pub fn answer(&self) -> Answer {
         let status = self.status();
+        if let IngestError::RateLimited { integration, quota } = self {
+            let mut answer = json_answer(
+                status,
+                &serde_json::json!({
+                    "status": "rate limited",
+                    "message": self.to_string(),
+                    "integration": integration,
+                    "limit": quota.limit,
+                    "retry_after": quota.retry_after,
+                }),
+            );
+            quota.apply(&mut answer);
+            answer
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(quota.retry_after));
+            return answer;
+        }
         let (label, errors) = match self {
             IngestError::Payload(invalid) => (
                 "invalid event",
@@ -91,6 +116,7 @@ impl IngestError {
                 StatusCode::SERVICE_UNAVAILABLE => ("unavailable", Vec::new()),
                 _ => ("unauthorized", Vec::new()),
             },
+            IngestError::RateLimited { .. } => ("rate limited", Vec::new()),
             IngestError::Unavailable(_) => ("unavailable", Vec::new()),
         };
         let mut answer = error_answer(status, label, self.to_string(), errors);
@@ -140,6 +166,7 @@ pub struct IngestService {
     queue: Arc<dyn EventQueue>,
     incidents: Arc<dyn IncidentStore>,
     sns: Option<Arc<Sns>>,
+    limiter: Option<RateLimiter>,
 }
 
 impl IngestService {
@@ -149,7 +176,15 @@ impl IngestService {
             queue,
             incidents,
             sns: None,
+            limiter: None,
         }
+    }
+
+    /// Enforces each integration's `rate_limit_per_minute` with `counter`
+    /// (crate::ratelimit); without it nothing is limited.
+    pub fn with_rate_limiter(mut self, counter: Arc<dyn RateCounter>) -> Self {
+        self.limiter = Some(RateLimiter::new(counter));
+        self
     }
 
     /// Accepts SNS-delivered providers (cloudwatch): without it they are
@@ -443,6 +478,23 @@ impl IngestService {
             ));
         }
 
+        // Counted only once the request is known good: a sender without the
+        // key or the secret cannot spend an integration's quota, and a
+        // request that carries nothing to enqueue (a test delivery) is free.
+        let decision = match &self.limiter {
+            Some(limiter) if !events.is_empty() => {
+                let exempt = events.iter().any(|event| event.action() != Action::Trigger);
+                limiter.check(integration, exempt, inbound.received_at).await
+            }
+            _ => Decision::Unchecked,
+        };
+        if let Decision::Refused(quota) = decision {
+            return Err(IngestError::RateLimited {
+                integration: integration.id.clone(),
+                quota,
+            });
+        }
+
         // Read before enqueueing: afterwards the processor may already have
         // opened the incident, and the caller would be told it was not new.
         let hint = match (provider.wants_incident_hint(inbound), events.first()) {
@@ -458,14 +510,18 @@ impl IngestService {
             events = events.len(),
             "events accepted"
         );
-        Ok(provider.accepted(
+        let mut answer = provider.accepted(
             inbound,
             &Accepted {
                 events: &events,
                 integration,
                 hint,
             },
-        ))
+        );
+        if let Decision::Allowed(quota) = decision {
+            quota.apply(&mut answer);
+        }
+        Ok(answer)
     }
 
     async fn authenticate(&self, inbound: &Inbound<'_>, kind: ProviderKind) -> Result<Integration, IngestError> {
@@ -567,6 +623,121 @@ services:
             "payload": {"summary": "s", "source": "x", "severity": "info",
                         "custom_details": {"blob": "x".repeat(details_bytes)}},
         })
+    }
+
+    mod rate_limit {
+        use super::*;
+
+        const LIMITED: &str = r#"
+settings:
+  rate_limit_per_minute: 2
+services:
+  - id: checkout
+    integrations:
+      - {id: pd, type: events-v2, key: 22222222222222222222222222222222}
+      - {id: unlimited, type: events-v2, key: 33333333333333333333333333333333, rate_limit_per_minute: 0}
+"#;
+
+        /// One instant for every request: the counts never straddle a minute.
+        const NOW: &str = "2027-01-15T10:00:20Z";
+
+        fn event(key: &str, action: &str) -> Vec<u8> {
+            serde_json::to_vec(&serde_json::json!({
+                "routing_key": key,
+                "event_action": action,
+                "dedup_key": "disk",
+                "payload": {"summary": "disk full", "source": "db1", "severity": "critical"},
+            }))
+            .unwrap()
+        }
+
+        fn send(ingest: &IngestService, body: &[u8]) -> Answer {
+            let headers = HeaderMap::new();
+            block_on(ingest.handle(IngestRequest {
+                provider: ProviderKind::EventsV2,
+                headers: &headers,
+                query: None,
+                body,
+                received_at: NOW.parse().unwrap(),
+            }))
+        }
+
+        fn header(answer: &Answer, name: &str) -> Option<String> {
+            answer.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+        }
+
+        #[test]
+        fn past_the_limit_triggers_get_a_429_and_nothing_is_enqueued() {
+            let store = Arc::new(MemoryStore::new());
+            let catalog = Catalog::from_yaml(LIMITED, "test.yaml").unwrap();
+            let ingest =
+                IngestService::new(Arc::new(catalog), store.clone(), store.clone()).with_rate_limiter(store.clone());
+            let trigger = event("22222222222222222222222222222222", "trigger");
+
+            let first = send(&ingest, &trigger);
+            assert_eq!(first.status(), StatusCode::ACCEPTED);
+            assert_eq!(header(&first, "x-ratelimit-limit").as_deref(), Some("2"));
+            assert_eq!(header(&first, "x-ratelimit-remaining").as_deref(), Some("1"));
+            assert!(header(&first, "x-ratelimit-reset").is_some());
+            assert_eq!(send(&ingest, &trigger).status(), StatusCode::ACCEPTED);
+
+            let refused = send(&ingest, &trigger);
+            assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+            let body: serde_json::Value = serde_json::from_slice(refused.body()).unwrap();
+            assert_eq!(body["status"], "rate limited");
+            assert_eq!(body["integration"], "pd");
+            assert_eq!(body["limit"], 2);
+            let retry_after: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry_after), "{retry_after}");
+            assert_eq!(body["retry_after"], retry_after);
+            assert_eq!(header(&refused, "x-ratelimit-remaining").as_deref(), Some("0"));
+            assert!(body["message"].as_str().unwrap().contains("2 requests per minute"));
+            assert_eq!(store.queued_events().len(), 2, "the refused trigger was enqueued");
+
+            // A resolve always gets through, even over the limit.
+            let resolve = send(&ingest, &event("22222222222222222222222222222222", "resolve"));
+            assert_eq!(resolve.status(), StatusCode::ACCEPTED);
+            assert_eq!(store.queued_events().len(), 3);
+
+            // Another integration has its own count; 0 means no limit.
+            for _ in 0..5 {
+                let answer = send(&ingest, &event("33333333333333333333333333333333", "trigger"));
+                assert_eq!(answer.status(), StatusCode::ACCEPTED);
+                assert_eq!(header(&answer, "x-ratelimit-limit"), None);
+            }
+        }
+
+        #[test]
+        fn refused_requests_spend_no_quota_and_previews_are_free() {
+            let store = Arc::new(MemoryStore::new());
+            let catalog = Catalog::from_yaml(LIMITED, "test.yaml").unwrap();
+            let ingest =
+                IngestService::new(Arc::new(catalog), store.clone(), store.clone()).with_rate_limiter(store.clone());
+            // Bad payloads are refused before they are counted.
+            for _ in 0..5 {
+                let answer = send(&ingest, br#"{"routing_key": "22222222222222222222222222222222"}"#);
+                assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+            }
+            let headers = HeaderMap::new();
+            let body = event("22222222222222222222222222222222", "trigger");
+            for _ in 0..5 {
+                let preview = block_on(ingest.preview(IngestRequest {
+                    provider: ProviderKind::EventsV2,
+                    headers: &headers,
+                    query: None,
+                    body: &body,
+                    received_at: NOW.parse().unwrap(),
+                }));
+                assert_eq!(preview.status(), StatusCode::OK);
+            }
+            assert_eq!(send(&ingest, &body).status(), StatusCode::ACCEPTED);
+        }
+
+        #[test]
+        fn the_default_is_120_per_minute() {
+            let catalog = Catalog::from_yaml(CONFIG, "test.yaml").unwrap();
+            assert_eq!(catalog.integrations[0].rate_limit_per_minute, Some(120));
+        }
     }
 
     mod sns {

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod ports;
 pub mod process;
 pub mod providers;
+pub mod ratelimit;
 pub mod render;
 pub mod signature;
 pub mod sns;

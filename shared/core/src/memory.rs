@@ -7,11 +7,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::event::{DedupKey, Event, EventId, ServiceId};
+use crate::event::{DedupKey, Event, EventId, IntegrationId, ServiceId};
 use crate::incident::{Incident, IncidentId, Transition};
 use crate::notify::NotificationJob;
 use crate::ports::{
     BackendError, Commit, CommitOutcome, EventQueue, IgnoredEvent, IncidentFilter, IncidentStore, NotificationQueue,
+    RateCounter,
 };
 
 #[derive(Default)]
@@ -29,6 +30,8 @@ struct State {
     transitions: Vec<Transition>,
     events: Vec<Event>,
     jobs: Vec<NotificationJob>,
+    /// Requests per (integration, minute window).
+    rates: HashMap<(IntegrationId, i64), u64>,
 }
 
 impl MemoryStore {
@@ -147,6 +150,18 @@ impl IncidentStore for MemoryStore {
             }
         }
         Ok(CommitOutcome::Written)
+    }
+}
+
+#[async_trait]
+impl RateCounter for MemoryStore {
+    async fn hit(&self, integration: &IntegrationId, window: i64) -> Result<u64, BackendError> {
+        let mut state = self.state()?;
+        // Only the current window matters: older ones are dropped as it moves.
+        state.rates.retain(|(_, w), _| *w >= window);
+        let count = state.rates.entry((integration.clone(), window)).or_insert(0);
+        *count += 1;
+        Ok(*count)
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{ApiKey, KeyHash};
 use crate::config::{Integration, Service};
-use crate::event::{DedupKey, Event, EventId, ServiceId};
+use crate::event::{DedupKey, Event, EventId, IntegrationId, ServiceId};
 use crate::incident::{IgnoreReason, Incident, IncidentId, IncidentStatus, Transition};
 use crate::notify::NotificationJob;
 use crate::sns::TopicArn;
@@ -36,6 +36,17 @@ impl BackendError {
 pub trait EventQueue: Send + Sync {
     /// Enqueues every event or none: a request is never half accepted.
     async fn enqueue(&self, events: &[Event]) -> Result<(), BackendError>;
+}
+
+/// Counts an integration's requests per fixed one-minute window, for the
+/// ingest rate limit (crate::ratelimit). The count must be atomic across
+/// every process that serves the integration: a DynamoDB atomic counter on
+/// AWS, a SQLite upsert locally.
+#[async_trait]
+pub trait RateCounter: Send + Sync {
+    /// Adds one request to `integration`'s count for `window` (minutes since
+    /// the Unix epoch) and returns the count including it.
+    async fn hit(&self, integration: &IntegrationId, window: i64) -> Result<u64, BackendError>;
 }
 
 /// Services, integrations and API keys.

@@ -140,7 +140,9 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     let process = ProcessService::new(incidents.clone());
     let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()));
     let notify = NotifyService::new(notifiers, context);
-    let ingest = IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone()).with_sns(sns);
+    let ingest = IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone())
+        .with_sns(sns)
+        .with_rate_limiter(Arc::new(store.clone()));
     let api = ApiState {
         process: process.clone(),
         incidents,

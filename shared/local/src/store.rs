@@ -22,11 +22,12 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use tocsin_core::event::{DedupKey, Event, EventId, ServiceId};
+use tocsin_core::event::{DedupKey, Event, EventId, IntegrationId, ServiceId};
 use tocsin_core::incident::{Incident, IncidentId};
 use tocsin_core::notify::NotificationJob;
 use tocsin_core::ports::{
     BackendError, Commit, CommitOutcome, EventQueue, IgnoredEvent, IncidentFilter, IncidentStore, NotificationQueue,
+    RateCounter,
 };
 
 /// The database file inside the store's directory.
@@ -119,6 +120,16 @@ CREATE TABLE dead_letters (
 -- events cost 50 ms per batch.
 CREATE INDEX messages_in_order ON messages (queue, id);
 CREATE INDEX messages_by_receives ON messages (queue, receive_count);
+"#,
+    r#"
+-- The ingest rate limit: requests per integration per one-minute window.
+-- Only the current window is kept (older rows are deleted as it moves).
+CREATE TABLE rate_windows (
+    integration TEXT NOT NULL,
+    window      INTEGER NOT NULL,  -- minutes since the Unix epoch
+    count       INTEGER NOT NULL,
+    PRIMARY KEY (integration, window)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -785,6 +796,28 @@ impl CommitRows {
         }
         tx.commit()?;
         Ok((CommitOutcome::Written, transition_added))
+    }
+}
+
+#[async_trait]
+impl RateCounter for Store {
+    async fn hit(&self, integration: &IntegrationId, window: i64) -> Result<u64, BackendError> {
+        let integration = integration.as_str().to_owned();
+        self.run("count a request", move |conn| {
+            let count: i64 = conn
+                .prepare_cached(
+                    "INSERT INTO rate_windows (integration, window, count) VALUES (?1, ?2, 1) \
+                     ON CONFLICT (integration, window) DO UPDATE SET count = count + 1 RETURNING count",
+                )?
+                .query_row(params![integration, window], |row| row.get(0))?;
+            if count == 1 {
+                // A new window: the integration's older ones are done with.
+                conn.prepare_cached("DELETE FROM rate_windows WHERE integration = ?1 AND window < ?2")?
+                    .execute(params![integration, window])?;
+            }
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
     }
 }
 
@@ -1538,5 +1571,29 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         assert_eq!(err.operation, "migrate the store");
         assert!(err.source.to_string().contains("newer"), "{}", err.source);
+    }
+
+    #[tokio::test]
+    async fn rate_windows_count_per_integration_and_forget_old_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).expect("the store opens");
+        let a = IntegrationId::parse("a").unwrap();
+        let b = IntegrationId::parse("b").unwrap();
+        assert_eq!(store.hit(&a, 100).await.unwrap(), 1);
+        assert_eq!(store.hit(&a, 100).await.unwrap(), 2);
+        assert_eq!(store.hit(&b, 100).await.unwrap(), 1);
+        assert_eq!(store.hit(&a, 101).await.unwrap(), 1);
+        let rows: i64 = store
+            .inner
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM rate_windows", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 2, "a's window 100 is gone, b's stays until b moves on");
+        drop(store);
+        // Counts are durable: a restart within the window does not reset them.
+        let store = Store::open(dir.path()).expect("the store reopens");
+        assert_eq!(store.hit(&a, 101).await.unwrap(), 2);
     }
 }

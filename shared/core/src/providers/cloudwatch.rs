@@ -413,6 +413,7 @@ mod tests {
             fields: FieldMapping::default(),
             cloudwatch: settings,
             dedup_key: None,
+            rate_limit_per_minute: None,
         }
     }
 

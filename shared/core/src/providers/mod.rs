@@ -514,6 +514,7 @@ pub(crate) mod test_support {
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
             dedup_key: None,
+            rate_limit_per_minute: None,
         }
     }
 }

@@ -322,6 +322,7 @@ mod tests {
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
             dedup_key: None,
+            rate_limit_per_minute: None,
         }
     }
 

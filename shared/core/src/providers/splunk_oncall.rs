@@ -272,6 +272,7 @@ mod tests {
             fields: FieldMapping::default(),
             cloudwatch: Default::default(),
             dedup_key: None,
+            rate_limit_per_minute: None,
         }
     }
 

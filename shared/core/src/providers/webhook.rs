@@ -416,6 +416,7 @@ mod tests {
             fields,
             cloudwatch: Default::default(),
             dedup_key: None,
+            rate_limit_per_minute: None,
         }
     }
 
