@@ -104,6 +104,28 @@ fn cases() -> Vec<Case> {
     });
 
     let wrong_signature = signature("not-the-signing-secret", &webhook_body);
+    let deep = format!(
+        r#"{{"title":"deep","id":"bad-input","pad":{}{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let firing_alert = |n: usize| {
+        json!({
+            "status": "firing",
+            "labels": {"alertname": "Many", "instance": format!("host-{n}:9100")},
+            "annotations": {"summary": "one of many"},
+            "startsAt": "2024-05-14T09:12:03.541Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": format!("{n:016x}"),
+        })
+    };
+    let too_many = json!({
+        "version": "4", "status": "firing", "receiver": "tocsin", "groupKey": "{}:{alertname=\"Many\"}",
+        "truncatedAlerts": 0, "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example.com:9093",
+        "alerts": (0..1001).map(firing_alert).collect::<Vec<_>>(),
+    })
+    .to_string();
 
     vec![
         // Credentials.
@@ -207,6 +229,46 @@ fn cases() -> Vec<Case> {
             413,
         ),
         case("events v2 body over 512 KB", "/v2/enqueue", &[JSON], big_event, 413),
+        case(
+            "an Alertmanager group of 1,001 alerts",
+            "/integrations/prometheus",
+            &[JSON, prometheus_auth],
+            too_many,
+            413,
+        ),
+        // Shape and labels.
+        case(
+            "JSON nested 10,000 levels",
+            "/integrations/webhook",
+            &[JSON, hook_key],
+            deep,
+            400,
+        )
+        .mentioning("nests deeper than 64 levels"),
+        case(
+            "an XML body",
+            "/integrations/webhook",
+            &[("content-type", "application/xml"), hook_key],
+            "<alert><title>x</title></alert>",
+            415,
+        ),
+        case(
+            "a multipart body to a JSON endpoint",
+            "/v2/enqueue",
+            &[("content-type", "multipart/form-data; boundary=b")],
+            "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nb\r\n--b--\r\n",
+            415,
+        ),
+        case(
+            "a Latin-1 charset",
+            "/integrations/prometheus",
+            &[
+                ("content-type", "application/json; charset=ISO-8859-1"),
+                prometheus_auth,
+            ],
+            fixture("events/prometheus/firing.json"),
+            415,
+        ),
         // Bodies that are not JSON.
         case(
             "invalid JSON",

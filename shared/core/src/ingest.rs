@@ -18,6 +18,7 @@ use crate::auth::{key_from_request, IntegrationKey, KeyHash};
 use crate::config::Integration;
 use crate::event::{Action, Event, EventId, IntegrationId, Origin};
 use crate::incident::IncidentId;
+use crate::limits::{check_media_type, json_too_deep, MediaTypeError, MAX_ALERTS_PER_REQUEST, MAX_JSON_DEPTH};
 use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore, RateCounter};
 use crate::providers::{provider, Accepted, Delivery, Inbound, IncidentHint, InvalidPayload, Provider, ProviderKind};
 use crate::ratelimit::{Decision, Quota, RateLimiter};
@@ -29,6 +30,10 @@ use crate::sns::{check_topic, refuse_raw_delivery, Confirmation, Sns, SnsError, 
 pub enum IngestError {
     #[error("the request body is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error("the request carries {count} alerts; at most {limit} are accepted in one request")]
+    TooManyAlerts { count: usize, limit: usize },
+    #[error(transparent)]
+    MediaType(#[from] MediaTypeError),
     #[error("alert {index} makes an event of {size} bytes; one event may carry at most {limit}")]
     EventTooLarge { index: usize, size: usize, limit: usize },
     #[error(
@@ -64,7 +69,10 @@ pub enum IngestError {
 impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::TooLarge { .. } | IngestError::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::TooLarge { .. } | IngestError::EventTooLarge { .. } | IngestError::TooManyAlerts { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            IngestError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
             IngestError::UnknownIntegration | IngestError::UnknownTopic(_) | IngestError::WrongProvider { .. } => {
                 StatusCode::NOT_FOUND
@@ -103,7 +111,10 @@ impl IngestError {
                 "invalid event",
                 invalid.errors.iter().map(ToString::to_string).collect(),
             ),
-            IngestError::TooLarge { .. } | IngestError::EventTooLarge { .. } => ("payload too large", Vec::new()),
+            IngestError::TooLarge { .. } | IngestError::EventTooLarge { .. } | IngestError::TooManyAlerts { .. } => {
+                ("payload too large", Vec::new())
+            }
+            IngestError::MediaType(_) => ("unsupported media type", Vec::new()),
             IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => {
                 ("unauthorized", Vec::new())
             }
@@ -228,6 +239,13 @@ impl IngestService {
                 size: request.body.len(),
                 limit,
             });
+        }
+        check_media_type(request.headers, provider.media_types())?;
+        if json_too_deep(request.body, MAX_JSON_DEPTH) {
+            return Err(IngestError::Payload(InvalidPayload::field(
+                "body",
+                format!("the JSON nests deeper than {MAX_JSON_DEPTH} levels"),
+            )));
         }
         let inbound = Inbound {
             headers: request.headers,
@@ -430,6 +448,12 @@ impl IngestService {
         delivery: Option<&str>,
         mode: Mode,
     ) -> Result<Answer, IngestError> {
+        if alerts.len() > MAX_ALERTS_PER_REQUEST {
+            return Err(IngestError::TooManyAlerts {
+                count: alerts.len(),
+                limit: MAX_ALERTS_PER_REQUEST,
+            });
+        }
         if let Some(template) = &integration.dedup_key {
             template.apply(&mut alerts);
         }

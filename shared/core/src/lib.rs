@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod event;
 pub mod incident;
 pub mod ingest;
+pub mod limits;
 pub mod memory;
 pub mod notify;
 pub mod ports;

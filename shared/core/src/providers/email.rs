@@ -163,6 +163,12 @@ impl Provider for Email {
         MAX_MESSAGE_BYTES
     }
 
+    /// A raw message under any label: message/rfc822 is the natural one, but
+    /// relays and `curl --data-binary` say anything.
+    fn media_types(&self) -> &'static [super::MediaType] {
+        &[super::MediaType::Any]
+    }
+
     /// The key is the recipient's local part. An address that carries no key
     /// is still handed on (its local part), so that the answer says the key
     /// is malformed rather than missing.

@@ -403,6 +403,13 @@ pub trait Provider: Send + Sync {
         512 * 1024
     }
 
+    /// The body formats this endpoint reads, as media types
+    /// (crate::limits::check_media_type). JSON by default; a request that
+    /// names none of them is refused with 415 before anything is parsed.
+    fn media_types(&self) -> &'static [MediaType] {
+        crate::limits::JSON_BODIES
+    }
+
     /// How requests reach this provider's endpoint.
     fn delivery(&self) -> Delivery {
         Delivery::Direct
@@ -486,6 +493,8 @@ pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::Email => &email::Email,
     }
 }
+
+pub use crate::limits::MediaType;
 
 /// What the provider modules' tests share.
 #[cfg(test)]

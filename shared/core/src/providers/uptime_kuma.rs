@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::config::Integration;
 use crate::event::{Action, Alert, DedupKey, FieldError, Link, Payload, Severity};
 use crate::providers::header_secret::verify_secret_header;
-use crate::providers::{Inbound, InvalidPayload, Provider, ProviderKind};
+use crate::providers::{Inbound, InvalidPayload, MediaType, Provider, ProviderKind};
 use crate::signature::SignatureError;
 
 pub struct UptimeKuma;
@@ -73,9 +73,22 @@ const UP: i64 = 1;
 const PENDING: i64 = 2;
 const MAINTENANCE: i64 = 3;
 
+/// JSON as every endpoint, and the multipart form some versions post.
+const BODIES: &[MediaType] = &[
+    MediaType::Exact("application/json"),
+    MediaType::Suffix("+json"),
+    MediaType::Exact("text/plain"),
+    MediaType::Exact("application/x-www-form-urlencoded"),
+    MediaType::Exact("multipart/form-data"),
+];
+
 impl Provider for UptimeKuma {
     fn kind(&self) -> ProviderKind {
         ProviderKind::UptimeKuma
+    }
+
+    fn media_types(&self) -> &'static [MediaType] {
+        BODIES
     }
 
     /// Uptime Kuma cannot sign a body, but sends "Additional Headers": a secret
