@@ -320,7 +320,10 @@ async fn dev_aws(listen: SocketAddr, table: String, queue_url: String, process: 
         .map_err(|e| format!("cannot build the HTTPS client for SNS: {e}"))?;
     let ingest = tocsin_core::ingest::IngestService::new(store.clone(), queue, store.clone())
         .with_sns(sns)
-        .with_rate_limiter(store.clone());
+        .with_rate_limiter(store.clone())
+        .with_secrets(Arc::new(tocsin_core::secrets::CachedSecrets::new(Arc::new(
+            tocsin_aws::secrets::AwsSecrets::new(aws_sdk_secretsmanager::Client::new(&sdk)),
+        ))));
     let api = tocsin_api::ApiState {
         process: processing.clone(),
         incidents: store.clone(),

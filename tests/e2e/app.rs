@@ -221,6 +221,8 @@ pub struct TestApp {
     config: Option<PathBuf>,
     child: Option<Child>,
     starts: u32,
+    /// RUST_LOG of the process: TOCSIN_E2E_LOG, else info.
+    log: String,
 }
 
 impl TestApp {
@@ -237,6 +239,12 @@ impl TestApp {
     /// `tocsin dev -f <yaml written to the app's folder>`; `api_key` must be
     /// one of its keys with incidents:read and incidents:write.
     pub async fn start_with(config: Option<&str>, api_key: &str) -> Self {
+        let log = std::env::var("TOCSIN_E2E_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_logging(config, api_key, &log).await
+    }
+
+    /// As [`start_with`](Self::start_with), logging at `log` (RUST_LOG).
+    pub async fn start_logging(config: Option<&str>, api_key: &str, log: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tocsin-e2e-")
             .tempdir()
@@ -258,6 +266,7 @@ impl TestApp {
             config,
             child: None,
             starts: 0,
+            log: log.to_owned(),
         };
         app.launch().await;
         app
@@ -303,10 +312,7 @@ impl TestApp {
                 .arg("--quiet")
                 .env_remove("TOCSIN_LISTEN")
                 .env_remove("TOCSIN_DATA")
-                .env(
-                    "RUST_LOG",
-                    std::env::var("TOCSIN_E2E_LOG").unwrap_or_else(|_| "info".into()),
-                )
+                .env("RUST_LOG", &self.log)
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(stdout)

@@ -204,6 +204,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
             cloudwatch: Default::default(),
             dedup_key: None,
             rate_limit_per_minute: None,
+            secret_ref: None,
         })
         .await
         .unwrap();
@@ -732,6 +733,7 @@ async fn mail_that_ses_stored_in_s3_becomes_events_for_each_recipients_integrati
             cloudwatch: Default::default(),
             dedup_key: None,
             rate_limit_per_minute: None,
+            secret_ref: None,
         })
         .await
         .unwrap();
@@ -861,6 +863,7 @@ async fn a_topic_that_invokes_the_function_directly_reaches_the_integration_list
             cloudwatch: settings,
             dedup_key: None,
             rate_limit_per_minute: None,
+            secret_ref: None,
         })
         .await
         .unwrap();

@@ -17,5 +17,6 @@ mod providers;
 mod rate_limit;
 mod restart;
 mod runtime_api;
+mod secrets;
 mod template;
 mod webhook;

@@ -39,6 +39,7 @@ use tocsin_core::ports::{
     BackendError, Commit, CommitOutcome, ConfigStore, IgnoredEvent, IncidentFilter, IncidentStore, RateCounter,
 };
 use tocsin_core::providers::ProviderKind;
+use tocsin_core::secrets::SecretRef;
 use tocsin_core::sns::TopicArn;
 
 /// One DynamoDB item.
@@ -526,9 +527,13 @@ struct IntegrationRecord {
     service: ServiceId,
     provider: ProviderKind,
     key_hash: KeyHash,
-    /// In the item until issue 6 moves secrets to Secrets Manager; the
-    /// table is encrypted at rest.
+    /// A secret given as a value in the config (the table is encrypted at
+    /// rest); `secret_ref` keeps it out of the table.
     secret: Option<String>,
+    /// Where the secret lives, when the config names it: only the name is
+    /// stored, never the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_ref: Option<SecretRef>,
     enabled: bool,
     fields: FieldsRecord,
     /// Type cloudwatch: allowed SNS topics, INSUFFICIENT_DATA handling,
@@ -606,6 +611,7 @@ impl From<&Integration> for IntegrationRecord {
             provider: integration.provider,
             key_hash: integration.key_hash.clone(),
             secret: integration.secret.as_ref().map(|s| s.expose().to_owned()),
+            secret_ref: integration.secret_ref.clone(),
             enabled: integration.enabled,
             fields: FieldsRecord::from(&integration.fields),
             cloudwatch: integration.cloudwatch.clone(),
@@ -632,6 +638,7 @@ impl From<IntegrationRecord> for Integration {
             provider: record.provider,
             key_hash: record.key_hash,
             secret: record.secret.map(Secret::new),
+            secret_ref: record.secret_ref,
             enabled: record.enabled,
             fields: record.fields.into(),
             cloudwatch: record.cloudwatch,

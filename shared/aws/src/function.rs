@@ -80,10 +80,12 @@ fn ingest_service(sdk: &aws_config::SdkConfig) -> Result<Ingest, MissingVariable
         aws_sdk_sqs::Client::new(sdk),
         config.events_queue_url,
     ));
-    Ok(Ingest {
-        service: IngestService::new(store.clone(), queue, store.clone()),
-        store,
-    })
+    // Integrations' secrets named in the config (secret: {secrets_manager:
+    // tocsin/…}), read when a request needs one and cached per container.
+    let secrets = crate::secrets::AwsSecrets::new(aws_sdk_secretsmanager::Client::new(sdk));
+    let service = IngestService::new(store.clone(), queue, store.clone())
+        .with_secrets(Arc::new(tocsin_core::secrets::CachedSecrets::new(Arc::new(secrets))));
+    Ok(Ingest { service, store })
 }
 
 /// An ingest service and the table it reads integrations from.

@@ -12,6 +12,7 @@ pub mod function;
 pub mod notify;
 pub mod poller;
 pub mod processor;
+pub mod secrets;
 pub mod sqs;
 pub mod stream;
 

@@ -459,6 +459,7 @@ async fn config_records_round_trip() {
         cloudwatch: Default::default(),
         dedup_key: Some(DedupTemplate::parse("{payload.source}/{dedup_key}").unwrap()),
         rate_limit_per_minute: Some(30),
+        secret_ref: None,
     };
     assert_eq!(store.integration_by_key(&key_hash).await.unwrap(), None);
     store.put_integration(&integration).await.unwrap();
@@ -474,6 +475,7 @@ async fn config_records_round_trip() {
         fields: FieldMapping::default(),
         // No limit is stored as 0 and read back as none.
         rate_limit_per_minute: None,
+        secret_ref: None,
         ..integration
     };
     store.put_integration(&enabled).await.unwrap();
@@ -634,6 +636,7 @@ async fn a_cloudwatch_integration_is_found_by_its_topics_until_deleted() {
         cloudwatch: settings,
         dedup_key: None,
         rate_limit_per_minute: Some(120),
+        secret_ref: None,
     };
     store.put_integration(&integration).await.unwrap();
     assert_eq!(store.integration_by_topic(&topic).await.unwrap(), Some(integration));

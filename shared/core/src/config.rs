@@ -13,6 +13,7 @@ use crate::dedup::DedupTemplate;
 use crate::event::{FieldError, IntegrationId, ServiceId, Severity};
 use crate::incident::TransitionKind;
 use crate::providers::ProviderKind;
+use crate::secrets::SecretRef;
 use crate::sns::TopicArn;
 
 /// A shared secret (HMAC signing secret, bot token). Debug never shows it.
@@ -110,6 +111,9 @@ pub struct Integration {
     pub key_hash: KeyHash,
     /// When set, every request must carry an HMAC-SHA256 of its raw body.
     pub secret: Option<Secret>,
+    /// Where the secret lives when the config names it (crate::secrets):
+    /// ingest resolves it into `secret` before verifying.
+    pub secret_ref: Option<SecretRef>,
     pub enabled: bool,
     pub fields: FieldMapping,
     /// Type cloudwatch only; the default elsewhere.
@@ -325,7 +329,7 @@ struct IntegrationEntry {
     #[serde(default)]
     key_sha256: Option<String>,
     #[serde(default)]
-    secret: Option<String>,
+    secret: Option<SecretEntry>,
     #[serde(default = "enabled_by_default")]
     enabled: bool,
     #[serde(default)]
@@ -337,6 +341,14 @@ struct IntegrationEntry {
     /// 0 turns the limit off; absent: settings.rate_limit_per_minute.
     #[serde(default)]
     rate_limit_per_minute: Option<u32>,
+}
+
+/// A secret in the config: the value, or where to find it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretEntry {
+    Value(String),
+    Reference(SecretRef),
 }
 
 fn enabled_by_default() -> bool {
@@ -388,7 +400,12 @@ impl Catalog {
         let deserializer = serde_yaml::Deserializer::from_str(text);
         let parsed: ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "(document)".to_owned() } else { path };
+            // A top-level key that is empty (or null, `?`) has an empty path.
+            let field = if path == "." || path.is_empty() {
+                "(document)".to_owned()
+            } else {
+                path
+            };
             error(&field, e.into_inner().to_string())
         })?;
 
@@ -477,7 +494,23 @@ impl Catalog {
                 if !key_hashes.insert(key_hash.clone()) {
                     return Err(error(&at("key"), "another integration already uses this key".into()));
                 }
-                let secret = match integration.secret {
+                let (secret, secret_ref) = match integration.secret {
+                    Some(SecretEntry::Reference(_)) if integration.provider == ProviderKind::CloudWatch => {
+                        return Err(error(
+                            &at("secret"),
+                            "SNS cannot sign with a shared secret: cloudwatch integrations are checked by the SNS \
+                             message signature instead"
+                                .into(),
+                        ))
+                    }
+                    Some(SecretEntry::Reference(reference)) => {
+                        reference.validate().map_err(|reason| error(&at("secret"), reason))?;
+                        (None, Some(reference))
+                    }
+                    Some(SecretEntry::Value(value)) => (Some(value), None),
+                    None => (None, None),
+                };
+                let secret = match secret {
                     Some(_) if integration.provider == ProviderKind::CloudWatch => {
                         return Err(error(
                             &at("secret"),
@@ -529,6 +562,7 @@ impl Catalog {
                     provider: integration.provider,
                     key_hash,
                     secret,
+                    secret_ref,
                     enabled: integration.enabled,
                     fields: integration.fields,
                     cloudwatch,
@@ -652,6 +686,17 @@ services:
 
         let e = refused(&GOOD.replace("name: Checkout", "nmae: Checkout"));
         assert!(e.reason.contains("nmae"), "{e}");
+    }
+
+    /// Found by fuzzing (tests/fuzz, target config): `?`, a null key at
+    /// the top, was refused naming no field at all.
+    #[test]
+    fn an_empty_top_level_key_is_named_as_the_document() {
+        for text in ["?", "'': 1"] {
+            let e = refused(text);
+            assert_eq!(e.field, "(document)", "{text:?}: {e}");
+            assert!(e.reason.contains("unknown field"), "{text:?}: {e}");
+        }
     }
 
     #[test]
@@ -796,5 +841,30 @@ settings:
             .to_string();
         assert!(error.contains("services[0].integrations[0].dedup_key"), "{error}");
         assert!(error.contains("never closed"), "{error}");
+    }
+
+    #[test]
+    fn a_secret_may_be_named_instead_of_given() {
+        let yaml = |secret: &str| {
+            format!(
+                "services:\n  - id: s\n    integrations:\n      - {{id: hook, type: webhook, key: 0123456789abcdef0123456789abcdef, secret: {secret}}}\n"
+            )
+        };
+        let catalog = Catalog::from_yaml(&yaml("{secrets_manager: tocsin/payments-hook}"), "t.yaml").unwrap();
+        assert_eq!(
+            catalog.integrations[0].secret_ref,
+            Some(SecretRef::SecretsManager("tocsin/payments-hook".into()))
+        );
+        assert_eq!(catalog.integrations[0].secret, None);
+        let catalog = Catalog::from_yaml(&yaml("{env: HOOK_SECRET}"), "t.yaml").unwrap();
+        assert_eq!(
+            catalog.integrations[0].secret_ref,
+            Some(SecretRef::Env("HOOK_SECRET".into()))
+        );
+
+        let e = Catalog::from_yaml(&yaml("{secrets_manager: prod/db-password}"), "t.yaml").unwrap_err();
+        assert_eq!(e.field, "services[0].integrations[0].secret");
+        assert!(e.reason.contains("tocsin/"), "{}", e.reason);
+        assert!(Catalog::from_yaml(&yaml("{vault: x}"), "t.yaml").is_err());
     }
 }

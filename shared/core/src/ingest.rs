@@ -22,6 +22,7 @@ use crate::limits::{check_media_type, json_too_deep, MediaTypeError, MAX_ALERTS_
 use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore, RateCounter};
 use crate::providers::{provider, Accepted, Delivery, Inbound, IncidentHint, InvalidPayload, Provider, ProviderKind};
 use crate::ratelimit::{Decision, Quota, RateLimiter};
+use crate::secrets::{CachedSecrets, LocalSecrets, SecretSource};
 use crate::signature::SignatureError;
 use crate::sns::{check_topic, refuse_raw_delivery, Confirmation, Sns, SnsError, SnsMessage, SnsMessageType};
 
@@ -64,6 +65,10 @@ pub enum IngestError {
     RateLimited { integration: IntegrationId, quota: Quota },
     #[error("the events could not be queued; retry")]
     Unavailable(#[source] BackendError),
+    /// Named apart from Unavailable so that logs say which dependency
+    /// failed; the answer never names the secret.
+    #[error("the integration's signing secret could not be read; retry")]
+    SecretUnavailable(#[source] BackendError),
 }
 
 impl IngestError {
@@ -81,7 +86,7 @@ impl IngestError {
             IngestError::Payload(_) => StatusCode::BAD_REQUEST,
             IngestError::Sns(error) => error.status(),
             IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Unavailable(_) | IngestError::SecretUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -128,7 +133,7 @@ impl IngestError {
                 _ => ("unauthorized", Vec::new()),
             },
             IngestError::RateLimited { .. } => ("rate limited", Vec::new()),
-            IngestError::Unavailable(_) => ("unavailable", Vec::new()),
+            IngestError::Unavailable(_) | IngestError::SecretUnavailable(_) => ("unavailable", Vec::new()),
         };
         let mut answer = error_answer(status, label, self.to_string(), errors);
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -178,6 +183,7 @@ pub struct IngestService {
     incidents: Arc<dyn IncidentStore>,
     sns: Option<Arc<Sns>>,
     limiter: Option<RateLimiter>,
+    secrets: Arc<dyn SecretSource>,
 }
 
 impl IngestService {
@@ -188,7 +194,15 @@ impl IngestService {
             incidents,
             sns: None,
             limiter: None,
+            secrets: Arc::new(CachedSecrets::new(Arc::new(LocalSecrets))),
         }
+    }
+
+    /// Where integrations' secret references are read (crate::secrets);
+    /// by default environment variables and files, cached.
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretSource>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Enforces each integration's `rate_limit_per_minute` with `counter`
@@ -255,6 +269,7 @@ impl IngestService {
         };
 
         let integration = self.authenticate(&inbound, request.provider).await?;
+        let integration = self.with_secret(integration).await?;
         if provider.delivery() == Delivery::Sns {
             return self.ingest_sns(provider, &inbound, &integration, mode).await;
         }
@@ -548,6 +563,19 @@ impl IngestService {
         Ok(answer)
     }
 
+    /// The integration with its secret's value, when the config names where
+    /// the secret lives rather than holding it.
+    async fn with_secret(&self, mut integration: Integration) -> Result<Integration, IngestError> {
+        if let (None, Some(reference)) = (&integration.secret, &integration.secret_ref) {
+            let secret = self.secrets.fetch(reference).await.map_err(|error| {
+                tracing::warn!(integration = %integration.id, error = %error, source = %error.source, "cannot read the integration's secret");
+                IngestError::SecretUnavailable(error)
+            })?;
+            integration.secret = Some(secret);
+        }
+        Ok(integration)
+    }
+
     async fn authenticate(&self, inbound: &Inbound<'_>, kind: ProviderKind) -> Result<Integration, IngestError> {
         let key = key_from_request(inbound.headers, inbound.query)
             .or_else(|| provider(kind).key_in_body(inbound))
@@ -761,6 +789,76 @@ services:
         fn the_default_is_120_per_minute() {
             let catalog = Catalog::from_yaml(CONFIG, "test.yaml").unwrap();
             assert_eq!(catalog.integrations[0].rate_limit_per_minute, Some(120));
+        }
+    }
+
+    mod secret_references {
+        use http::HeaderValue;
+
+        use super::*;
+        use crate::signature::hmac_sha256_hex;
+
+        const BODY: &[u8] = br#"{"title":"Card declines up","severity":"error","id":"declines","status":"triggered"}"#;
+
+        fn service(secret_file: &std::path::Path) -> (IngestService, Arc<MemoryStore>) {
+            let yaml = format!(
+                "services:\n  - id: payments\n    integrations:\n      - id: hook\n        type: webhook\n        key: 55555555555555555555555555555555\n        secret: {{file: {}}}\n",
+                secret_file.display()
+            );
+            let catalog = Catalog::from_yaml(&yaml, "test.yaml").unwrap();
+            assert_eq!(catalog.integrations[0].secret, None, "the value is not in the config");
+            let store = Arc::new(MemoryStore::new());
+            (
+                IngestService::new(Arc::new(catalog), store.clone(), store.clone()),
+                store,
+            )
+        }
+
+        fn post(ingest: &IngestService, signature: Option<String>) -> Answer {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "x-integration-key",
+                HeaderValue::from_static("55555555555555555555555555555555"),
+            );
+            if let Some(signature) = signature {
+                headers.insert("x-signature", HeaderValue::from_str(&signature).unwrap());
+            }
+            block_on(ingest.handle(IngestRequest {
+                provider: ProviderKind::Webhook,
+                headers: &headers,
+                query: None,
+                body: BODY,
+                received_at: Utc::now(),
+            }))
+        }
+
+        #[test]
+        fn a_secret_read_from_a_file_signs_requests() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("hook-secret");
+            std::fs::write(&path, "file-held-signing-secret\n").unwrap();
+            let (ingest, store) = service(&path);
+
+            let good = format!("sha256={}", hmac_sha256_hex(b"file-held-signing-secret", BODY));
+            assert_eq!(post(&ingest, Some(good)).status(), StatusCode::ACCEPTED);
+            let forged = format!("sha256={}", hmac_sha256_hex(b"another-secret-entirely", BODY));
+            assert_eq!(post(&ingest, Some(forged)).status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(post(&ingest, None).status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(store.queued_events().len(), 1);
+        }
+
+        #[test]
+        fn an_unreadable_secret_is_a_503_that_names_nothing() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("never-written");
+            let (ingest, store) = service(&path);
+            let signature = format!("sha256={}", hmac_sha256_hex(b"whatever", BODY));
+            let answer = post(&ingest, Some(signature));
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let text = String::from_utf8_lossy(answer.body()).into_owned();
+            assert!(text.contains("signing secret could not be read"), "{text}");
+            assert!(!text.contains("never-written"), "the answer names the file: {text}");
+            assert!(store.queued_events().is_empty());
         }
     }
 

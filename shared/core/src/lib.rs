@@ -21,5 +21,6 @@ pub mod process;
 pub mod providers;
 pub mod ratelimit;
 pub mod render;
+pub mod secrets;
 pub mod signature;
 pub mod sns;

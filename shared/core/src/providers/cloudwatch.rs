@@ -414,6 +414,7 @@ mod tests {
             cloudwatch: settings,
             dedup_key: None,
             rate_limit_per_minute: None,
+            secret_ref: None,
         }
     }
 

@@ -524,6 +524,7 @@ pub(crate) mod test_support {
             cloudwatch: Default::default(),
             dedup_key: None,
             rate_limit_per_minute: None,
+            secret_ref: None,
         }
     }
 }

@@ -323,6 +323,7 @@ mod tests {
             cloudwatch: Default::default(),
             dedup_key: None,
             rate_limit_per_minute: None,
+            secret_ref: None,
         }
     }
 
