@@ -6,15 +6,21 @@
 
 mod alertmanager;
 mod app;
+mod aws_proxy;
+mod aws_requests;
+mod aws_stack;
 mod bad_input;
 mod config;
+mod cost;
 mod events_v2;
+mod fault_injection;
 mod generic;
 mod incidents_api;
 mod lambda_pipeline;
 mod prometheus;
 mod providers;
 mod rate_limit;
+mod redelivery;
 mod restart;
 mod runtime_api;
 mod secrets;

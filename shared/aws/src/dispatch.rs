@@ -3,6 +3,9 @@
 //! filter lets nothing else through, infra/dynamodb.md), turned into
 //! notification jobs on the per-channel queues.
 
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use chrono::{DateTime, Utc};
@@ -10,7 +13,8 @@ use serde_json::{Map, Value};
 use tocsin_core::dispatch::DispatchService;
 use tocsin_core::event::EventId;
 use tocsin_core::incident::{Incident, Transition, TransitionKind};
-use tocsin_core::ports::BackendError;
+use tocsin_core::notify::NotificationJob;
+use tocsin_core::ports::{BackendError, ConfigStore, NotificationQueue};
 use tracing::Instrument;
 
 use crate::dynamodb::{attr, kind};
@@ -46,6 +50,91 @@ pub async fn dispatch_records(dispatch: &DispatchService, event: Event, now: Dat
         }
     }
     response
+}
+
+/// Dispatches a batch as [`dispatch_records`] does, with the jobs of all
+/// its records sent together at the end: one SendMessageBatch per channel
+/// and ten jobs, where sending per transition took one per transition and
+/// channel. If sending fails, the batch is reported failed from its first
+/// record that planned jobs, so Lambda retries from there; jobs that did
+/// reach a queue are not queued twice, as their deduplication ids are the
+/// same (within SQS's five minutes).
+pub async fn dispatch_batch(
+    config: Arc<dyn ConfigStore>,
+    queue: Arc<dyn NotificationQueue>,
+    event: Event,
+    now: DateTime<Utc>,
+) -> DynamoDbEventResponse {
+    let collected = Arc::new(CollectedJobs::default());
+    let dispatch = DispatchService::new(config, collected.clone());
+    let mut response = DynamoDbEventResponse::default();
+    let mut first_with_jobs: Option<Option<String>> = None;
+    for record in event.records {
+        let sequence = record.change.sequence_number.clone();
+        let span = tracing::info_span!(
+            "record",
+            event_id = %record.event_id,
+            sequence = sequence.as_deref().unwrap_or_default()
+        );
+        let planned = collected.len();
+        if let Err(error) = dispatch_record(&dispatch, &record, now).instrument(span).await {
+            tracing::warn!(
+                event_id = %record.event_id,
+                sequence = sequence.as_deref().unwrap_or_default(),
+                %error,
+                "record failed; the stream will retry from it"
+            );
+            let mut failure = DynamoDbBatchItemFailure::default();
+            failure.item_identifier = sequence;
+            response.batch_item_failures.push(failure);
+            break;
+        }
+        if first_with_jobs.is_none() && collected.len() > planned {
+            first_with_jobs = Some(sequence);
+        }
+    }
+    let jobs = collected.take();
+    if jobs.is_empty() {
+        return response;
+    }
+    if let Err(error) = queue.enqueue(&jobs).await {
+        tracing::warn!(jobs = jobs.len(), %error, "jobs not queued; the stream will retry their records");
+        let mut failure = DynamoDbBatchItemFailure::default();
+        // Lambda resumes from the lowest sequence number reported.
+        failure.item_identifier = first_with_jobs.flatten();
+        response.batch_item_failures = vec![failure];
+    }
+    response
+}
+
+/// The jobs planned for one batch, held until they are sent together.
+#[derive(Default)]
+struct CollectedJobs {
+    jobs: Mutex<Vec<NotificationJob>>,
+}
+
+impl CollectedJobs {
+    fn len(&self) -> usize {
+        self.jobs.lock().map(|jobs| jobs.len()).unwrap_or_default()
+    }
+
+    fn take(&self) -> Vec<NotificationJob> {
+        self.jobs
+            .lock()
+            .map(|mut jobs| std::mem::take(&mut *jobs))
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl NotificationQueue for CollectedJobs {
+    async fn enqueue(&self, jobs: &[NotificationJob]) -> Result<(), BackendError> {
+        self.jobs
+            .lock()
+            .map_err(|_| BackendError::new("collect notification jobs", "a planner panicked"))?
+            .extend_from_slice(jobs);
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +302,56 @@ mod tests {
         let response = dispatch_records(&dispatch, batch, Utc::now()).await;
         assert!(response.batch_item_failures.is_empty(), "{response:?}");
         assert_eq!(store.queued_jobs().len(), 3, "records 100 and 104 are one transition");
+    }
+
+    /// Counts the calls it gets and fails them when asked.
+    #[derive(Default)]
+    struct CountingQueue {
+        calls: Mutex<Vec<usize>>,
+        fail: bool,
+    }
+
+    #[async_trait]
+    impl NotificationQueue for CountingQueue {
+        async fn enqueue(&self, jobs: &[NotificationJob]) -> Result<(), BackendError> {
+            self.calls.lock().unwrap().push(jobs.len());
+            if self.fail {
+                return Err(BackendError::new("sqs SendMessageBatch", "unavailable"));
+            }
+            Ok(())
+        }
+    }
+
+    fn catalog() -> Arc<Catalog> {
+        Arc::new(Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample").unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_batch_sends_the_jobs_of_all_its_records_at_once() {
+        let mut batch = fixture();
+        batch.records.retain(|r| r.event_id != "ev-103");
+        let queue = Arc::new(CountingQueue::default());
+        let response = dispatch_batch(catalog(), queue.clone(), batch, Utc::now()).await;
+        assert!(response.batch_item_failures.is_empty(), "{response:?}");
+        assert_eq!(
+            *queue.calls.lock().unwrap(),
+            [6],
+            "records 100 and 104, three channels each, in one call"
+        );
+    }
+
+    #[tokio::test]
+    async fn jobs_that_cannot_be_sent_fail_the_batch_from_their_first_record() {
+        let queue = Arc::new(CountingQueue {
+            fail: true,
+            ..Default::default()
+        });
+        let response = dispatch_batch(catalog(), queue, fixture(), Utc::now()).await;
+        assert_eq!(
+            failed(&response),
+            [Some("100")],
+            "record 103 also failed, but 100 is first"
+        );
     }
 
     #[test]

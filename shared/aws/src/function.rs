@@ -55,7 +55,7 @@ pub fn init_tracing() {
 /// provider endpoint.
 pub async fn run_ingest(provider: ProviderKind) -> Result<(), lambda_http::Error> {
     init_tracing();
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     serve_ingest(ingest_service(&sdk)?.limited(), provider).await
 }
 
@@ -68,7 +68,7 @@ pub async fn run_ingest_cloudwatch() -> Result<(), lambda_http::Error> {
     init_tracing();
     let folder = optional("TOCSIN_SNS_CERTIFICATES").map(std::path::PathBuf::from);
     let sns = tocsin_outbound::sns::sns_support(folder)?;
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     serve_ingest(ingest_service(&sdk)?.limited().with_sns(sns), ProviderKind::CloudWatch).await
 }
 
@@ -109,7 +109,7 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let bucket = required("TOCSIN_EMAIL_BUCKET")?;
     let prefix = optional("TOCSIN_EMAIL_PREFIX").unwrap_or_default();
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     let ingest = ingest_service(&sdk)?.service;
     // A custom endpoint (AWS_ENDPOINT_URL: moto, LocalStack, MinIO) serves
     // buckets by path; AWS itself by virtual host.
@@ -153,7 +153,7 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
 /// what still fails waits in the function's dead-letter queue.
 pub async fn run_ingest_cloudwatch_sns() -> Result<(), lambda_runtime::Error> {
     init_tracing();
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     let ingest = ingest_service(&sdk)?.service;
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sns::SnsEvent>| {
@@ -264,7 +264,7 @@ fn encode(value: &str) -> String {
 pub async fn run_api() -> Result<(), lambda_http::Error> {
     init_tracing();
     let table = required("TOCSIN_TABLE")?;
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
     let api = tocsin_api::ApiState {
         process: ProcessService::new(store.clone()),
@@ -279,7 +279,7 @@ pub async fn run_api() -> Result<(), lambda_http::Error> {
 pub async fn run_processor() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let table = required("TOCSIN_TABLE")?;
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
     let process = ProcessService::new(store);
     lambda_runtime::run(lambda_runtime::service_fn(
@@ -332,19 +332,18 @@ pub fn render_context_from_env() -> tocsin_core::render::RenderContext {
 pub async fn run_dispatch() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let config = DispatchConfig::from_env()?;
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
     let queues = Arc::new(crate::sqs::SqsNotificationQueues::new(
         aws_sdk_sqs::Client::new(&sdk),
         config.queue_urls,
     ));
-    let dispatch = tocsin_core::dispatch::DispatchService::new(store, queues);
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::dynamodb::Event>| {
-            let dispatch = dispatch.clone();
+            let (store, queues) = (store.clone(), queues.clone());
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    crate::dispatch::dispatch_records(&dispatch, event.payload, Utc::now()).await,
+                    crate::dispatch::dispatch_batch(store, queues, event.payload, Utc::now()).await,
                 )
             }
         },
@@ -369,7 +368,7 @@ async fn run_notify(notifier: Arc<dyn tocsin_core::notify::Notifier>) -> Result<
 pub async fn run_notify_email() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let from = required("TOCSIN_EMAIL_FROM")?;
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     run_notify(Arc::new(crate::notify::SesEmailNotifier::new(
         aws_sdk_sesv2::Client::new(&sdk),
         from,
@@ -381,7 +380,7 @@ pub async fn run_notify_email() -> Result<(), lambda_runtime::Error> {
 pub async fn run_notify_sms() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let sender_id = optional("TOCSIN_SMS_SENDER_ID");
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     run_notify(Arc::new(crate::notify::SnsSmsNotifier::new(
         aws_sdk_sns::Client::new(&sdk),
         sender_id,
@@ -395,7 +394,7 @@ pub async fn run_notify_sms() -> Result<(), lambda_runtime::Error> {
 pub async fn run_notify_slack() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let secret_id = optional("TOCSIN_SLACK_SECRET_ARN").ok_or(SlackSecretError::NotConfigured)?;
-    let sdk = crate::sdk_config().await;
+    let sdk = crate::trust::function_sdk_config().await;
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
     let delivery = slack_delivery(&secrets, &secret_id).await?;
     let api_base = optional("TOCSIN_SLACK_API_URL");

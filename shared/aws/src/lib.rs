@@ -15,6 +15,7 @@ pub mod processor;
 pub mod secrets;
 pub mod sqs;
 pub mod stream;
+pub mod trust;
 
 /// Loads the SDK's shared config (region, credentials, endpoint overrides)
 /// from the environment, once per container.

@@ -486,6 +486,23 @@ mod tests {
         assert_ne!(a, EventId::from_delivery(&integration, "72d3162e", 1));
     }
 
+    /// Found by fuzzing (tests/fuzz, target provider_newrelic): with
+    /// serde_json's default float parsing, a number in a payload came back
+    /// from the queue one unit in the last place off.
+    #[test]
+    fn numbers_in_a_payload_survive_the_queue_unchanged() {
+        let event: Event = serde_json::from_str(
+            r#"{"id": "e1", "service": "checkout", "origin": {"kind": "api", "actor": "fuzz"},
+                "received_at": "2024-06-01T12:00:00Z", "event_action": "trigger", "dedup_key": "k",
+                "payload": {"summary": "s", "source": "s", "severity": "error",
+                            "custom_details": {"updatedAt": 17137700000000000000000000000000000000000000000657383,
+                                               "ratio": 0.30000000000000004}}}"#,
+        )
+        .unwrap();
+        let queued = serde_json::to_vec(&event).unwrap();
+        assert_eq!(serde_json::from_slice::<Event>(&queued).unwrap(), event);
+    }
+
     #[test]
     fn summaries_are_cut_on_character_boundaries() {
         let long = "é".repeat(2000);

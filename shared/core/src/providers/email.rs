@@ -326,10 +326,8 @@ fn alerts_from(message: &Message<'_>, recipient: Option<&Recipient>) -> Vec<Aler
     } else if !title.is_empty() {
         redact(&title, key).into_owned()
     } else {
-        format!(
-            "Email from {}",
-            sender_address.as_deref().unwrap_or("an unknown sender")
-        )
+        let sender = sender_address.as_deref().unwrap_or("an unknown sender");
+        redact(&format!("Email from {sender}"), key).into_owned()
     };
     let severity = reading.severity.unwrap_or(match reading.action {
         Action::Resolve => Severity::Info,
@@ -416,11 +414,13 @@ fn details_of(message: &Message<'_>, subject: &str, body: &str, key: Option<&str
             details.insert(name.into(), json!(addresses(list, key)));
         }
     }
+    // Every header shown is masked, not only the addresses: a sender may
+    // put the recipient in any of them.
     if let Some(date) = message.header_raw("Date") {
-        details.insert("date".into(), json!(date.trim()));
+        details.insert("date".into(), json!(redact(date.trim(), key)));
     }
     if let Some(id) = message.message_id() {
-        details.insert("message_id".into(), json!(id));
+        details.insert("message_id".into(), json!(redact(id, key)));
     }
     details.insert("subject".into(), json!(redact(subject, key)));
     let body = redact(body, key);
@@ -430,10 +430,11 @@ fn details_of(message: &Message<'_>, subject: &str, body: &str, key: Option<&str
         details.insert("body_truncated".into(), json!(true));
         details.insert("body_bytes".into(), json!(body.len()));
     }
-    let attachments: Vec<&str> = message
+    let attachments: Vec<Cow<'_, str>> = message
         .attachments()
         .filter_map(|part| part.attachment_name())
         .take(MAX_ATTACHMENT_NAMES)
+        .map(|name| redact(name, key))
         .collect();
     if !attachments.is_empty() {
         details.insert("attachments".into(), json!(attachments));
@@ -1069,6 +1070,33 @@ mod tests {
         );
         let alert = one(&cc, RCPT);
         assert_eq!(details(&alert)["cc"], json!(["[integration-key]@alerts.example.com"]));
+    }
+
+    /// Found by fuzzing (tests/fuzz, target email): Date, Message-ID and
+    /// the summary of a message without subject were shown as sent, key
+    /// and all. The first message is the fuzzer's, minimized.
+    #[test]
+    fn the_key_is_masked_in_every_header_shown() {
+        let upper = KEY.to_ascii_uppercase();
+        let dated = mail(
+            &format!(
+                "Subject: Disk full\nDate: Tue, 14 Jan 2025 10:5{KEY}3\nContent-Type: multipart/mixed; boundary=b"
+            ),
+            &format!(
+                "--b\nContent-Type: text/plain\n\nThe disk is full.\n--b\nContent-Type: text/plain\n\
+                 Content-Disposition: attachment; filename=\"{upper}.log\"\n\nx\n--b--\n"
+            ),
+        );
+        for raw in [format!("Subject::\nMessage-Id:{upper}"), dated] {
+            let alert = one(&raw, RCPT);
+            let shown = serde_json::to_string(&alert).unwrap().to_ascii_lowercase();
+            assert!(!shown.contains(KEY), "{shown}");
+            assert!(shown.contains("[integration-key]"), "{shown}");
+        }
+        // Nor in the summary of a message with no subject and no body,
+        // sent from the key's own address (the fuzzer's, minimized).
+        let alert = one(&format!("From:{KEY}@"), RCPT);
+        assert_eq!(payload(&alert).summary, "Email from [integration-key]@");
     }
 
     #[test]

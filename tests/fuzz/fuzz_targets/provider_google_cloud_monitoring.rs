@@ -1,0 +1,5 @@
+#![no_main]
+
+use tocsin_core::providers::ProviderKind;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tocsin_fuzz::provider::provider(ProviderKind::GoogleCloudMonitoring, data));
