@@ -8,6 +8,8 @@
 //! template's filter does, in batches to the dispatcher.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
@@ -518,16 +520,29 @@ impl SqsSource {
     /// message deleted or moved to the dead-letter queue); gives the
     /// functions back with every invocation made.
     pub async fn drain(&self, functions: Vec<Function>, deadline: Duration) -> (Vec<Function>, Vec<Invocation>) {
+        self.drain_after(functions, deadline, Arc::new(AtomicBool::new(true)))
+            .await
+    }
+
+    /// As [`SqsSource::drain`], polling while messages are still being
+    /// sent: an empty queue ends polling only once `senders_done` is true.
+    pub async fn drain_after(
+        &self,
+        functions: Vec<Function>,
+        deadline: Duration,
+        senders_done: Arc<AtomicBool>,
+    ) -> (Vec<Function>, Vec<Invocation>) {
         let mut pollers = tokio::task::JoinSet::new();
         for mut function in functions {
             let source = self.clone();
+            let senders_done = senders_done.clone();
             pollers.spawn(async move {
                 let started = Instant::now();
                 let mut invocations = Vec::new();
                 loop {
                     match source.poll_once(&mut function).await {
                         Some(invocation) => invocations.push(invocation),
-                        None if source.is_empty().await => break,
+                        None if senders_done.load(Ordering::SeqCst) && source.is_empty().await => break,
                         // Short polls, spaced: moto serves every poller on
                         // one Python thread at a time.
                         None => tokio::time::sleep(Duration::from_millis(500)).await,
