@@ -719,3 +719,26 @@ impl StreamSource {
         }
     }
 }
+
+/// An enabled integration of `provider` on `service`, keyed by `key`, with
+/// no secret and no rate limit: what the AWS runs start from.
+pub fn integration(
+    id: &str,
+    service: &tocsin_core::event::ServiceId,
+    provider: tocsin_core::providers::ProviderKind,
+    key: &str,
+) -> tocsin_core::config::Integration {
+    tocsin_core::config::Integration {
+        id: tocsin_core::event::IntegrationId::parse(id).unwrap(),
+        service: service.clone(),
+        provider,
+        key_hash: tocsin_core::auth::KeyHash::of(key),
+        secret: None,
+        secret_ref: None,
+        enabled: true,
+        fields: tocsin_core::config::FieldMapping::default(),
+        cloudwatch: Default::default(),
+        dedup_key: None,
+        rate_limit_per_minute: None,
+    }
+}

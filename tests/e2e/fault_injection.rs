@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tocsin_core::auth::KeyHash;
-use tocsin_core::config::{EmailAddress, FieldMapping, Integration, NotificationPolicy, Service};
+use tocsin_core::config::{EmailAddress, Integration, NotificationPolicy, Service};
 use tocsin_core::event::{EventId, IntegrationId, ServiceId, Severity};
 use tocsin_core::incident::TransitionKind;
 use tocsin_core::providers::ProviderKind;
@@ -219,19 +218,7 @@ async fn configure(stack: &Stack, recipient: &str, topic: &str) {
         })
         .await
         .unwrap();
-    let integration = |id: &str, provider, key: &str| Integration {
-        id: IntegrationId::parse(id).unwrap(),
-        service: service.clone(),
-        provider,
-        key_hash: KeyHash::of(key),
-        secret: None,
-        enabled: true,
-        fields: FieldMapping::default(),
-        cloudwatch: Default::default(),
-        dedup_key: None,
-        rate_limit_per_minute: None,
-        secret_ref: None,
-    };
+    let integration = |id: &str, provider, key: &str| crate::aws_stack::integration(id, &service, provider, key);
     stack
         .store
         .put_integration(&integration(

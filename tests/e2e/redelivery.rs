@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
-use tocsin_core::auth::KeyHash;
-use tocsin_core::config::{EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Service};
-use tocsin_core::event::{IntegrationId, ServiceId, Severity};
+use tocsin_core::config::{EmailAddress, Integration, NotificationPolicy, PhoneNumber, Service};
+use tocsin_core::event::{ServiceId, Severity};
 use tocsin_core::incident::TransitionKind;
 use tocsin_core::providers::ProviderKind;
 use tocsin_core::sns::TopicArn;
@@ -50,19 +49,7 @@ async fn redeliveries_and_duplicate_messages_make_the_incidents_and_notification
         })
         .await
         .unwrap();
-    let integration = |id: &str, provider, key: &str| Integration {
-        id: IntegrationId::parse(id).unwrap(),
-        service: service.clone(),
-        provider,
-        key_hash: KeyHash::of(key),
-        secret: None,
-        enabled: true,
-        fields: FieldMapping::default(),
-        cloudwatch: Default::default(),
-        dedup_key: None,
-        rate_limit_per_minute: None,
-        secret_ref: None,
-    };
+    let integration = |id: &str, provider, key: &str| crate::aws_stack::integration(id, &service, provider, key);
     stack
         .store
         .put_integration(&Integration {
