@@ -13,6 +13,12 @@ use tocsin_core::providers::ProviderKind;
 use tocsin_local::stack::{error_chain, start, StackOptions};
 use tocsin_local::store::Store;
 
+mod incidents;
+mod integrations;
+mod remote;
+mod send_test;
+mod status;
+
 const SAMPLE_CONFIG: &str = include_str!("../tocsin.sample.yaml");
 const SAMPLE_NAME: &str = "tocsin.sample.yaml (built in)";
 
@@ -91,6 +97,55 @@ enum Command {
     /// Events and notifications that could not be handled.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Incidents through the HTTP API of the local stack or a deployment:
+    /// list, show (with the timeline), ack, resolve.
+    Incidents {
+        #[command(flatten)]
+        api: remote::ApiOptions,
+        #[command(subcommand)]
+        command: incidents::IncidentsCommand,
+    },
+    /// Ingestion health (GET /integrations/health): the counters overall,
+    /// per provider and per integration, with each one's last event and
+    /// last error.
+    Status {
+        #[command(flatten)]
+        api: remote::ApiOptions,
+    },
+    /// Post a provider's sample from events/<type>/ to its endpoint, with
+    /// the headers the tool sends (and its signature, given --secret), and
+    /// print the answer.
+    SendTest {
+        /// The provider type (`tocsin providers`).
+        provider: String,
+        /// The integration's key.
+        #[arg(long, env = "TOCSIN_KEY", hide_env_values = true)]
+        key: String,
+        /// Tocsin's base URL.
+        #[arg(long, env = "TOCSIN_URL", default_value = remote::LOCAL_URL)]
+        url: String,
+        /// A file of events/<type>/ (`.json` may be left out); default: the
+        /// provider's trigger sample.
+        #[arg(long)]
+        sample: Option<String>,
+        /// The integration's secret, when it has one: the request is signed
+        /// as the tool signs it.
+        #[arg(long, env = "TOCSIN_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// The samples folder.
+        #[arg(long, env = "TOCSIN_EVENTS", default_value = "events")]
+        events: PathBuf,
+    },
+    /// Integrations in a deployment's DynamoDB table: list, create,
+    /// rotate-key, disable, enable. Integrations declared in a config file
+    /// are overwritten by the next `tocsin apply` of that file: change those
+    /// in the file.
+    Integrations {
+        #[command(flatten)]
+        table: integrations::TableOptions,
+        #[command(subcommand)]
+        command: integrations::IntegrationsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -204,6 +259,28 @@ async fn run(command: Command) -> Result<(), String> {
             eprintln!("{} dead letters in {}", letters.len(), data.display());
             Ok(())
         }
+        Command::Incidents { api, command } => incidents::run(&api, command).await.map_err(|e| error_chain(&e)),
+        Command::Status { api } => status::run(&api).await.map_err(|e| error_chain(&e)),
+        Command::SendTest {
+            provider,
+            key,
+            url,
+            sample,
+            secret,
+            events,
+        } => send_test::run(send_test::SendTest {
+            provider: &provider,
+            key: &key,
+            url: &url,
+            sample: sample.as_deref(),
+            secret: secret.as_deref(),
+            events: &events,
+        })
+        .await
+        .map_err(|e| error_chain(&e)),
+        Command::Integrations { table, command } => {
+            integrations::run(&table, command).await.map_err(|e| error_chain(&e))
+        }
         Command::Dlq(DlqCommand::Redrive { id, data }) => {
             let store = open_store(&data)?;
             if store.redrive(id).await.map_err(|e| e.to_string())? {
@@ -230,8 +307,33 @@ async fn apply(file: &Path, table: &str, api_url: Option<&str>, create: bool) ->
     for service in &catalog.services {
         store.put_service(service).await.map_err(|e| error_chain(&e))?;
     }
+    // Ids derive from service and times: applying again rewrites, never doubles.
+    let now = chrono::Utc::now();
+    for window in &catalog.maintenance {
+        tocsin_core::maintenance::apply_window(&store, window, now)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        println!(
+            "maintenance window {} of {}: {} to {}",
+            window.id, window.service, window.start, window.end
+        );
+    }
     for key in &catalog.api_keys {
         store.put_api_key(key).await.map_err(|e| error_chain(&e))?;
+    }
+    // Heartbeats: the config's, with their beat state kept; the table's
+    // others are removed.
+    use tocsin_core::ports::Heartbeats as _;
+    for heartbeat in &catalog.heartbeats {
+        store.put_heartbeat(heartbeat).await.map_err(|e| error_chain(&e))?;
+    }
+    for monitor in store.monitors().await.map_err(|e| error_chain(&e))? {
+        if !catalog.heartbeats.iter().any(|h| h.id == monitor.heartbeat.id) {
+            store
+                .delete_heartbeat(&monitor.heartbeat.id)
+                .await
+                .map_err(|e| error_chain(&e))?;
+        }
     }
     let base = api_url.unwrap_or("").trim_end_matches('/');
     for integration in &catalog.integrations {
@@ -251,11 +353,12 @@ async fn apply(file: &Path, table: &str, api_url: Option<&str>, create: bool) ->
         );
     }
     println!(
-        "applied {}: {} services, {} integrations, {} API keys to table {table}",
+        "applied {}: {} services, {} integrations, {} API keys, {} heartbeats to table {table}",
         file.display(),
         catalog.services.len(),
         catalog.integrations.len(),
-        catalog.api_keys.len()
+        catalog.api_keys.len(),
+        catalog.heartbeats.len()
     );
     Ok(())
 }
@@ -315,18 +418,23 @@ async fn dev_aws(listen: SocketAddr, table: String, queue_url: String, process: 
         table.clone(),
     ));
     let queue = Arc::new(tocsin_aws::sqs::SqsEventQueue::new(sqs.clone(), queue_url.clone()));
+    let heartbeats = tocsin_core::heartbeat::HeartbeatService::new(store.clone(), queue.clone());
+    let health: Arc<dyn tocsin_core::ports::IngestStats> = store.clone();
     let processing = tocsin_core::process::ProcessService::new(store.clone());
     let sns = tocsin_outbound::sns::sns_support(std::env::var_os("TOCSIN_SNS_CERTIFICATES").map(PathBuf::from))
         .map_err(|e| format!("cannot build the HTTPS client for SNS: {e}"))?;
     let ingest = tocsin_core::ingest::IngestService::new(store.clone(), queue, store.clone())
         .with_sns(sns)
         .with_rate_limiter(store.clone())
+        .with_stats(store.clone())
         .with_secrets(Arc::new(tocsin_core::secrets::CachedSecrets::new(Arc::new(
             tocsin_aws::secrets::AwsSecrets::new(aws_sdk_secretsmanager::Client::new(&sdk)),
         ))));
+    let windows: Arc<dyn tocsin_core::ports::MaintenanceStore> = store.clone();
     let api = tocsin_api::ApiState {
         process: processing.clone(),
         incidents: store.clone(),
+        timeline: store.clone(),
         config: store,
     };
     let listener = tokio::net::TcpListener::bind(listen)
@@ -338,6 +446,17 @@ async fn dev_aws(listen: SocketAddr, table: String, queue_url: String, process: 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let poller = process.then(|| {
         println!("processing the events queue here, as the processor function would");
+        println!("checking heartbeats every minute, as the scheduler function would");
+        let checks = heartbeats.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                if let Err(e) = checks.check(chrono::Utc::now()).await {
+                    eprintln!("heartbeat check failed: {}", error_chain(&e));
+                }
+            }
+        });
         let stopped = stopped.clone();
         tokio::spawn(async move { tocsin_aws::poller::poll_events(&sqs, &queue_url, &processing, stopped).await })
     });
@@ -347,7 +466,9 @@ async fn dev_aws(listen: SocketAddr, table: String, queue_url: String, process: 
         let _ = stop.send(true);
     });
     let mut stopped_server = stopped.clone();
-    axum::serve(listener, tocsin_api::router(ingest, api))
+    let app = tocsin_api::with_maintenance(tocsin_api::router(ingest, api), windows);
+    let app = tocsin_api::with_ingest_health(app, health);
+    axum::serve(listener, tocsin_api::with_heartbeats(app, heartbeats))
         .with_graceful_shutdown(async move {
             let _ = stopped_server.wait_for(|stop| *stop).await;
         })

@@ -290,6 +290,12 @@ impl TestApp {
         std::fs::read_to_string(self.log_path("stderr")).unwrap_or_default()
     }
 
+    /// What the current process wrote to stdout so far (the outbox's
+    /// console lines among it).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.log_path("stdout")).unwrap_or_default()
+    }
+
     async fn launch(&mut self) {
         let bin = tocsin_bin();
         // A free port can be taken between probing and binding: try again

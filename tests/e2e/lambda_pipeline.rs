@@ -917,3 +917,112 @@ async fn a_topic_that_invokes_the_function_directly_reaches_the_integration_list
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_missed_heartbeat_is_found_by_the_scheduler_and_its_beat_through_the_api_resolves_it() {
+    use tocsin_core::heartbeat::Heartbeat;
+    use tocsin_core::ports::Heartbeats;
+
+    let moto = moto_url();
+    let config = sdk_config(&moto).await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let table = unique("tocsin");
+    create_table(&dynamodb, &table).await.unwrap();
+    let (queue_url, queue_arn) = fifo_queue(&sqs, "events").await;
+    let store = DynamoStore::new(dynamodb, &table);
+    // What `tocsin apply` writes for the config's heartbeats.
+    let key = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+    let heartbeat = Heartbeat {
+        id: tocsin_core::event::HeartbeatId::parse("watchdog").unwrap(),
+        service: ServiceId::parse("checkout").unwrap(),
+        key_hash: KeyHash::of(key),
+        interval_seconds: 60,
+        severity: Severity::Critical,
+    };
+    store.put_heartbeat(&heartbeat).await.unwrap();
+    store
+        .beat(&heartbeat.id, chrono::Utc::now() - chrono::TimeDelta::minutes(5))
+        .await
+        .unwrap();
+
+    // The channel queues, where ended maintenance windows release to.
+    let email_queue = fifo_queue(&sqs, "email").await;
+    let sms_queue = fifo_queue(&sqs, "sms").await;
+    let slack_queue = fifo_queue(&sqs, "slack").await;
+    let scratch = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.as_str()),
+        ("TOCSIN_TABLE", table.as_str()),
+        ("TOCSIN_EVENTS_QUEUE_URL", queue_url.as_str()),
+        ("TOCSIN_EMAIL_QUEUE_URL", email_queue.0.as_str()),
+        ("TOCSIN_SMS_QUEUE_URL", sms_queue.0.as_str()),
+        ("TOCSIN_SLACK_QUEUE_URL", slack_queue.0.as_str()),
+    ];
+    // EventBridge's scheduled event: the function does not read it.
+    let tick = json!({"version": "0", "source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    let mut scheduler = Function::start(&function_bin("scheduler"), &env, scratch.path()).await;
+    let answer = scheduler.invoke(tick.clone()).await.unwrap();
+    assert_eq!(answer["heartbeats_missed"], 1, "{answer}");
+    let (batch, handles) = take_sqs_event(&sqs, &queue_url, &queue_arn).await;
+    let records = batch["Records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{batch}");
+    // Taken, as the processor would: the key's next event can come out.
+    for handle in handles {
+        sqs.delete_message()
+            .queue_url(&queue_url)
+            .receipt_handle(handle)
+            .send()
+            .await
+            .unwrap();
+    }
+    let trigger: Value = serde_json::from_str(records[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(trigger["event_action"], "trigger");
+    assert_eq!(trigger["dedup_key"], "heartbeat:watchdog");
+    assert_eq!(trigger["origin"], json!({"kind": "heartbeat", "heartbeat": "watchdog"}));
+    let state = store.monitor(&heartbeat.id).await.unwrap().unwrap().state;
+    assert!(state.missed_since.is_some(), "{state:?}");
+
+    // The beat, through the api function: a wrong key changes nothing.
+    let mut api = Function::start(&function_bin("api"), &env, scratch.path()).await;
+    let wrong = api
+        .invoke(api_request(
+            "POST",
+            "/heartbeat/watchdog",
+            "",
+            Some(keys::SAMPLE_PROMETHEUS),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(wrong["statusCode"], 404, "{wrong}");
+    let answer = api
+        .invoke(api_request(
+            "POST",
+            "/heartbeat/watchdog",
+            &format!("token={key}"),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    assert_eq!(answer_body(&answer)["recovered"], true, "{answer}");
+    let state = store.monitor(&heartbeat.id).await.unwrap().unwrap().state;
+    assert_eq!(state.missed_since, None);
+    let (batch, _) = take_sqs_event(&sqs, &queue_url, &queue_arn).await;
+    let bodies: Vec<Value> = batch["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(
+        bodies
+            .iter()
+            .any(|e| e["event_action"] == "resolve" && e["dedup_key"] == "heartbeat:watchdog"),
+        "{bodies:?}"
+    );
+
+    // Healthy again: the next tick finds nothing.
+    let answer = scheduler.invoke(tick).await.unwrap();
+    assert_eq!(answer["heartbeats_missed"], 0, "{answer}");
+}

@@ -19,6 +19,8 @@ const FILE_SECRET: &str = "leaktest-file-held-signing-secret";
 /// The secret part of a Slack incoming webhook URL; the URL points at a
 /// closed port, so every Slack delivery fails and is logged.
 const SLACK_PATH_SECRET: &str = "leaktestslackpathsecret0123456789";
+/// An SMS recipient: only its last four digits may be shown anywhere.
+const PHONE: &str = "+14155550142";
 
 #[tokio::test]
 async fn no_credential_appears_in_any_log_line_or_answer() {
@@ -37,6 +39,7 @@ services:
       - {{id: events, type: events-v2, key: {EVENTS_KEY}}}
     notify:
       slack: "#checkout"
+      sms: ["{PHONE}"]
 settings:
   slack_webhook_url: http://127.0.0.1:1/services/T000/B000/{SLACK_PATH_SECRET}
 "##,
@@ -140,6 +143,12 @@ settings:
     })
     .await;
 
+    // And the SMS of the trigger, delivered to the outbox.
+    app.wait_for_outbox("the SMS of the leak-test incident", |lines| {
+        lines.iter().any(|line| line["channel"] == "sms" && line["to"] == PHONE)
+    })
+    .await;
+
     let log = app.stderr();
     assert!(
         log.contains("DEBUG") || log.contains("debug"),
@@ -166,6 +175,16 @@ settings:
                 if answer.contains(needle) {
                     leaks.push(format!("an answer carries '{needle}': {answer}"));
                 }
+            }
+        }
+    }
+    // The number whole, or its national part, is a leak; its last four digits are not.
+    // stdout too: the banner there shows keys on purpose, never numbers.
+    let terminal = format!("{log}\n{}", app.stdout());
+    for needle in [PHONE, &PHONE[2..], &PHONE[..8]] {
+        for (n, line) in terminal.lines().enumerate() {
+            if line.contains(needle) {
+                leaks.push(format!("log line {n} carries the phone number '{needle}': {line}"));
             }
         }
     }

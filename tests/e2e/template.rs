@@ -112,3 +112,211 @@ fn collect_actions(value: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// The logical id a `!GetAtt Id.Attribute` names, if `value` is one.
+fn get_att<'a>(value: &'a Value, attribute: &str) -> Option<&'a str> {
+    let Value::Tagged(tagged) = value else { return None };
+    if tagged.tag != "GetAtt" {
+        return None;
+    }
+    tagged.value.as_str()?.strip_suffix(attribute)?.strip_suffix('.')
+}
+
+/// Every queue that holds what failed: SQS redrive targets, Lambda
+/// dead-letter queues and stream on-failure destinations.
+fn dead_letter_queues(value: &Value, parent: Option<&str>, out: &mut Vec<String>) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                let key = key.as_str().unwrap_or_default();
+                let holds_failures = key == "deadLetterTargetArn"
+                    || (key == "TargetArn" && parent == Some("DeadLetterQueue"))
+                    || (key == "Destination" && parent == Some("OnFailure"));
+                match get_att(child, "Arn") {
+                    Some(queue) if holds_failures => out.push(queue.to_owned()),
+                    _ => dead_letter_queues(child, Some(key), out),
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter().for_each(|i| dead_letter_queues(i, parent, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_dead_letter_queue_has_an_alarm_to_the_alarm_topic() {
+    let template = template();
+    let resources = template["Resources"].as_mapping().unwrap();
+    let mut queues = Vec::new();
+    dead_letter_queues(&template["Resources"], None, &mut queues);
+    queues.sort();
+    queues.dedup();
+    assert!(queues.len() >= 6, "only {queues:?} found: the search is broken");
+    for queue in queues {
+        assert_eq!(
+            template["Resources"][queue.as_str()]["Type"],
+            "AWS::SQS::Queue",
+            "{queue} is not a queue"
+        );
+        let alarmed = resources.values().any(|resource| {
+            let p = &resource["Properties"];
+            resource["Type"] == "AWS::CloudWatch::Alarm"
+                && p["Namespace"] == "AWS/SQS"
+                && p["MetricName"] == "ApproximateNumberOfMessagesVisible"
+                && p["ComparisonOperator"] == "GreaterThanThreshold"
+                && p["Threshold"].as_f64() == Some(0.0)
+                && p["Dimensions"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d["Name"] == "QueueName" && get_att(&d["Value"], "QueueName") == Some(queue.as_str()))
+                && p["AlarmActions"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| matches!(a, Value::Tagged(t) if t.tag == "Ref" && t.value == "AlarmTopic"))
+        });
+        assert!(alarmed, "no alarm on {queue}'s visible messages > 0 to the AlarmTopic");
+    }
+}
+
+/// (metric name, dimension names) of every Tocsin metric in a dashboard
+/// widget's `metrics` array, SEARCH expressions included.
+fn dashboard_metrics(body: &serde_json::Value, out: &mut Vec<(String, Vec<String>)>) {
+    match body {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(rows)) = map.get("metrics") {
+                for row in rows.iter().filter_map(|r| r.as_array()) {
+                    if row.first().and_then(|n| n.as_str()) == Some(tocsin_core::metrics::NAMESPACE) {
+                        let name = row[1].as_str().unwrap_or_default().to_owned();
+                        let dimensions = row[2..]
+                            .iter()
+                            .filter_map(|d| d.as_str())
+                            .step_by(2)
+                            .map(str::to_owned)
+                            .collect();
+                        out.push((name, dimensions));
+                    }
+                    for expression in row.iter().filter_map(|r| r["expression"].as_str()) {
+                        let Some(schema) = expression.split_once("{Tocsin,").map(|(_, s)| s) else {
+                            continue;
+                        };
+                        let dimensions = schema.split('}').next().unwrap_or_default();
+                        let name = expression
+                            .split("MetricName=\"")
+                            .nth(1)
+                            .and_then(|rest| rest.split('"').next())
+                            .unwrap_or_default();
+                        out.push((name.to_owned(), dimensions.split(',').map(str::to_owned).collect()));
+                    }
+                }
+            }
+            map.values().for_each(|v| dashboard_metrics(v, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| dashboard_metrics(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_dashboard_and_alarms_name_only_the_metrics_the_code_emits() {
+    use tocsin_core::metrics::{dimension, name, NAMESPACE};
+
+    let template = template();
+    let resources = template["Resources"].as_mapping().unwrap();
+    let mut named: Vec<(String, Vec<String>)> = Vec::new();
+    for resource in resources.values() {
+        let p = &resource["Properties"];
+        match resource["Type"].as_str() {
+            Some("AWS::CloudWatch::Dashboard") => {
+                let Value::Tagged(body) = &p["DashboardBody"] else {
+                    panic!("the dashboard body is a !Sub string")
+                };
+                // ${…} substitutions are always inside JSON strings.
+                let mut text = body.value.as_str().unwrap().to_owned();
+                while let Some(start) = text.find("${") {
+                    let end = start + text[start..].find('}').unwrap();
+                    text.replace_range(start..=end, "X");
+                }
+                let json: serde_json::Value = serde_json::from_str(&text).expect("the dashboard body is JSON");
+                dashboard_metrics(&json, &mut named);
+            }
+            Some("AWS::CloudWatch::Alarm") => {
+                let mut metrics = vec![p.clone()];
+                for query in p["Metrics"].as_sequence().into_iter().flatten() {
+                    metrics.push(query["MetricStat"]["Metric"].clone());
+                }
+                for metric in metrics.iter().filter(|m| m["Namespace"] == NAMESPACE) {
+                    let dimensions = metric["Dimensions"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|d| d["Name"].as_str().map(str::to_owned))
+                        .collect();
+                    named.push((metric["MetricName"].as_str().unwrap_or_default().to_owned(), dimensions));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (metric, dimensions) in &named {
+        assert!(
+            name::ALL.contains(&metric.as_str()),
+            "{metric} is not a metric the code emits"
+        );
+        for d in dimensions {
+            assert!(
+                dimension::ALL.contains(&d.as_str()),
+                "{metric}: {d} is not a dimension the code emits"
+            );
+        }
+    }
+    for metric in name::ALL {
+        assert!(
+            named.iter().any(|(n, _)| n == metric),
+            "{metric} is emitted but on no dashboard or alarm"
+        );
+    }
+}
+
+/// Every route of the api function's router (tocsin-api's `incident_routes`,
+/// read from its source) has its API Gateway route on the api function, with
+/// each method it answers: a route served locally but missing here would be
+/// a 404 on AWS.
+#[test]
+fn every_api_route_is_routed_to_the_api_function() {
+    let source = std::fs::read_to_string(workspace().join("shared/api/src/lib.rs")).expect("shared/api/src/lib.rs");
+    let start = source.find("fn incident_routes").expect("fn incident_routes");
+    let body = &source[start..start + source[start..].find("\n}\n").expect("its end")];
+    let mut routes = Vec::new();
+    for line in body.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line[".route(\"".len()..].split('"').next().expect("a path");
+        for (call, method) in [("get(", "GET"), ("post(", "POST"), ("delete(", "DELETE")] {
+            if line.contains(call) {
+                routes.push((method, path.to_owned()));
+            }
+        }
+    }
+    assert!(routes.len() >= 10, "the route list was not found: {routes:?}");
+
+    let resources = template()["Resources"].clone();
+    let api = function_building(&resources, "api").expect("the api function");
+    let events = api["Properties"]["Events"].as_mapping().expect("its events");
+    let routed: Vec<(String, String)> = events
+        .values()
+        .filter(|e| e["Type"] == "HttpApi")
+        .map(|e| {
+            let properties = &e["Properties"];
+            (
+                properties["Method"].as_str().unwrap_or_default().to_owned(),
+                properties["Path"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for (method, path) in &routes {
+        assert!(
+            routed.iter().any(|(m, p)| m == method && p == path),
+            "{method} {path} is served by tocsin-api but not routed to the api function in template.yaml"
+        );
+    }
+}

@@ -5,6 +5,8 @@
 //! answers through the same ingest service). Every answer, errors included,
 //! is JSON.
 
+mod maintenance;
+
 use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
@@ -21,9 +23,10 @@ use tocsin_core::auth::{bearer_token, KeyHash, Scope};
 use tocsin_core::event::{Action, ServiceId};
 use tocsin_core::incident::{IncidentId, IncidentStatus};
 use tocsin_core::ingest::{IngestRequest, IngestService};
-use tocsin_core::ports::{ConfigStore, IncidentFilter, IncidentStore};
+use tocsin_core::ports::{ConfigStore, IncidentFilter, IncidentStore, Timeline};
 use tocsin_core::process::{act_on_incident, ActionError, ProcessService};
 use tocsin_core::providers::{provider, ProviderKind};
+use tocsin_core::timeline::TimelineEntry;
 
 /// What the incidents API needs: the store, the service that applies an
 /// acknowledge or resolve, and the config (API keys).
@@ -31,6 +34,7 @@ use tocsin_core::providers::{provider, ProviderKind};
 pub struct ApiState {
     pub process: ProcessService,
     pub incidents: Arc<dyn IncidentStore>,
+    pub timeline: Arc<dyn Timeline>,
     pub config: Arc<dyn ConfigStore>,
 }
 
@@ -60,11 +64,118 @@ fn ingest_routes(ingest: IngestService) -> Router {
 fn incident_routes(api: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        // Static: matched before the provider endpoints' "/integrations/{provider}".
+        .route("/integrations/health", get(integrations_health))
+        .route("/heartbeat/{id}", post(heartbeat))
         .route("/incidents", get(list_incidents))
         .route("/incidents/{id}", get(get_incident))
+        .route("/incidents/{id}/timeline", get(get_timeline))
         .route("/incidents/{id}/acknowledge", post(acknowledge))
         .route("/incidents/{id}/resolve", post(resolve))
+        .route("/maintenance", get(maintenance::list).post(maintenance::create))
+        .route("/maintenance/{id}", axum::routing::delete(maintenance::delete))
         .with_state(api)
+}
+
+/// The ingest counters `GET /integrations/health` reports, given to a
+/// router with [`with_ingest_health`]. Kept out of [`ApiState`] so that a
+/// deployment that does not count (and every existing constructor) needs
+/// no change: without it the route answers 404.
+#[derive(Clone)]
+pub struct IngestHealth(pub Arc<dyn tocsin_core::ports::IngestStats>);
+
+/// The heartbeat service `POST /heartbeat/{id}` records beats with; without
+/// it the route answers 404.
+#[derive(Clone)]
+pub struct Heartbeats(pub tocsin_core::heartbeat::HeartbeatService);
+
+/// `router` with `POST /heartbeat/{id}` served by `heartbeats`.
+pub fn with_heartbeats(router: Router, heartbeats: tocsin_core::heartbeat::HeartbeatService) -> Router {
+    router.layer(axum::Extension(Heartbeats(heartbeats)))
+}
+
+/// A beat: the heartbeat's key as for an integration (header or `?token=`);
+/// the body, whatever it is (Alertmanager's webhook JSON, nothing), is not
+/// read. An unknown id and a wrong key get the same 404, so the answer does
+/// not tell which heartbeats exist.
+async fn heartbeat(
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    heartbeats: Option<axum::Extension<Heartbeats>>,
+) -> Response {
+    use tocsin_core::heartbeat::HeartbeatError;
+    let not_found = || {
+        send(error_answer(
+            StatusCode::NOT_FOUND,
+            "not found",
+            "no heartbeat has this id and key".to_owned(),
+            Vec::new(),
+        ))
+    };
+    let Some(axum::Extension(Heartbeats(service))) = heartbeats else {
+        return not_found();
+    };
+    let Ok(id) = tocsin_core::event::HeartbeatId::parse(&id) else {
+        return not_found();
+    };
+    let key = tocsin_core::auth::key_from_request(&headers, uri.query());
+    match service.beat(&id, key.as_deref(), Utc::now()).await {
+        Ok(accepted) => send(json_answer(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "ok",
+                "heartbeat": accepted.heartbeat,
+                "next_beat_before": accepted.next_beat_before,
+                "recovered": accepted.recovered,
+            }),
+        )),
+        Err(HeartbeatError::NotFound | HeartbeatError::WrongKey) => not_found(),
+        Err(error @ HeartbeatError::MissingKey) => send(error_answer(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            error.to_string(),
+            Vec::new(),
+        )),
+        Err(HeartbeatError::Backend(error)) => send(unavailable(&error)),
+    }
+}
+
+/// `router` with `GET /integrations/health` reading `stats`.
+pub fn with_ingest_health(router: Router, stats: Arc<dyn tocsin_core::ports::IngestStats>) -> Router {
+    router.layer(axum::Extension(IngestHealth(stats)))
+}
+
+/// The ingest health document (tocsin_core::health), for API keys that may
+/// read incidents.
+async fn integrations_health(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    health: Option<axum::Extension<IngestHealth>>,
+) -> Result<Response, Refused> {
+    authorize(&state, &headers, Scope::IncidentsRead).await?;
+    let Some(axum::Extension(IngestHealth(stats))) = health else {
+        return Err(Refused::from(error_answer(
+            StatusCode::NOT_FOUND,
+            "not found",
+            "this deployment does not count ingest requests".to_owned(),
+            Vec::new(),
+        )));
+    };
+    let snapshot = stats.snapshot().await.map_err(|e| Refused::from(unavailable(&e)))?;
+    Ok(send(json_answer(
+        StatusCode::OK,
+        &tocsin_core::health::HealthDocument::build(snapshot, Utc::now()),
+    )))
+}
+
+pub use maintenance::MaintenanceWindows;
+
+/// `router` with the maintenance window routes on `store`
+/// (`GET`/`POST /maintenance`, `DELETE /maintenance/{id}`); without it
+/// they answer 404.
+pub fn with_maintenance(router: Router, store: Arc<dyn tocsin_core::ports::MaintenanceStore>) -> Router {
+    router.layer(axum::Extension(MaintenanceWindows(store)))
 }
 
 fn with_fallbacks(router: Router) -> Router {
@@ -369,6 +480,32 @@ async fn get_incident(
         Some(incident) => Ok(send(json_answer(StatusCode::OK, &incident))),
         None => Err(no_incident(id.as_str())),
     }
+}
+
+/// What happened to an incident, oldest first: `{"incident", "entries"}`.
+async fn get_timeline(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    #[derive(serde::Serialize)]
+    struct TimelineAnswer<'a> {
+        incident: &'a IncidentId,
+        entries: Vec<TimelineEntry>,
+    }
+    authorize(&state, &headers, Scope::IncidentsRead).await?;
+    let id = incident_id(&id)?;
+    let down = |e: tocsin_core::ports::BackendError| Refused::from(unavailable(&e));
+    // An unknown id is a 404, not an empty timeline: a typo must not look
+    // like an incident nothing happened to.
+    if state.incidents.get(&id).await.map_err(down)?.is_none() {
+        return Err(no_incident(id.as_str()));
+    }
+    let entries = state.timeline.timeline(&id).await.map_err(down)?;
+    Ok(send(json_answer(
+        StatusCode::OK,
+        &TimelineAnswer { incident: &id, entries },
+    )))
 }
 
 async fn acknowledge(state: State<ApiState>, id: Path<String>, headers: HeaderMap) -> Result<Response, Refused> {

@@ -65,8 +65,34 @@ pub async fn dispatch_batch(
     event: Event,
     now: DateTime<Utc>,
 ) -> DynamoDbEventResponse {
+    dispatch_batch_holding(config, queue, None, event, now).await
+}
+
+/// What holds notifications during maintenance windows
+/// (tocsin_core::maintenance): the windows, and the timeline that says so.
+#[derive(Clone)]
+pub struct Hold {
+    pub maintenance: Arc<dyn tocsin_core::ports::MaintenanceStore>,
+    pub timeline: Arc<dyn tocsin_core::ports::Timeline>,
+}
+
+/// [`dispatch_batch`], holding the notifications of services in a
+/// maintenance window when `hold` is given. Each service's windows are read
+/// once per batch.
+pub async fn dispatch_batch_holding(
+    config: Arc<dyn ConfigStore>,
+    queue: Arc<dyn NotificationQueue>,
+    hold: Option<Hold>,
+    event: Event,
+    now: DateTime<Utc>,
+) -> DynamoDbEventResponse {
     let collected = Arc::new(CollectedJobs::default());
-    let dispatch = DispatchService::new(config, collected.clone());
+    let mut dispatch = DispatchService::new(config, collected.clone());
+    if let Some(hold) = hold {
+        dispatch = dispatch
+            .with_maintenance(Arc::new(WindowsOfBatch::new(hold.maintenance)))
+            .with_timeline(hold.timeline);
+    }
     let mut response = DynamoDbEventResponse::default();
     let mut first_with_jobs: Option<Option<String>> = None;
     for record in event.records {
@@ -134,6 +160,54 @@ impl NotificationQueue for CollectedJobs {
             .map_err(|_| BackendError::new("collect notification jobs", "a planner panicked"))?
             .extend_from_slice(jobs);
         Ok(())
+    }
+}
+
+/// The maintenance windows of each service as first read in one batch: a
+/// batch of 25 transitions of one service costs one Query, not 25.
+struct WindowsOfBatch {
+    store: Arc<dyn tocsin_core::ports::MaintenanceStore>,
+    read: Mutex<std::collections::HashMap<Option<tocsin_core::event::ServiceId>, Vec<MaintenanceWindow>>>,
+}
+
+use tocsin_core::maintenance::{MaintenanceWindow, WindowId};
+
+impl WindowsOfBatch {
+    fn new(store: Arc<dyn tocsin_core::ports::MaintenanceStore>) -> Self {
+        Self {
+            store,
+            read: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl tocsin_core::ports::MaintenanceStore for WindowsOfBatch {
+    async fn put_window(&self, window: &MaintenanceWindow) -> Result<(), BackendError> {
+        self.store.put_window(window).await
+    }
+
+    async fn delete_window(&self, id: &WindowId) -> Result<bool, BackendError> {
+        self.store.delete_window(id).await
+    }
+
+    async fn windows(
+        &self,
+        service: Option<&tocsin_core::event::ServiceId>,
+    ) -> Result<Vec<MaintenanceWindow>, BackendError> {
+        let key = service.cloned();
+        if let Some(windows) = self.read.lock().ok().and_then(|read| read.get(&key).cloned()) {
+            return Ok(windows);
+        }
+        let windows = self.store.windows(service).await?;
+        if let Ok(mut read) = self.read.lock() {
+            read.insert(key, windows.clone());
+        }
+        Ok(windows)
+    }
+
+    async fn mark_released(&self, id: &WindowId, at: DateTime<Utc>) -> Result<(), BackendError> {
+        self.store.mark_released(id, at).await
     }
 }
 

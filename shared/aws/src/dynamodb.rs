@@ -33,14 +33,17 @@ use tocsin_core::config::{
     CloudWatchSettings, EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Secret, Service,
 };
 use tocsin_core::dedup::DedupTemplate;
-use tocsin_core::event::{DedupKey, EventId, FieldError, IntegrationId, ServiceId, Severity};
+use tocsin_core::event::{DedupKey, EventId, FieldError, HeartbeatId, IntegrationId, ServiceId, Severity};
+use tocsin_core::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
 use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
 use tocsin_core::ports::{
-    BackendError, Commit, CommitOutcome, ConfigStore, IgnoredEvent, IncidentFilter, IncidentStore, RateCounter,
+    BackendError, Commit, CommitOutcome, ConfigStore, Heartbeats, IgnoredEvent, IncidentFilter, IncidentStore,
+    RateCounter, Timeline,
 };
 use tocsin_core::providers::ProviderKind;
 use tocsin_core::secrets::SecretRef;
 use tocsin_core::sns::TopicArn;
+use tocsin_core::timeline::TimelineEntry;
 
 /// One DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
@@ -96,6 +99,8 @@ pub mod kind {
     pub const API_KEY: &str = "api_key";
     pub const TOPIC: &str = "topic";
     pub const RATE_WINDOW: &str = "rate_window";
+    pub const TIMELINE: &str = "timeline";
+    pub const HEARTBEAT: &str = "heartbeat";
 }
 
 /// The global secondary indexes, all KEYS_ONLY.
@@ -113,6 +118,9 @@ pub mod index {
 pub const APPLIED_RETENTION: TimeDelta = TimeDelta::days(7);
 /// How long an ignored event is kept for "why did this not page?".
 pub const IGNORED_RETENTION: TimeDelta = TimeDelta::days(30);
+/// How long an incident's timeline entries are kept: long enough for any
+/// postmortem, short enough that a key repeating for years does not pile up.
+pub const TIMELINE_RETENTION: TimeDelta = TimeDelta::days(400);
 
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
@@ -265,6 +273,25 @@ fn integration_pk(key: &KeyHash) -> String {
 
 fn topic_pk(topic: &TopicArn) -> String {
     format!("TOPIC#{}", topic.as_str())
+}
+
+fn timeline_pk(incident: &IncidentId) -> String {
+    format!("TIMELINE#{incident}")
+}
+
+/// A timeline entry's item: in its incident's partition, keyed by the
+/// entry's id so that writing it twice keeps one. Readers sort by time.
+pub fn timeline_item(entry: &TimelineEntry) -> Result<Item, serde_json::Error> {
+    let mut item = key(timeline_pk(&entry.incident), entry.id.clone());
+    item.extend([
+        (attr::TYPE.to_owned(), s(kind::TIMELINE)),
+        (
+            attr::EXPIRES_AT.to_owned(),
+            n((entry.at + TIMELINE_RETENTION).timestamp()),
+        ),
+        (attr::DATA.to_owned(), s(serde_json::to_string(entry)?)),
+    ]);
+    Ok(item)
 }
 
 fn rate_pk(integration: &IntegrationId) -> String {
@@ -886,6 +913,36 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Every integration in the table, for operators (`tocsin integrations
+    /// list`): a paginated Scan, never on a request path.
+    pub async fn list_integrations(&self) -> Result<Vec<Integration>, BackendError> {
+        let mut integrations = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#type = :type")
+                .expression_attribute_names("#type", attr::TYPE)
+                .expression_attribute_values(":type", s(kind::INTEGRATION))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Scan", e))?;
+            for item in output.items() {
+                let record: IntegrationRecord =
+                    record_of(item).map_err(|e| BackendError::new("dynamodb read a config record", e))?;
+                integrations.push(Integration::from(record));
+            }
+            match output.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(integrations),
+            }
+        }
+    }
+
     /// The applied record of an event, claimed unless it exists and has not
     /// expired. Expiry is decided here, not by TTL deletion (which may lag
     /// by days, and never happens in moto).
@@ -909,12 +966,23 @@ impl DynamoStore {
     /// The items of one commit, the applied record first.
     fn transaction(&self, commit: &Commit, now: DateTime<Utc>) -> Result<Vec<TransactWriteItem>, BackendError> {
         let encode = |e| BackendError::new("dynamodb encode a commit", e);
+        let mut items = self.changes(commit, now)?;
+        if let Some(entry) = commit.timeline_entry() {
+            items.push(put(&self.table, timeline_item(&entry).map_err(encode)?, None)?);
+        }
+        Ok(items)
+    }
+
+    /// The items a commit changes, but for its timeline entry.
+    fn changes(&self, commit: &Commit, now: DateTime<Utc>) -> Result<Vec<TransactWriteItem>, BackendError> {
+        let encode = |e| BackendError::new("dynamodb encode a commit", e);
         match commit {
             Commit::Incident {
                 event_id,
                 incident,
                 expected_version,
                 transition,
+                ..
             } => {
                 let item = Item::try_from(IncidentWrite {
                     incident,
@@ -1215,6 +1283,213 @@ impl IncidentStore for DynamoStore {
 
 /// One UpdateItem per request: an atomic ADD on the window's item, which
 /// expires (TTL) a minute after its window ends.
+/// The partition of every heartbeat: one Query lists them for the check.
+const HEARTBEAT_PK: &str = "HEARTBEAT";
+const LAST_BEAT_AT: &str = "last_beat_at";
+const MISSED_SINCE: &str = "missed_since";
+
+fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn heartbeat_key(id: &HeartbeatId) -> Item {
+    key(HEARTBEAT_PK.to_owned(), id.as_str().to_owned())
+}
+
+fn heartbeat_time(item: &Item, name: &'static str) -> Result<Option<DateTime<Utc>>, BackendError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(_) => {
+            let text = string(item, name).map_err(|e| BackendError::new("dynamodb read a heartbeat", e))?;
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| BackendError::new("dynamodb read a heartbeat time", e))
+        }
+    }
+}
+
+fn monitor_of(item: &Item) -> Result<HeartbeatMonitor, BackendError> {
+    let data = string(item, attr::DATA).map_err(|e| BackendError::new("dynamodb read a heartbeat", e))?;
+    Ok(HeartbeatMonitor {
+        heartbeat: serde_json::from_str(data).map_err(|e| BackendError::new("dynamodb decode a heartbeat", e))?,
+        state: HeartbeatState {
+            last_beat_at: heartbeat_time(item, LAST_BEAT_AT)?,
+            missed_since: heartbeat_time(item, MISSED_SINCE)?,
+        },
+    })
+}
+
+fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error: &E) -> bool {
+    error.code() == Some("ConditionalCheckFailedException")
+}
+
+impl DynamoStore {
+    /// Writes a heartbeat's config, keeping the state of its beats.
+    pub async fn put_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), BackendError> {
+        let data = serde_json::to_string(heartbeat).map_err(|e| BackendError::new("dynamodb encode a heartbeat", e))?;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(heartbeat_key(&heartbeat.id)))
+            .update_expression("SET #type = :kind, #data = :data")
+            .expression_attribute_names("#type", attr::TYPE)
+            .expression_attribute_names("#data", attr::DATA)
+            .expression_attribute_values(":kind", s(kind::HEARTBEAT))
+            .expression_attribute_values(":data", s(data))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb UpdateItem (heartbeat)", e))?;
+        Ok(())
+    }
+
+    pub async fn delete_heartbeat(&self, id: &HeartbeatId) -> Result<(), BackendError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(heartbeat_key(id)))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb DeleteItem (heartbeat)", e))?;
+        Ok(())
+    }
+}
+
+/// Heartbeats live in one partition (`HEARTBEAT`, one item each): a beat is
+/// one conditional UpdateItem, the check one Query.
+#[async_trait]
+impl Heartbeats for DynamoStore {
+    async fn monitors(&self) -> Result<Vec<HeartbeatMonitor>, BackendError> {
+        let mut monitors = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_values(":pk", s(HEARTBEAT_PK))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Query (heartbeats)", e))?;
+            for item in page.items() {
+                monitors.push(monitor_of(item)?);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(monitors)
+    }
+
+    async fn monitor(&self, id: &HeartbeatId) -> Result<Option<HeartbeatMonitor>, BackendError> {
+        self.get_item(heartbeat_key(id), true)
+            .await?
+            .as_ref()
+            .map(monitor_of)
+            .transpose()
+    }
+
+    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(heartbeat_key(id)))
+            .update_expression("SET #last = :at REMOVE #missed")
+            // Only a configured heartbeat, and never back in time.
+            .condition_expression("attribute_exists(#pk) AND (attribute_not_exists(#last) OR #last < :at)")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#last", LAST_BEAT_AT)
+            .expression_attribute_names("#missed", MISSED_SINCE)
+            .expression_attribute_values(":at", s(stamp(at)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(()),
+            Err(error) => Err(BackendError::new("dynamodb UpdateItem (beat)", error)),
+        }
+    }
+
+    async fn mark_missed(
+        &self,
+        id: &HeartbeatId,
+        last_beat_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(heartbeat_key(id)))
+            .update_expression("SET #missed = :at")
+            .condition_expression("#last = :seen AND attribute_not_exists(#missed)")
+            .expression_attribute_names("#last", LAST_BEAT_AT)
+            .expression_attribute_names("#missed", MISSED_SINCE)
+            .expression_attribute_values(":seen", s(stamp(last_beat_at)))
+            .expression_attribute_values(":at", s(stamp(at)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(false),
+            Err(error) => Err(BackendError::new("dynamodb UpdateItem (missed heartbeat)", error)),
+        }
+    }
+}
+
+/// Entries of events are written in the commit's transaction; a delivery
+/// attempt is one PutItem. A timeline is one Query of its partition.
+#[async_trait]
+impl Timeline for DynamoStore {
+    async fn record(&self, entry: &TimelineEntry) -> Result<(), BackendError> {
+        let item = timeline_item(entry).map_err(|e| BackendError::new("dynamodb encode a timeline entry", e))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb PutItem (timeline)", e))?;
+        Ok(())
+    }
+
+    async fn timeline(&self, incident: &IncidentId) -> Result<Vec<TimelineEntry>, BackendError> {
+        let mut entries = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_values(":pk", s(timeline_pk(incident)))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Query (timeline)", e))?;
+            for item in page.items() {
+                let data =
+                    string(item, attr::DATA).map_err(|e| BackendError::new("dynamodb read a timeline entry", e))?;
+                let entry =
+                    serde_json::from_str(data).map_err(|e| BackendError::new("dynamodb decode a timeline entry", e))?;
+                entries.push(entry);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        entries.sort_by_cached_key(TimelineEntry::sort_key);
+        Ok(entries)
+    }
+}
+
 #[async_trait]
 impl RateCounter for DynamoStore {
     async fn hit(&self, integration: &IntegrationId, window: i64) -> Result<u64, BackendError> {
@@ -1236,6 +1511,162 @@ impl RateCounter for DynamoStore {
             .map_err(|e| BackendError::new("dynamodb UpdateItem (rate window)", e))?;
         let attributes = output.attributes.unwrap_or_default();
         number(&attributes, attr::COUNT).map_err(|e| BackendError::new("dynamodb read a rate window", e))
+    }
+}
+
+/// The partition of every integration's health counters: one Query lists them.
+pub const HEALTH_PK: &str = "HEALTH";
+
+/// The attributes of a health item (`type = ingest_stats`, infra/dynamodb.md).
+pub mod health_attr {
+    pub const KIND: &str = "ingest_stats";
+    pub const RECEIVED: &str = "received";
+    pub const SUCCESS: &str = "success";
+    pub const ERRORS: &str = "errors";
+    pub const LATENCY_MS: &str = "latency_ms";
+    pub const PROVIDER: &str = "provider";
+    pub const LAST_EVENT_AT: &str = "last_event_at";
+    /// A map: `at`, `status`, `message`.
+    pub const LAST_ERROR: &str = "last_error";
+}
+
+/// The key of an integration's health counters.
+pub fn health_key(integration: &IntegrationId) -> Item {
+    key(HEALTH_PK.to_owned(), integration.as_str())
+}
+
+fn health_stats(item: &Item) -> Result<tocsin_core::health::IntegrationStats, ItemError> {
+    use health_attr::*;
+    let time = |value: &str, name: &'static str| {
+        DateTime::parse_from_rfc3339(value)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| ItemError::Attribute {
+                name,
+                expected: "RFC 3339 time",
+            })
+    };
+    let count = |name: &'static str| match item.get(name) {
+        None => Ok(0),
+        Some(_) => number::<i64>(item, name).map(|n| u64::try_from(n).unwrap_or(0)),
+    };
+    let last_error = match item.get(LAST_ERROR) {
+        Some(AttributeValue::M(error)) => Some(tocsin_core::health::LastError {
+            at: time(string(error, "at")?, LAST_ERROR)?,
+            status: number(error, "status")?,
+            message: string(error, "message")?.to_owned(),
+        }),
+        _ => None,
+    };
+    Ok(tocsin_core::health::IntegrationStats {
+        integration: IntegrationId::parse(string(item, attr::SK)?)?,
+        service: ServiceId::parse(string(item, attr::SERVICE)?)?,
+        provider: ProviderKind::parse(string(item, PROVIDER)?).ok_or(ItemError::Attribute {
+            name: PROVIDER,
+            expected: "provider slug",
+        })?,
+        received: count(RECEIVED)?,
+        success: count(SUCCESS)?,
+        errors: count(ERRORS)?,
+        latency_ms_total: count(LATENCY_MS)?,
+        last_event_at: Some(time(string(item, LAST_EVENT_AT)?, LAST_EVENT_AT)?),
+        last_error,
+    })
+}
+
+/// One UpdateItem per request: ADD on the counters, SET of the latest
+/// times, all in the `HEALTH` partition.
+#[async_trait]
+impl tocsin_core::ports::IngestStats for DynamoStore {
+    async fn record(
+        &self,
+        integration: &IntegrationId,
+        service: &ServiceId,
+        provider: ProviderKind,
+        outcome: &tocsin_core::health::IngestOutcome,
+    ) -> Result<(), BackendError> {
+        use health_attr::*;
+        use tocsin_core::health::OutcomeKind;
+        let (add, failure) = match &outcome.kind {
+            OutcomeKind::Success => ("#received :one, #success :one, #latency :latency", None),
+            OutcomeKind::Error(failure) => ("#received :one, #errors :one, #latency :latency", Some(failure)),
+            OutcomeKind::FailedAfterSuccess(failure) => ("#success :minus_one, #errors :one", Some(failure)),
+        };
+        let at = s(outcome.at.to_rfc3339_opts(SecondsFormat::Micros, true));
+        let mut set = String::from("#type = :kind, #service = :service, #provider = :provider, #last_event_at = :at");
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(health_key(integration)))
+            .expression_attribute_names("#type", attr::TYPE)
+            .expression_attribute_names("#service", attr::SERVICE)
+            .expression_attribute_names("#provider", PROVIDER)
+            .expression_attribute_names("#last_event_at", LAST_EVENT_AT)
+            .expression_attribute_values(":kind", s(KIND))
+            .expression_attribute_values(":service", s(service.as_str()))
+            .expression_attribute_values(":provider", s(provider.as_str()))
+            .expression_attribute_values(":at", at.clone())
+            .expression_attribute_values(":one", n(1));
+        // DynamoDB refuses a name or value the expression does not use.
+        for (name, attribute) in [
+            ("#received", RECEIVED),
+            ("#success", SUCCESS),
+            ("#errors", ERRORS),
+            ("#latency", LATENCY_MS),
+        ] {
+            if add.contains(name) {
+                request = request.expression_attribute_names(name, attribute);
+            }
+        }
+        request = match &outcome.kind {
+            OutcomeKind::FailedAfterSuccess(_) => request.expression_attribute_values(":minus_one", n(-1)),
+            _ => request.expression_attribute_values(":latency", n(outcome.latency_ms)),
+        };
+        if let Some(failure) = failure {
+            set.push_str(", #last_error = :error");
+            request = request
+                .expression_attribute_names("#last_error", LAST_ERROR)
+                .expression_attribute_values(
+                    ":error",
+                    AttributeValue::M(HashMap::from([
+                        ("at".to_owned(), at),
+                        ("status".to_owned(), n(failure.status)),
+                        ("message".to_owned(), s(failure.message.clone())),
+                    ])),
+                );
+        }
+        request
+            .update_expression(format!("ADD {add} SET {set}"))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb UpdateItem (health)", e))?;
+        Ok(())
+    }
+
+    async fn snapshot(&self) -> Result<Vec<tocsin_core::health::IntegrationStats>, BackendError> {
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_values(":pk", s(HEALTH_PK))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Query (health)", e))?;
+            for item in page.items() {
+                all.push(health_stats(item).map_err(|e| BackendError::new("dynamodb read a health item", e))?);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return Ok(all);
+            }
+        }
     }
 }
 
@@ -1369,6 +1800,176 @@ pub async fn create_table(client: &Client, name: &str) -> Result<(), BackendErro
         .await
         .map_err(|e| BackendError::new("dynamodb UpdateContinuousBackups", e))?;
     Ok(())
+}
+
+/// The partition of every maintenance window: one Query lists them all,
+/// or one service's with `begins_with(sk, "<service>#")`.
+pub const MAINTENANCE_PK: &str = "MAINTENANCE";
+/// On a maintenance window item: when its end was released (RFC 3339).
+/// Beside `data`, so that rewriting the window keeps it.
+pub const RELEASED_AT: &str = "released_at";
+const MAINTENANCE_KIND: &str = "maintenance_window";
+
+/// A window's key: `<service>#<start>#<id>` sorts by service, then start.
+pub fn maintenance_key(window: &tocsin_core::maintenance::MaintenanceWindow) -> Item {
+    key(
+        MAINTENANCE_PK.to_owned(),
+        format!(
+            "{}#{}#{}",
+            window.service,
+            window.start.to_rfc3339_opts(SecondsFormat::Micros, true),
+            window.id
+        ),
+    )
+}
+
+fn maintenance_window(item: &Item) -> Result<tocsin_core::maintenance::MaintenanceWindow, ItemError> {
+    expect_kind(item, MAINTENANCE_KIND)?;
+    let mut window: tocsin_core::maintenance::MaintenanceWindow =
+        serde_json::from_str(string(item, attr::DATA)?).map_err(ItemError::Data)?;
+    if maintenance_key(&window) != key_of(item)? {
+        return Err(ItemError::Disagrees(attr::SK));
+    }
+    window.released_at = match item.get(RELEASED_AT) {
+        None => None,
+        Some(_) => Some(
+            DateTime::parse_from_rfc3339(string(item, RELEASED_AT)?)
+                .map_err(|_| ItemError::Attribute {
+                    name: RELEASED_AT,
+                    expected: "RFC 3339 time",
+                })?
+                .with_timezone(&Utc),
+        ),
+    };
+    Ok(window)
+}
+
+impl DynamoStore {
+    async fn find_window(
+        &self,
+        id: &tocsin_core::maintenance::WindowId,
+    ) -> Result<Option<tocsin_core::maintenance::MaintenanceWindow>, BackendError> {
+        use tocsin_core::ports::MaintenanceStore;
+        Ok(self.windows(None).await?.into_iter().find(|w| &w.id == id))
+    }
+}
+
+/// Windows are few and small: all in one partition, written with
+/// UpdateItem so that `released_at` survives a rewrite.
+#[async_trait]
+impl tocsin_core::ports::MaintenanceStore for DynamoStore {
+    async fn put_window(&self, window: &tocsin_core::maintenance::MaintenanceWindow) -> Result<(), BackendError> {
+        let mut data = window.clone();
+        data.released_at = None;
+        let data =
+            serde_json::to_string(&data).map_err(|e| BackendError::new("dynamodb encode a maintenance window", e))?;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(maintenance_key(window)))
+            .update_expression("SET #type = :kind, #data = :data, #service = :service")
+            .expression_attribute_names("#type", attr::TYPE)
+            .expression_attribute_names("#data", attr::DATA)
+            .expression_attribute_names("#service", attr::SERVICE)
+            .expression_attribute_values(":kind", s(MAINTENANCE_KIND))
+            .expression_attribute_values(":data", s(data))
+            .expression_attribute_values(":service", s(window.service.as_str()))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb UpdateItem (maintenance window)", e))?;
+        Ok(())
+    }
+
+    async fn delete_window(&self, id: &tocsin_core::maintenance::WindowId) -> Result<bool, BackendError> {
+        let Some(window) = self.find_window(id).await? else {
+            return Ok(false);
+        };
+        let output = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(maintenance_key(&window)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb DeleteItem (maintenance window)", e))?;
+        Ok(output.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn windows(
+        &self,
+        service: Option<&ServiceId>,
+    ) -> Result<Vec<tocsin_core::maintenance::MaintenanceWindow>, BackendError> {
+        let mut windows = Vec::new();
+        let mut start = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_values(":pk", s(MAINTENANCE_PK))
+                .set_exclusive_start_key(start);
+            query = match service {
+                Some(service) => query
+                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                    .expression_attribute_names("#sk", attr::SK)
+                    .expression_attribute_values(":prefix", s(format!("{service}#"))),
+                None => query.key_condition_expression("#pk = :pk"),
+            };
+            let page = query
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Query (maintenance windows)", e))?;
+            for item in page.items() {
+                windows.push(
+                    maintenance_window(item).map_err(|e| BackendError::new("dynamodb read a maintenance window", e))?,
+                );
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        // The sort key already orders so (`#` sorts below every character of
+        // a service id); sorted again so the port's order rests on no encoding.
+        windows.sort_by(|a, b| (&a.service, a.start, &a.id).cmp(&(&b.service, b.start, &b.id)));
+        Ok(windows)
+    }
+
+    async fn mark_released(
+        &self,
+        id: &tocsin_core::maintenance::WindowId,
+        at: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        let Some(window) = self.find_window(id).await? else {
+            return Ok(());
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(maintenance_key(&window)))
+            .update_expression("SET #released = if_not_exists(#released, :at)")
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#released", RELEASED_AT)
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_values(":at", s(at.to_rfc3339_opts(SecondsFormat::Micros, true)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Deleted since it was read: nothing left to mark.
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(BackendError::new("dynamodb UpdateItem (maintenance released)", error)),
+        }
+    }
 }
 
 #[cfg(test)]

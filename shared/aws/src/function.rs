@@ -7,12 +7,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use lambda_http::{Body, Request, RequestExt, Response};
 use lambda_runtime::LambdaEvent;
+use tocsin_core::heartbeat::HeartbeatService;
 use tocsin_core::ingest::{IngestRequest, IngestService};
 use tocsin_core::process::ProcessService;
 use tocsin_core::providers::ProviderKind;
 
 use crate::dynamodb::DynamoStore;
-use crate::processor::process_batch;
 use crate::sqs::SqsEventQueue;
 
 /// A required environment variable that is missing or empty.
@@ -76,10 +76,11 @@ pub async fn run_ingest_cloudwatch() -> Result<(), lambda_http::Error> {
 fn ingest_service(sdk: &aws_config::SdkConfig) -> Result<Ingest, MissingVariable> {
     let config = EventsConfig::from_env()?;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table));
-    let queue = Arc::new(SqsEventQueue::new(
+    // Counts each request's queued events for its metrics (crate::measured).
+    let queue = Arc::new(crate::measured::CountingQueue::new(Arc::new(SqsEventQueue::new(
         aws_sdk_sqs::Client::new(sdk),
         config.events_queue_url,
-    ));
+    ))));
     // Integrations' secrets named in the config (secret: {secrets_manager:
     // tocsin/…}), read when a request needs one and cached per container.
     let secrets = crate::secrets::AwsSecrets::new(aws_sdk_secretsmanager::Client::new(sdk));
@@ -98,8 +99,11 @@ impl Ingest {
     /// With each integration's rate limit counted in the table: for the
     /// HTTP endpoints, whose senders can back off on a 429. Deliveries AWS
     /// makes itself (SNS → Lambda, SES receipt rules) have no one to tell.
+    /// Their requests are also counted for `GET /integrations/health`.
     fn limited(self) -> IngestService {
-        self.service.with_rate_limiter(self.store)
+        self.service
+            .with_rate_limiter(self.store.clone())
+            .with_stats(self.store)
     }
 }
 
@@ -121,19 +125,24 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
         bucket,
         prefix,
     };
+    let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::INGEST);
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::ses::SimpleEmailEvent>| {
-            let (ingest, store) = (ingest.clone(), store.clone());
+            let (ingest, store, metrics) = (ingest.clone(), store.clone(), metrics.clone());
             async move {
-                let received = crate::email::receive(&ingest, &store, event.payload)
-                    .await
-                    .map_err(|error| {
-                        tracing::error!(%error, "the invocation fails, for Lambda to retry");
-                        lambda_runtime::Diagnostic {
-                            error_type: "EmailError".to_owned(),
-                            error_message: chain(&error),
-                        }
-                    })?;
+                let (received, queued) =
+                    crate::measured::counting(crate::email::receive(&ingest, &store, event.payload)).await;
+                // One document per invocation: accepted, or failed for Lambda to retry.
+                let status = if received.is_ok() { 202 } else { 503 };
+                let (provider, integration) = (ProviderKind::Email.as_str(), queued.integration.as_deref());
+                metrics.ingest(Utc::now(), provider, status, queued.events, integration);
+                let received = received.map_err(|error| {
+                    tracing::error!(%error, "the invocation fails, for Lambda to retry");
+                    lambda_runtime::Diagnostic {
+                        error_type: "EmailError".to_owned(),
+                        error_message: chain(&error),
+                    }
+                })?;
                 tracing::info!(?received, "messages received");
                 Ok::<_, lambda_runtime::Diagnostic>(serde_json::json!({
                     "accepted": received.accepted,
@@ -155,9 +164,10 @@ pub async fn run_ingest_cloudwatch_sns() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let sdk = crate::trust::function_sdk_config().await;
     let ingest = ingest_service(&sdk)?.service;
+    let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::INGEST);
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sns::SnsEvent>| {
-            let ingest = ingest.clone();
+            let (ingest, metrics) = (ingest.clone(), metrics.clone());
             async move {
                 let mut accepted = 0;
                 for record in event.payload.records {
@@ -167,7 +177,15 @@ pub async fn run_ingest_cloudwatch_sns() -> Result<(), lambda_runtime::Error> {
                         message: &record.sns.message,
                         received_at: Utc::now(),
                     };
-                    ingest.ingest_sns_direct(notification).await.map_err(|error| {
+                    let (result, queued) = crate::measured::counting(ingest.ingest_sns_direct(notification)).await;
+                    let status = match &result {
+                        Ok(answer) => answer.status(),
+                        Err(error) => error.status(),
+                    };
+                    let provider = ProviderKind::CloudWatch.as_str();
+                    let integration = queued.integration.as_deref();
+                    metrics.ingest(Utc::now(), provider, status.as_u16(), queued.events, integration);
+                    result.map_err(|error| {
                         tracing::error!(
                             message_id = %record.sns.message_id,
                             topic = %record.sns.topic_arn,
@@ -201,9 +219,14 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 async fn serve_ingest(ingest: IngestService, provider: ProviderKind) -> Result<(), lambda_http::Error> {
+    let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::INGEST);
     lambda_http::run(lambda_http::service_fn(|request: Request| {
-        let ingest = ingest.clone();
-        async move { Ok::<_, std::convert::Infallible>(answer_ingest(&ingest, provider, request).await) }
+        let (ingest, metrics) = (ingest.clone(), metrics.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                crate::measured::answer_ingest_measured(&ingest, &metrics, provider, request).await,
+            )
+        }
     }))
     .await
 }
@@ -269,9 +292,78 @@ pub async fn run_api() -> Result<(), lambda_http::Error> {
     let api = tocsin_api::ApiState {
         process: ProcessService::new(store.clone()),
         incidents: store.clone(),
-        config: store,
+        timeline: store.clone(),
+        config: store.clone(),
     };
-    lambda_http::run(tocsin_api::api_router(api)).await
+    let heartbeats = events_queue(&sdk).map(|queue| HeartbeatService::new(store.clone(), Arc::new(queue)));
+    let app = tocsin_api::with_maintenance(tocsin_api::api_router(api), store.clone());
+    let app = tocsin_api::with_ingest_health(app, store);
+    match heartbeats {
+        // Beats (POST /heartbeat/{id}) enqueue the resolve of a missed
+        // heartbeat; the template sets the queue for every function.
+        Ok(heartbeats) => lambda_http::run(tocsin_api::with_heartbeats(app, heartbeats)).await,
+        Err(missing) => {
+            tracing::warn!(%missing, "no events queue: POST /heartbeat/{{id}} answers 404");
+            lambda_http::run(app).await
+        }
+    }
+}
+
+/// The events queue (TOCSIN_EVENTS_QUEUE_URL).
+fn events_queue(sdk: &aws_config::SdkConfig) -> Result<SqsEventQueue, MissingVariable> {
+    Ok(SqsEventQueue::new(
+        aws_sdk_sqs::Client::new(sdk),
+        required("TOCSIN_EVENTS_QUEUE_URL")?,
+    ))
+}
+
+/// The scheduler function, invoked every minute by an EventBridge schedule:
+/// heartbeats overdue open incidents through the events queue (the
+/// schedule's payload is not read).
+pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let config = EventsConfig::from_env()?;
+    let sdk = crate::trust::function_sdk_config().await;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
+    let heartbeats = HeartbeatService::new(store.clone(), Arc::new(events_queue(&sdk)?));
+    let maintenance = maintenance_release(&sdk, store)?;
+    lambda_runtime::run(lambda_runtime::service_fn(|_: LambdaEvent<serde_json::Value>| {
+        let (heartbeats, maintenance) = (heartbeats.clone(), maintenance.clone());
+        async move {
+            // A failed check is retried by the next minute's run anyway; one
+            // failing does not keep the other from running.
+            let now = Utc::now();
+            let missed = heartbeats.check(now).await;
+            let released = maintenance.release_ended(now).await;
+            let (missed, released) = (missed?, released?);
+            Ok::<_, lambda_runtime::Error>(serde_json::json!({
+                "heartbeats_missed": missed,
+                "maintenance_windows_released": released.windows,
+                "maintenance_incidents_notified": released.incidents,
+            }))
+        }
+    }))
+    .await
+}
+
+/// The release of ended maintenance windows (tocsin_core::maintenance):
+/// each still-open incident to the channel queues (TOCSIN_EMAIL_QUEUE_URL,
+/// TOCSIN_SMS_QUEUE_URL, TOCSIN_SLACK_QUEUE_URL), as the dispatcher sends.
+fn maintenance_release(
+    sdk: &aws_config::SdkConfig,
+    store: Arc<DynamoStore>,
+) -> Result<tocsin_core::maintenance::MaintenanceService, MissingVariable> {
+    let config = DispatchConfig::from_env()?;
+    let queues = Arc::new(crate::sqs::SqsNotificationQueues::new(
+        aws_sdk_sqs::Client::new(sdk),
+        config.queue_urls,
+    ));
+    let dispatch = tocsin_core::dispatch::DispatchService::new(store.clone(), queues).with_timeline(store.clone());
+    Ok(tocsin_core::maintenance::MaintenanceService::new(
+        store.clone(),
+        store,
+        dispatch,
+    ))
 }
 
 /// The processor function: batches from the events queue, failures
@@ -282,10 +374,15 @@ pub async fn run_processor() -> Result<(), lambda_runtime::Error> {
     let sdk = crate::trust::function_sdk_config().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
     let process = ProcessService::new(store);
+    let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::PROCESSOR);
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
-            let process = process.clone();
-            async move { Ok::<_, std::convert::Infallible>(process_batch(&process, event.payload, Utc::now()).await) }
+            let (process, metrics) = (process.clone(), metrics.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    crate::processor::process_batch_measured(&process, &metrics, event.payload, Utc::now()).await,
+                )
+            }
         },
     ))
     .await
@@ -343,7 +440,17 @@ pub async fn run_dispatch() -> Result<(), lambda_runtime::Error> {
             let (store, queues) = (store.clone(), queues.clone());
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    crate::dispatch::dispatch_batch(store, queues, event.payload, Utc::now()).await,
+                    crate::dispatch::dispatch_batch_holding(
+                        store.clone(),
+                        queues,
+                        Some(crate::dispatch::Hold {
+                            maintenance: store.clone(),
+                            timeline: store,
+                        }),
+                        event.payload,
+                        Utc::now(),
+                    )
+                    .await,
                 )
             }
         },
@@ -353,12 +460,25 @@ pub async fn run_dispatch() -> Result<(), lambda_runtime::Error> {
 
 /// Runs a notifier function: batches from its channel queue, failures
 /// reported per message.
-async fn run_notify(notifier: Arc<dyn tocsin_core::notify::Notifier>) -> Result<(), lambda_runtime::Error> {
-    let notify = tocsin_core::dispatch::NotifyService::new(vec![notifier], render_context_from_env());
+async fn run_notify(
+    notifier: Arc<dyn tocsin_core::notify::Notifier>,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(), lambda_runtime::Error> {
+    let mut notify = tocsin_core::dispatch::NotifyService::new(vec![notifier], render_context_from_env());
+    // Every attempt is written to its incident's timeline (TOCSIN_TABLE is
+    // set for every function by the template's globals).
+    if let Some(table) = optional("TOCSIN_TABLE") {
+        notify = notify.with_timeline(Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table)));
+    }
+    let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::NOTIFY);
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
-            let notify = notify.clone();
-            async move { Ok::<_, std::convert::Infallible>(crate::notify::deliver_batch(&notify, event.payload).await) }
+            let (notify, metrics) = (notify.clone(), metrics.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    crate::notify::deliver_batch_measured(&notify, &metrics, event.payload).await,
+                )
+            }
         },
     ))
     .await
@@ -369,10 +489,13 @@ pub async fn run_notify_email() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let from = required("TOCSIN_EMAIL_FROM")?;
     let sdk = crate::trust::function_sdk_config().await;
-    run_notify(Arc::new(crate::notify::SesEmailNotifier::new(
-        aws_sdk_sesv2::Client::new(&sdk),
-        from,
-    )))
+    run_notify(
+        Arc::new(crate::notify::SesEmailNotifier::new(
+            aws_sdk_sesv2::Client::new(&sdk),
+            from,
+        )),
+        &sdk,
+    )
     .await
 }
 
@@ -381,10 +504,13 @@ pub async fn run_notify_sms() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let sender_id = optional("TOCSIN_SMS_SENDER_ID");
     let sdk = crate::trust::function_sdk_config().await;
-    run_notify(Arc::new(crate::notify::SnsSmsNotifier::new(
-        aws_sdk_sns::Client::new(&sdk),
-        sender_id,
-    )))
+    run_notify(
+        Arc::new(crate::notify::SnsSmsNotifier::new(
+            aws_sdk_sns::Client::new(&sdk),
+            sender_id,
+        )),
+        &sdk,
+    )
     .await
 }
 
@@ -398,10 +524,13 @@ pub async fn run_notify_slack() -> Result<(), lambda_runtime::Error> {
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
     let delivery = slack_delivery(&secrets, &secret_id).await?;
     let api_base = optional("TOCSIN_SLACK_API_URL");
-    run_notify(Arc::new(tocsin_outbound::slack::SlackNotifier::for_delivery(
-        &delivery,
-        api_base.as_deref(),
-    )))
+    run_notify(
+        Arc::new(tocsin_outbound::slack::SlackNotifier::for_delivery(
+            &delivery,
+            api_base.as_deref(),
+        )),
+        &sdk,
+    )
     .await
 }
 

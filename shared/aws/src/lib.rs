@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod dynamodb;
 pub mod email;
 pub mod function;
+pub mod measured;
 pub mod notify;
 pub mod poller;
 pub mod processor;

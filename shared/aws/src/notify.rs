@@ -10,6 +10,7 @@ use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent};
 use aws_sdk_sns::types::MessageAttributeValue;
 use tocsin_core::dispatch::{DeliveryError, NotifyService};
+use tocsin_core::metrics::{function, DeliveryOutcome, Metrics};
 use tocsin_core::notify::{Channel, Message, NotificationJob, Notifier, NotifyError, Receipt};
 use tracing::Instrument;
 
@@ -24,7 +25,62 @@ const PASSING_CODES: &[&str] = &[
     "InternalError",
     "InternalFailure",
     "KMSThrottlingException",
+    // SNS's names for ThrottledException and KMSThrottlingException.
+    "Throttled",
+    "KMSThrottling",
 ];
+
+/// The codes among those that mean the provider throttled us (SNS's SMS
+/// rate and spend limits above all), counted apart in the metrics.
+const THROTTLING_CODES: &[&str] = &[
+    "Throttled",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "RequestLimitExceeded",
+    "KMSThrottling",
+    "KMSThrottlingException",
+];
+
+/// Whether a failed delivery was throttled: a 429 or a throttling code
+/// from SNS or SES, or a Retry-After (Slack's 429).
+fn throttled(error: &NotifyError) -> bool {
+    let NotifyError::Transient {
+        retry_after_secs,
+        source,
+        ..
+    } = error
+    else {
+        return false;
+    };
+    if retry_after_secs.is_some() {
+        return true;
+    }
+    let Some(source) = source.as_deref() else {
+        return false;
+    };
+    if let Some(error) = source.downcast_ref::<SdkError<aws_sdk_sns::operation::publish::PublishError, HttpResponse>>()
+    {
+        return sdk_throttled(error);
+    }
+    if let Some(error) =
+        source.downcast_ref::<SdkError<aws_sdk_sesv2::operation::send_email::SendEmailError, HttpResponse>>()
+    {
+        return sdk_throttled(error);
+    }
+    false
+}
+
+fn sdk_throttled<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
+    match error {
+        SdkError::ServiceError(context) => {
+            THROTTLING_CODES.contains(&context.err().code().unwrap_or_default())
+                || context.raw().status().as_u16() == 429
+        }
+        _ => false,
+    }
+}
 
 /// Sorts an SDK error: what may pass on a retry (no answer, throttling,
 /// 5xx) is transient; what the service refused as sent (validation, a bad
@@ -198,6 +254,12 @@ enum JobError {
 /// the processor, a failure holds back the rest of its FIFO group (one
 /// recipient), so a person's messages keep the order of the transitions.
 pub async fn deliver_batch(notify: &NotifyService, batch: SqsEvent) -> SqsBatchResponse {
+    deliver_batch_measured(notify, &Metrics::disabled(function::NOTIFY), batch).await
+}
+
+/// As [`deliver_batch`], with one metrics document per delivery attempt
+/// (crate::function sends them to CloudWatch on Lambda).
+pub async fn deliver_batch_measured(notify: &NotifyService, metrics: &Metrics, batch: SqsEvent) -> SqsBatchResponse {
     let mut failures = Vec::new();
     let mut blocked_groups: HashSet<String> = HashSet::new();
     for message in batch.records {
@@ -207,7 +269,18 @@ pub async fn deliver_batch(notify: &NotifyService, batch: SqsEvent) -> SqsBatchR
             tracing::info!(message_id = %id, "not delivered: an earlier message of its group failed");
         } else {
             let span = tracing::info_span!("message", message_id = %id);
-            match deliver(notify, &message).instrument(span).await {
+            let delivered = deliver(notify, &message).instrument(span).await;
+            if let Some(channel) = job_channel(&message) {
+                let outcome = match &delivered {
+                    Ok(_) => DeliveryOutcome::Sent,
+                    Err(JobError::Delivery(DeliveryError::Notify(error))) => DeliveryOutcome::Failed {
+                        throttled: throttled(error),
+                    },
+                    Err(_) => DeliveryOutcome::Failed { throttled: false },
+                };
+                metrics.notification(chrono::Utc::now(), channel, outcome);
+            }
+            match delivered {
                 Ok(receipt) => {
                     tracing::info!(message_id = %id, reference = receipt.reference.as_deref(), "delivered");
                     continue;
@@ -232,10 +305,32 @@ pub async fn deliver_batch(notify: &NotifyService, batch: SqsEvent) -> SqsBatchR
     response
 }
 
+/// The channel a message's job is for; none if the body is not a job.
+fn job_channel(message: &SqsMessage) -> Option<Channel> {
+    #[derive(serde::Deserialize)]
+    struct ChannelOnly {
+        channel: Channel,
+    }
+    let body = message.body.as_deref()?;
+    serde_json::from_str::<ChannelOnly>(body).ok().map(|job| job.channel)
+}
+
 async fn deliver(notify: &NotifyService, message: &SqsMessage) -> Result<Receipt, JobError> {
     let body = message.body.as_deref().unwrap_or_default();
     let job: NotificationJob = serde_json::from_str(body).map_err(JobError::NotAJob)?;
-    Ok(notify.deliver(&job).await?)
+    // SQS counts receives: the first delivery attempt is receive 1.
+    let attempt = message
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(1);
+    // Never the job id nor the recipient: both carry the address or number.
+    let span = tracing::info_span!(
+        "job",
+        service = %job.incident.service,
+        dedup_key = %job.incident.dedup_key
+    );
+    Ok(notify.deliver(&job, attempt).instrument(span).await?)
 }
 
 #[cfg(test)]
@@ -282,6 +377,38 @@ mod tests {
             assert!(!is_transient(&error), "{code}");
             assert_eq!(error.to_string(), format!("delivery refused: ses SendEmail: {code}"));
         }
+    }
+
+    #[test]
+    fn throttling_is_told_apart_from_other_failures() {
+        use aws_sdk_sns::operation::publish::PublishError;
+
+        let sns = |status: u16, code: &str| {
+            classify(
+                "sns Publish",
+                SdkError::service_error(
+                    PublishError::generic(ErrorMetadata::builder().code(code).message("no").build()),
+                    HttpResponse::new(status.try_into().unwrap(), "".into()),
+                ),
+            )
+        };
+        assert!(throttled(&sns(400, "Throttled")));
+        assert!(
+            is_transient(&sns(400, "Throttled")),
+            "SNS's throttling passes with time"
+        );
+        assert!(throttled(&sns(429, "Whatever")));
+        assert!(throttled(&classify(
+            "ses",
+            service_error(400, "TooManyRequestsException")
+        )));
+        assert!(!throttled(&sns(500, "InternalError")));
+        assert!(!throttled(&sns(400, "InvalidParameter")));
+        assert!(throttled(&NotifyError::Transient {
+            reason: "slack 429".into(),
+            retry_after_secs: Some(3),
+            source: None,
+        }));
     }
 
     /// Refuses jobs to one recipient, throttles another, delivers the rest.
@@ -386,5 +513,28 @@ mod tests {
             .map(|f| f.item_identifier.as_str())
             .collect();
         assert_eq!(failed, ["m1", "m3", "m4", "m5"]);
+    }
+
+    #[tokio::test]
+    async fn each_attempt_on_a_job_is_measured_by_channel() {
+        use tocsin_core::metrics::{function, CollectingSink, Metrics};
+
+        let notify = NotifyService::new(vec![std::sync::Arc::new(Fussy)], Default::default());
+        let sink = std::sync::Arc::new(CollectingSink::default());
+        let metrics = Metrics::new(function::NOTIFY, sink.clone());
+        let mut batch = SqsEvent::default();
+        batch.records = vec![
+            message("m1", "g-ok", email_job("ok@example.com").await),
+            message("m2", "g-throttled", email_job("throttled@example.com").await),
+            message("m3", "g-bad", "not a job".to_owned()),
+        ];
+        deliver_batch_measured(&notify, &metrics, batch).await;
+        let documents = sink.documents();
+        assert_eq!(documents.len(), 2, "a body that is no job has no channel to count");
+        assert_eq!(documents[0]["Channel"], "email");
+        assert_eq!(documents[0]["NotificationsSent"], 1.0);
+        assert_eq!(documents[1]["NotificationsFailed"], 1.0);
+        let text = serde_json::to_string(&documents).unwrap();
+        assert!(!text.contains("example.com"), "no recipient in the metrics: {text}");
     }
 }

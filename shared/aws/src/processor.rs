@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
-use tocsin_core::event::Event;
+use tocsin_core::event::{Event, Origin};
+use tocsin_core::metrics::{function, Metrics};
 use tocsin_core::process::ProcessService;
 use tracing::Instrument;
 
@@ -15,6 +16,17 @@ use tracing::Instrument;
 /// later messages in the same batch are not applied but reported failed
 /// too, so SQS hands them back in order.
 pub async fn process_batch(process: &ProcessService, batch: SqsEvent, now: DateTime<Utc>) -> SqsBatchResponse {
+    process_batch_measured(process, &Metrics::disabled(function::PROCESSOR), batch, now).await
+}
+
+/// As [`process_batch`], with one metrics document per message applied or
+/// failed (crate::function sends them to CloudWatch on Lambda).
+pub async fn process_batch_measured(
+    process: &ProcessService,
+    metrics: &Metrics,
+    batch: SqsEvent,
+    now: DateTime<Utc>,
+) -> SqsBatchResponse {
     let mut failures = Vec::new();
     let mut blocked_groups: HashSet<String> = HashSet::new();
     for message in batch.records {
@@ -26,7 +38,8 @@ pub async fn process_batch(process: &ProcessService, batch: SqsEvent, now: DateT
             continue;
         }
         let span = tracing::info_span!("message", message_id = %id);
-        if let Err(error) = apply(process, &message, now).instrument(span).await {
+        if let Err(error) = apply(process, metrics, &message, now).instrument(span).await {
+            metrics.event_failed(Utc::now());
             tracing::warn!(message_id = %id, %error, "message failed; SQS will retry it");
             if let Some(group) = group {
                 blocked_groups.insert(group);
@@ -55,10 +68,23 @@ enum MessageError {
     Process(#[from] tocsin_core::process::ProcessError),
 }
 
-async fn apply(process: &ProcessService, message: &SqsMessage, now: DateTime<Utc>) -> Result<(), MessageError> {
+async fn apply(
+    process: &ProcessService,
+    metrics: &Metrics,
+    message: &SqsMessage,
+    now: DateTime<Utc>,
+) -> Result<(), MessageError> {
     let body = message.body.as_deref().unwrap_or_default();
     let event: Event = serde_json::from_str(body).map_err(MessageError::NotAnEvent)?;
-    process.apply(&event, now).await?;
+    // The integration and provider beside the apply span's dedup key.
+    let span = match &event.origin {
+        Origin::Integration { integration, provider } => {
+            tracing::info_span!("event", integration = %integration, provider = provider.as_str())
+        }
+        _ => tracing::Span::none(),
+    };
+    let applied = process.apply(&event, now).instrument(span).await?;
+    metrics.applied(Utc::now(), &applied, event.received_at);
     Ok(())
 }
 
@@ -141,6 +167,36 @@ mod tests {
         assert_eq!(failed_ids(&response), ["m1", "m2"]);
         let keys: Vec<_> = store.incidents().iter().map(|i| i.dedup_key.to_string()).collect();
         assert_eq!(keys, ["cpu"], "the disk group waits for its first message");
+    }
+
+    #[tokio::test]
+    async fn each_message_applied_or_failed_is_measured() {
+        use tocsin_core::metrics::{function, CollectingSink, Metrics};
+
+        let store = Arc::new(MemoryStore::new());
+        let process = ProcessService::new(store.clone());
+        let sink = Arc::new(CollectingSink::default());
+        let metrics = Metrics::new(function::PROCESSOR, sink.clone());
+        let body = serde_json::to_string(&event("disk", Action::Trigger)).unwrap();
+        let twice = || {
+            batch(vec![
+                message("m1", "g", body.clone()),
+                message("m2", "h", "garbage".to_owned()),
+            ])
+        };
+        process_batch_measured(&process, &metrics, twice(), Utc::now()).await;
+        process_batch_measured(&process, &metrics, twice(), Utc::now()).await;
+        let documents = sink.documents();
+        let outcomes: Vec<_> = documents
+            .iter()
+            .map(|d| {
+                d["Outcome"]
+                    .as_str()
+                    .unwrap_or(if d["EventsFailed"] == 1.0 { "failed" } else { "?" })
+            })
+            .collect();
+        assert_eq!(outcomes, ["opened", "failed", "duplicate", "failed"]);
+        assert!(documents[0]["ProcessingLag"].as_f64().is_some());
     }
 
     #[tokio::test]

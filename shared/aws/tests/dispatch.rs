@@ -189,3 +189,106 @@ async fn a_repeat_without_transition_is_skipped_and_a_broken_record_is_reported(
     assert_eq!(failed, [Some("201")]);
     assert!(jobs_on(&sqs, &email).await.is_empty());
 }
+
+/// A window of checkout holds the batch's transition (a timeline entry says
+/// so, no job is queued); its release, as the scheduler function runs it,
+/// queues one triggered job per recipient and marks the window released.
+#[tokio::test]
+async fn a_maintenance_window_holds_the_batch_and_its_release_queues_the_jobs() {
+    use tocsin_core::maintenance::{MaintenanceService, MaintenanceWindow};
+    use tocsin_core::ports::{MaintenanceStore, Timeline};
+
+    let sdk = moto::sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = moto::unique("dispatch");
+    create_table(&dynamodb, &table).await.unwrap();
+    let store = Arc::new(DynamoStore::new(dynamodb.clone(), &table));
+    let catalog = Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample").unwrap();
+    let checkout = ServiceId::parse("checkout").unwrap();
+    store.put_service(catalog.service(&checkout).unwrap()).await.unwrap();
+    let now = Utc::now();
+    let window = MaintenanceWindow::new(
+        checkout.clone(),
+        now - chrono::TimeDelta::minutes(1),
+        now + chrono::TimeDelta::minutes(1),
+        Some("upgrade".into()),
+        "test",
+    )
+    .unwrap();
+    store.put_window(&window).await.unwrap();
+
+    ProcessService::new(store.clone())
+        .apply(&event("disk-full", Action::Trigger), now)
+        .await
+        .unwrap();
+    let incident = store
+        .latest(&checkout, &DedupKey::parse("disk-full").unwrap())
+        .await
+        .unwrap()
+        .expect("the incident");
+    let item = dynamodb
+        .get_item()
+        .table_name(&table)
+        .set_key(Some(incident_key(&incident)))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let email = fifo_queue(&sqs, "email").await;
+    let sms = fifo_queue(&sqs, "sms").await;
+    let slack = fifo_queue(&sqs, "slack").await;
+    let queues = Arc::new(SqsNotificationQueues::new(
+        sqs.clone(),
+        HashMap::from([
+            (Channel::Email, email.clone()),
+            (Channel::Sms, sms.clone()),
+            (Channel::Slack, slack.clone()),
+        ]),
+    ));
+    let batch: StreamEvent = serde_json::from_value(json!({
+        "Records": [stream_record("INSERT", "300", &item, None)]
+    }))
+    .unwrap();
+    let hold = tocsin_aws::dispatch::Hold {
+        maintenance: store.clone(),
+        timeline: store.clone(),
+    };
+    let response =
+        tocsin_aws::dispatch::dispatch_batch_holding(store.clone(), queues.clone(), Some(hold), batch, now).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert!(jobs_on(&sqs, &email).await.is_empty(), "held");
+    let entries = store.timeline(&incident.id).await.unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.describe().starts_with("notifications held: maintenance window")),
+        "{entries:?}"
+    );
+
+    let release = MaintenanceService::new(
+        store.clone(),
+        store.clone(),
+        DispatchService::new(store.clone(), queues).with_timeline(store.clone()),
+    );
+    let early = release.release_ended(now).await.unwrap();
+    assert_eq!(early.windows, 0, "the window has not ended");
+    let released = release.release_ended(window.end).await.unwrap();
+    assert_eq!((released.windows, released.incidents, released.jobs), (1, 1, 3));
+    let emails = jobs_on(&sqs, &email).await;
+    assert_eq!(emails.len(), 1);
+    assert_eq!(emails[0].incident.id, incident.id);
+    assert_eq!(
+        emails[0].id,
+        format!("maintenance:{}:{}:email:oncall@example.com", window.id, incident.id)
+    );
+    assert_eq!(jobs_on(&sqs, &sms).await.len(), 1);
+    assert_eq!(jobs_on(&sqs, &slack).await.len(), 1);
+    let stored = store.windows(Some(&checkout)).await.unwrap();
+    assert_eq!(stored[0].released_at, Some(window.end));
+    let again = release.release_ended(window.end).await.unwrap();
+    assert_eq!(again.windows, 0, "released once");
+}

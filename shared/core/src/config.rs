@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{ApiKey, IntegrationKey, KeyHash, Scope};
 use crate::dedup::DedupTemplate;
-use crate::event::{FieldError, IntegrationId, ServiceId, Severity};
+use crate::event::{FieldError, HeartbeatId, IntegrationId, ServiceId, Severity};
+use crate::heartbeat::Heartbeat;
 use crate::incident::TransitionKind;
 use crate::providers::ProviderKind;
 use crate::secrets::SecretRef;
@@ -230,10 +231,13 @@ pub struct Catalog {
     pub services: Vec<Service>,
     pub integrations: Vec<Integration>,
     pub api_keys: Vec<ApiKey>,
+    pub heartbeats: Vec<Heartbeat>,
     pub settings: Settings,
     /// Plain-text keys given in the config file, kept so that a local run
     /// can print ready-to-paste curl lines. Never stored anywhere.
     pub plain_keys: HashMap<IntegrationId, IntegrationKey>,
+    /// The services' maintenance windows (crate::maintenance).
+    pub maintenance: Vec<crate::maintenance::MaintenanceWindow>,
 }
 
 impl Catalog {
@@ -292,8 +296,27 @@ struct ConfigFile {
     #[serde(default)]
     services: Vec<ServiceEntry>,
     #[serde(default)]
+    heartbeats: Vec<HeartbeatEntry>,
+    #[serde(default)]
     settings: SettingsEntry,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeartbeatEntry {
+    id: String,
+    service: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    key_sha256: Option<String>,
+    interval_seconds: u32,
+    #[serde(default)]
+    severity: Option<Severity>,
+}
+
+/// A week: a longer silence is not a heartbeat any more.
+const MAX_HEARTBEAT_INTERVAL: u32 = 7 * 24 * 3600;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,6 +339,8 @@ struct ServiceEntry {
     integrations: Vec<IntegrationEntry>,
     #[serde(default)]
     notify: NotifyEntry,
+    #[serde(default)]
+    maintenance: Vec<MaintenanceEntry>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +366,16 @@ struct IntegrationEntry {
     /// 0 turns the limit off; absent: settings.rate_limit_per_minute.
     #[serde(default)]
     rate_limit_per_minute: Option<u32>,
+}
+
+/// A maintenance window as written: RFC 3339 times.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceEntry {
+    start: String,
+    end: String,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// A secret in the config: the value, or where to find it.
@@ -571,6 +606,28 @@ impl Catalog {
                 });
             }
 
+            for (m, window) in entry.maintenance.iter().enumerate() {
+                let at = |field: &str| format!("services[{s}].maintenance[{m}].{field}");
+                let time = |field: &str, value: &str| {
+                    chrono::DateTime::parse_from_rfc3339(value)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|_| {
+                            error(
+                                &at(field),
+                                format!("'{value}' is not an RFC 3339 time such as 2026-05-01T22:00:00Z"),
+                            )
+                        })
+                };
+                let (start, end) = (time("start", &window.start)?, time("end", &window.end)?);
+                let window =
+                    crate::maintenance::MaintenanceWindow::new(id.clone(), start, end, window.reason.clone(), "config")
+                        .map_err(|e| error(&at(e.field()), e.to_string()))?;
+                if catalog.maintenance.iter().any(|w| w.id == window.id) {
+                    return Err(error(&at("start"), "the same window is declared twice".into()));
+                }
+                catalog.maintenance.push(window);
+            }
+
             let notify = entry.notify;
             let email = notify
                 .email
@@ -613,6 +670,39 @@ impl Catalog {
                     on,
                     min_severity: notify.min_severity.unwrap_or(Severity::Info),
                 },
+            });
+        }
+
+        let mut heartbeat_ids = HashSet::new();
+        for (h, entry) in parsed.heartbeats.into_iter().enumerate() {
+            let at = |field: &str| format!("heartbeats[{h}].{field}");
+            let id = HeartbeatId::parse(&entry.id).map_err(|e| error(&at("id"), e.reason))?;
+            if !heartbeat_ids.insert(id.clone()) {
+                return Err(error(&at("id"), format!("heartbeat '{id}' is declared twice")));
+            }
+            let service = ServiceId::parse(&entry.service).map_err(|e| error(&at("service"), e.reason))?;
+            if !service_ids.contains(&service) {
+                return Err(error(&at("service"), format!("no service '{service}' is declared")));
+            }
+            let key_hash = match (entry.key, entry.key_sha256) {
+                (Some(key), None) => IntegrationKey::parse(&key)
+                    .map_err(|e| error(&at("key"), e.reason))?
+                    .hash(),
+                (None, Some(hash)) => KeyHash::parse(&hash).map_err(|e| error(&at("key_sha256"), e.reason))?,
+                _ => return Err(error(&at("key"), "give exactly one of key and key_sha256".into())),
+            };
+            if entry.interval_seconds == 0 || entry.interval_seconds > MAX_HEARTBEAT_INTERVAL {
+                return Err(error(
+                    &at("interval_seconds"),
+                    format!("must be 1 to {MAX_HEARTBEAT_INTERVAL} (a week)"),
+                ));
+            }
+            catalog.heartbeats.push(Heartbeat {
+                id,
+                service,
+                key_hash,
+                interval_seconds: entry.interval_seconds,
+                severity: entry.severity.unwrap_or(Severity::Critical),
             });
         }
         Ok(catalog)
@@ -697,6 +787,39 @@ services:
             assert_eq!(e.field, "(document)", "{text:?}: {e}");
             assert!(e.reason.contains("unknown field"), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn heartbeats_are_parsed_and_checked() {
+        let with = |heartbeats: &str| format!("{GOOD}heartbeats:\n{heartbeats}");
+        let catalog = Catalog::from_yaml(
+            &with(
+                "  - {id: watchdog, service: checkout, key: 00112233445566778899aabbccddeeff, interval_seconds: 300}\n",
+            ),
+            "tocsin.yaml",
+        )
+        .unwrap();
+        let watchdog = &catalog.heartbeats[0];
+        assert_eq!(watchdog.id.as_str(), "watchdog");
+        assert_eq!(watchdog.interval_seconds, 300);
+        assert_eq!(watchdog.severity, Severity::Critical);
+        assert_eq!(watchdog.key_hash, KeyHash::of("00112233445566778899aabbccddeeff"));
+
+        let e = refused(&with(
+            "  - {id: watchdog, service: payments, key: 00112233445566778899aabbccddeeff, interval_seconds: 300}\n",
+        ));
+        assert_eq!(e.field, "heartbeats[0].service");
+        let e = refused(&with(
+            "  - {id: watchdog, service: checkout, key: 00112233445566778899aabbccddeeff, interval_seconds: 0}\n",
+        ));
+        assert_eq!(e.field, "heartbeats[0].interval_seconds");
+        let e = refused(&with(
+            "  - {id: watchdog, service: checkout, key: short, interval_seconds: 60}\n",
+        ));
+        assert_eq!(e.field, "heartbeats[0].key");
+        let twice = "  - {id: w, service: checkout, key: 00112233445566778899aabbccddeeff, interval_seconds: 60}\n";
+        let e = refused(&with(&format!("{twice}{twice}")));
+        assert_eq!(e.field, "heartbeats[1].id");
     }
 
     #[test]

@@ -9,10 +9,180 @@
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
-use crate::event::{Action, Alert, DedupKey, Event, EventId, Link, Origin, Payload, ServiceId, Severity};
+use crate::event::{Action, Alert, DedupKey, Event, EventId, HeartbeatId, Link, Origin, Payload, ServiceId, Severity};
+use crate::heartbeat::HeartbeatState;
 use crate::incident::{decide, Decision, IgnoreReason, Incident, IncidentId, IncidentStatus, TransitionKind};
 use crate::notify::{Channel, NotificationJob};
-use crate::ports::{Commit, CommitOutcome, EventQueue, IgnoredEvent, IncidentFilter, IncidentStore, NotificationQueue};
+use crate::ports::{
+    Commit, CommitOutcome, EventQueue, Heartbeats, IncidentFilter, IncidentStore, NotificationQueue, Timeline,
+};
+use crate::timeline::{DeliveryResult, EventOutcome, Happened, TimelineEntry};
+
+/// Runs every timeline case: `store` and `timeline` are the same adapter
+/// seen through its two ports.
+pub async fn timeline(store: &dyn IncidentStore, timeline: &dyn Timeline) {
+    the_timeline_explains_every_event_of_an_incident(store, timeline).await;
+    a_delivery_attempt_is_recorded_once(store, timeline).await;
+}
+
+/// Trigger, repeat, acknowledge, a second acknowledge (ignored), resolve,
+/// and a redelivered trigger (a duplicate, which leaves no entry).
+pub async fn the_timeline_explains_every_event_of_an_incident(store: &dyn IncidentStore, timeline: &dyn Timeline) {
+    let case = Case::new("timeline");
+    let trigger = case.event("disk", Action::Trigger, 0);
+    let (opened, _) = case.apply(store, &trigger, 0).await;
+    let Decision::Open { incident } = opened else {
+        panic!("expected an open, got {opened:?}");
+    };
+    case.apply(store, &case.event("disk", Action::Trigger, 5), 5).await;
+    case.apply(store, &case.event("disk", Action::Acknowledge, 10), 10)
+        .await;
+    case.apply(store, &case.event("disk", Action::Acknowledge, 15), 15)
+        .await;
+    case.apply(store, &case.event("disk", Action::Resolve, 20), 20).await;
+    let (_, again) = case.apply(store, &trigger, 25).await;
+    assert_eq!(
+        again,
+        CommitOutcome::AlreadyApplied,
+        "a redelivered trigger is a duplicate"
+    );
+
+    let entries = timeline.timeline(&incident.id).await.expect("timeline");
+    let described: Vec<String> = entries.iter().map(TimelineEntry::describe).collect();
+    assert_eq!(
+        described,
+        [
+            "opened: trigger from contract-suite (api) (1 occurrence)",
+            "repeated: trigger from contract-suite (api) (2 occurrences)",
+            "acknowledged: acknowledge from contract-suite (api) (2 occurrences)",
+            "ignored: acknowledge from contract-suite (api) (already_acknowledged)",
+            "resolved: resolve from contract-suite (api) (2 occurrences)",
+        ],
+        "{entries:#?}"
+    );
+    assert_eq!(
+        entries[0],
+        TimelineEntry::of_event(&trigger, &incident, EventOutcome::Opened, case.at(0))
+    );
+    assert!(entries.iter().all(|e| e.incident == incident.id));
+    let Happened::Event { summary, severity, .. } = &entries[0].what else {
+        panic!("the first entry is the opening event: {:?}", entries[0]);
+    };
+    assert_eq!(summary.as_deref(), Some("disk is failing"));
+    assert_eq!(*severity, Some(Severity::Error));
+    assert!(timeline
+        .timeline(&IncidentId::parse("inc_00000000000000000000").expect("an id"))
+        .await
+        .expect("timeline of an unknown incident")
+        .is_empty());
+}
+
+pub async fn a_delivery_attempt_is_recorded_once(store: &dyn IncidentStore, timeline: &dyn Timeline) {
+    let case = Case::new("delivery");
+    let (opened, _) = case.apply(store, &case.event("cpu", Action::Trigger, 0), 0).await;
+    let Decision::Open { incident } = opened else {
+        panic!("expected an open, got {opened:?}");
+    };
+    let mut job = sample_job(Channel::Sms, "cpu");
+    job.incident = incident.clone();
+    job.id = format!("{}:1:sms:{}", incident.id, job.to);
+    let failed = TimelineEntry::of_delivery(
+        &job,
+        1,
+        DeliveryResult::Failed {
+            reason: "throttled".to_owned(),
+            will_retry: true,
+        },
+        case.at(2),
+    );
+    let delivered = TimelineEntry::of_delivery(
+        &job,
+        2,
+        DeliveryResult::Delivered {
+            reference: Some("msg-1".to_owned()),
+        },
+        case.at(30),
+    );
+    // Recorded out of order and twice, as retried notifiers may.
+    timeline.record(&delivered).await.expect("record");
+    timeline.record(&failed).await.expect("record");
+    timeline.record(&delivered).await.expect("record again");
+
+    let entries = timeline.timeline(&incident.id).await.expect("timeline");
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    assert!(matches!(entries[0].what, Happened::Event { .. }));
+    assert_eq!(entries[1], failed);
+    assert_eq!(entries[2], delivered);
+}
+
+/// The heartbeat every adapter test configures before running
+/// [`heartbeats`]: `contract-<suffix>`, on service `checkout`, every 60 s.
+pub fn sample_heartbeat(suffix: &str) -> crate::heartbeat::Heartbeat {
+    crate::heartbeat::Heartbeat {
+        id: HeartbeatId::parse(&format!("contract-{suffix}")).expect("a valid heartbeat id"),
+        service: ServiceId::parse("checkout").expect("a valid service"),
+        key_hash: crate::auth::KeyHash::of("00112233445566778899aabbccddeeff"),
+        interval_seconds: 60,
+        severity: Severity::Critical,
+    }
+}
+
+/// Beats, misses and recoveries of `configured`, a heartbeat the adapter
+/// was configured with (see [`sample_heartbeat`]) that never beat.
+pub async fn heartbeats(store: &dyn Heartbeats, configured: &crate::heartbeat::Heartbeat) {
+    let id = &configured.id;
+    let t = |second: i64| {
+        DateTime::from_timestamp_micros(1_800_000_000_000_000 + second * 1_000_000).expect("a valid time")
+    };
+    let monitor = store
+        .monitor(id)
+        .await
+        .expect("monitor")
+        .expect("the configured heartbeat");
+    assert_eq!(&monitor.heartbeat, configured);
+    assert_eq!(monitor.state, HeartbeatState::default(), "never beaten");
+    assert!(store
+        .monitors()
+        .await
+        .expect("monitors")
+        .iter()
+        .any(|m| &m.heartbeat.id == id));
+
+    store.beat(id, t(10)).await.expect("beat");
+    store.beat(id, t(5)).await.expect("a late beat");
+    let state = store.monitor(id).await.expect("monitor").expect("exists").state;
+    assert_eq!(
+        state.last_beat_at,
+        Some(t(10)),
+        "a late beat never moves the clock back"
+    );
+    assert_eq!(state.missed_since, None);
+
+    assert!(
+        !store.mark_missed(id, t(9), t(100)).await.expect("mark"),
+        "a beat came after what the check read"
+    );
+    assert!(store.mark_missed(id, t(10), t(100)).await.expect("mark"));
+    assert!(
+        !store.mark_missed(id, t(10), t(160)).await.expect("mark"),
+        "already marked"
+    );
+    let state = store.monitor(id).await.expect("monitor").expect("exists").state;
+    assert_eq!(state.missed_since, Some(t(100)));
+
+    store.beat(id, t(200)).await.expect("beat");
+    let state = store.monitor(id).await.expect("monitor").expect("exists").state;
+    assert_eq!(state.last_beat_at, Some(t(200)));
+    assert_eq!(state.missed_since, None, "a beat clears the miss");
+
+    let unknown = HeartbeatId::parse("contract-unknown-heartbeat").expect("an id");
+    store
+        .beat(&unknown, t(0))
+        .await
+        .expect("a beat of an unknown heartbeat changes nothing");
+    assert!(store.monitor(&unknown).await.expect("monitor").is_none());
+    assert!(!store.mark_missed(&unknown, t(0), t(1)).await.expect("mark"));
+}
 
 /// Runs every incident store case.
 pub async fn incident_store(store: &dyn IncidentStore) {
@@ -74,7 +244,7 @@ pub async fn a_second_open_incident_on_one_key_conflicts(store: &dyn IncidentSto
     let racing = decide(None, &second, case.at(1));
     assert!(matches!(racing, Decision::Open { .. }));
     let outcome = store
-        .commit(&commit_of(&racing, &second, case.at(1)))
+        .commit(&Commit::of(&racing, &second, case.at(1)))
         .await
         .expect("commit");
     assert_eq!(outcome, CommitOutcome::Conflict, "one open incident per key");
@@ -105,7 +275,7 @@ pub async fn a_stale_expected_version_conflicts(store: &dyn IncidentStore) {
     // A writer that still holds version 1 must not overwrite version 2.
     let resolve = case.event("disk", Action::Resolve, 20);
     let stale = decide(Some(&v1), &resolve, case.at(20));
-    let commit = commit_of(&stale, &resolve, case.at(20));
+    let commit = Commit::of(&stale, &resolve, case.at(20));
     assert!(matches!(
         commit,
         Commit::Incident {
@@ -132,7 +302,7 @@ pub async fn an_event_is_applied_at_most_once(store: &dyn IncidentStore) {
     let trigger = case.event("disk", Action::Trigger, 0);
     let latest = store.latest(&case.service, &key("disk")).await.expect("latest");
     let decision = decide(latest.as_ref(), &trigger, case.at(0));
-    let commit = commit_of(&decision, &trigger, case.at(0));
+    let commit = Commit::of(&decision, &trigger, case.at(0));
     assert_eq!(store.commit(&commit).await.expect("commit"), CommitOutcome::Written);
     let written = store.latest(&case.service, &key("disk")).await.expect("latest");
 
@@ -144,7 +314,7 @@ pub async fn an_event_is_applied_at_most_once(store: &dyn IncidentStore) {
     // … and the same event decided again on the new state (a redelivery).
     let again = decide(written.as_ref(), &trigger, case.at(1));
     assert!(matches!(again, Decision::Repeat { .. }));
-    let commit = commit_of(&again, &trigger, case.at(1));
+    let commit = Commit::of(&again, &trigger, case.at(1));
     assert_eq!(
         store.commit(&commit).await.expect("commit"),
         CommitOutcome::AlreadyApplied
@@ -169,7 +339,7 @@ pub async fn an_ignored_event_is_marked_applied(store: &dyn IncidentStore) {
     );
     assert_eq!(outcome, CommitOutcome::Written);
     assert!(store.is_applied(&resolve.id).await.expect("is_applied"));
-    let commit = commit_of(&decision, &resolve, case.at(0));
+    let commit = Commit::of(&decision, &resolve, case.at(0));
     assert_eq!(
         store.commit(&commit).await.expect("commit"),
         CommitOutcome::AlreadyApplied
@@ -438,7 +608,7 @@ impl Case {
         let latest = store.latest(&event.service, event.dedup_key()).await.expect("latest");
         let decision = decide(latest.as_ref(), event, self.at(now));
         let outcome = store
-            .commit(&commit_of(&decision, event, self.at(now)))
+            .commit(&Commit::of(&decision, event, self.at(now)))
             .await
             .expect("commit");
         (decision, outcome)
@@ -449,22 +619,233 @@ fn key(value: &str) -> DedupKey {
     DedupKey::parse(value).expect("a valid dedup key")
 }
 
-fn commit_of(decision: &Decision, event: &Event, now: DateTime<Utc>) -> Commit {
-    match (decision.write(), decision) {
-        (Some((incident, expected_version)), _) => Commit::Incident {
-            event_id: event.id.clone(),
-            incident: incident.clone(),
-            expected_version,
-            transition: decision.transition(event),
-        },
-        (None, Decision::Ignore { reason, incident }) => Commit::Ignored(IgnoredEvent {
-            event: event.clone(),
-            reason: *reason,
-            incident: incident.clone(),
-            at: now,
-        }),
-        (None, other) => panic!("only an ignore writes no incident, got {other:?}"),
+/// Runs the ingest stats cases every backend passes. Run
+/// [`ingest_stats_count_concurrent_requests_exactly`] too where the backend
+/// is the real thing: moto applies an UpdateItem's actions without a lock
+/// (concurrent ADDs on one item were seen to lose one), DynamoDB atomically.
+pub async fn ingest_stats(stats: &dyn crate::ports::IngestStats) {
+    ingest_stats_count_each_outcome_per_integration(stats).await;
+}
+
+pub async fn ingest_stats_count_each_outcome_per_integration(stats: &dyn crate::ports::IngestStats) {
+    use crate::health::{IngestFailure, IngestOutcome, OutcomeKind};
+    use crate::providers::ProviderKind;
+    let case = Case::new("stats");
+    let prometheus = crate::event::IntegrationId::parse(&format!("{}-p", case.service)).expect("a valid id");
+    let grafana = crate::event::IntegrationId::parse(&format!("{}-g", case.service)).expect("a valid id");
+    let outcome = |second, latency_ms, kind| IngestOutcome {
+        at: case.at(second),
+        latency_ms,
+        kind,
+    };
+    let service = &case.service;
+    let record = |integration, provider, outcome| async move {
+        stats
+            .record(integration, service, provider, &outcome)
+            .await
+            .expect("record");
+    };
+    record(
+        &prometheus,
+        ProviderKind::Prometheus,
+        outcome(1, 10, OutcomeKind::Success),
+    )
+    .await;
+    let refused = IngestFailure::new(401, "signature check failed");
+    record(
+        &prometheus,
+        ProviderKind::Prometheus,
+        outcome(2, 3, OutcomeKind::Error(refused.clone())),
+    )
+    .await;
+    record(
+        &prometheus,
+        ProviderKind::Prometheus,
+        outcome(3, 7, OutcomeKind::Success),
+    )
+    .await;
+    record(&grafana, ProviderKind::Grafana, outcome(4, 5, OutcomeKind::Success)).await;
+    let unqueued = IngestFailure::new(503, "the events could not be queued; retry");
+    record(
+        &grafana,
+        ProviderKind::Grafana,
+        outcome(4, 5, OutcomeKind::FailedAfterSuccess(unqueued.clone())),
+    )
+    .await;
+
+    let mut mine: Vec<_> = stats
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .into_iter()
+        .filter(|s| s.service == case.service)
+        .collect();
+    mine.sort_by(|a, b| a.integration.cmp(&b.integration));
+    assert_eq!(mine.len(), 2, "one entry per integration: {mine:?}");
+    let (g, p) = (&mine[0], &mine[1]);
+    assert_eq!((&g.integration, g.provider), (&grafana, ProviderKind::Grafana));
+    assert_eq!(
+        (g.received, g.success, g.errors, g.latency_ms_total),
+        (1, 0, 1, 5),
+        "{g:?}"
+    );
+    assert_eq!(g.last_event_at, Some(case.at(4)));
+    let error = g.last_error.as_ref().expect("grafana's last error");
+    assert_eq!(
+        (error.at, error.status, error.message.as_str()),
+        (case.at(4), 503, unqueued.message.as_str())
+    );
+
+    assert_eq!((&p.integration, p.provider), (&prometheus, ProviderKind::Prometheus));
+    assert_eq!(
+        (p.received, p.success, p.errors, p.latency_ms_total),
+        (3, 2, 1, 20),
+        "{p:?}"
+    );
+    assert_eq!(
+        p.last_event_at,
+        Some(case.at(3)),
+        "the latest request, not the latest error"
+    );
+    let error = p.last_error.as_ref().expect("prometheus' last error");
+    assert_eq!(
+        (error.at, error.status, error.message.as_str()),
+        (case.at(2), 401, refused.message.as_str())
+    );
+}
+
+pub async fn ingest_stats_count_concurrent_requests_exactly(stats: &dyn crate::ports::IngestStats) {
+    use crate::health::{IngestOutcome, OutcomeKind};
+    let case = Case::new("stats-concurrent");
+    let integration = crate::event::IntegrationId::parse(&format!("{}-w", case.service)).expect("a valid id");
+    let outcome = IngestOutcome {
+        at: case.at(0),
+        latency_ms: 2,
+        kind: OutcomeKind::Success,
+    };
+    // All at once: one after another would hide a read-modify-write race.
+    let pending: Vec<_> = (0..20)
+        .map(|_| {
+            stats.record(
+                &integration,
+                &case.service,
+                crate::providers::ProviderKind::Webhook,
+                &outcome,
+            )
+        })
+        .collect();
+    for result in join_all(pending).await {
+        result.expect("record");
     }
+    let entry = stats
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .into_iter()
+        .find(|s| s.integration == integration)
+        .expect("the integration is listed");
+    assert_eq!(
+        (entry.received, entry.success, entry.errors, entry.latency_ms_total),
+        (20, 20, 0, 40)
+    );
+}
+
+/// Runs every maintenance window case.
+pub async fn maintenance_store(store: &dyn crate::ports::MaintenanceStore) {
+    maintenance_windows_read_back_by_service_in_start_order(store).await;
+    a_rewritten_window_keeps_its_released_mark(store).await;
+    a_deleted_window_is_gone(store).await;
+}
+
+fn window(case: &Case, start: i64, end: i64, reason: &str) -> crate::maintenance::MaintenanceWindow {
+    crate::maintenance::MaintenanceWindow::new(
+        case.service.clone(),
+        case.at(start),
+        case.at(end),
+        Some(reason.to_owned()),
+        "contract-suite",
+    )
+    .expect("a valid window")
+}
+
+pub async fn maintenance_windows_read_back_by_service_in_start_order(store: &dyn crate::ports::MaintenanceStore) {
+    let (case, other) = (Case::new("maint"), Case::new("maint-other"));
+    let late = window(&case, 600, 900, "late");
+    let early = window(&case, 0, 60, "early");
+    let elsewhere = window(&other, 0, 60, "elsewhere");
+    for w in [&late, &early, &elsewhere] {
+        store.put_window(w).await.expect("put_window");
+    }
+    let mine = store.windows(Some(&case.service)).await.expect("windows of a service");
+    assert_eq!(mine, [early.clone(), late.clone()], "the service's windows, by start");
+    let all = store.windows(None).await.expect("every window");
+    for w in [&early, &late, &elsewhere] {
+        assert!(all.contains(w), "{w:?} is listed among every window");
+    }
+    let position = |w: &crate::maintenance::MaintenanceWindow| all.iter().position(|x| x.id == w.id);
+    assert!(position(&early) < position(&late), "by start within a service");
+    let unknown = ServiceId::parse(&format!("{}-none", case.service)).expect("a valid id");
+    assert!(store.windows(Some(&unknown)).await.expect("windows").is_empty());
+}
+
+pub async fn a_rewritten_window_keeps_its_released_mark(store: &dyn crate::ports::MaintenanceStore) {
+    let case = Case::new("maint-release");
+    let w = window(&case, 0, 60, "first");
+    store.put_window(&w).await.expect("put_window");
+    store.mark_released(&w.id, case.at(61)).await.expect("mark_released");
+    store
+        .mark_released(&w.id, case.at(99))
+        .await
+        .expect("mark_released again");
+    let mut rewritten = window(&case, 0, 60, "second");
+    rewritten.released_at = None;
+    store.put_window(&rewritten).await.expect("put_window again");
+    let read = store.windows(Some(&case.service)).await.expect("windows");
+    assert_eq!(read.len(), 1, "one window per id: {read:?}");
+    assert_eq!(read[0].reason.as_deref(), Some("second"), "the rewrite is kept");
+    assert_eq!(read[0].released_at, Some(case.at(61)), "the first released mark stays");
+    let gone = window(&case, 100, 160, "never written");
+    store
+        .mark_released(&gone.id, case.at(200))
+        .await
+        .expect("marking an unknown window is not an error");
+    assert_eq!(store.windows(Some(&case.service)).await.expect("windows").len(), 1);
+}
+
+pub async fn a_deleted_window_is_gone(store: &dyn crate::ports::MaintenanceStore) {
+    let case = Case::new("maint-delete");
+    let (kept, deleted) = (window(&case, 0, 60, "kept"), window(&case, 30, 90, "deleted"));
+    store.put_window(&kept).await.expect("put_window");
+    store.put_window(&deleted).await.expect("put_window");
+    assert!(store.delete_window(&deleted.id).await.expect("delete_window"));
+    assert!(
+        !store.delete_window(&deleted.id).await.expect("delete_window again"),
+        "nothing left to delete"
+    );
+    assert_eq!(store.windows(Some(&case.service)).await.expect("windows"), [kept]);
+}
+
+/// Polls every future until all are done, their outputs in order.
+async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match std::pin::Pin::new(future).poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
@@ -483,8 +864,15 @@ mod tests {
         let store = MemoryStore::new();
         block_on(async {
             super::incident_store(&store).await;
+            super::timeline(&store, &store).await;
+            let heartbeat = super::sample_heartbeat("memory");
+            store.set_heartbeats(vec![heartbeat.clone()]);
+            super::heartbeats(&store, &heartbeat).await;
             super::event_queue(&store).await;
             super::notification_queue(&store).await;
+            super::ingest_stats(&store).await;
+            super::ingest_stats_count_concurrent_requests_exactly(&store).await;
+            super::maintenance_store(&store).await;
         });
     }
 }

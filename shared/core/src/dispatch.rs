@@ -9,24 +9,48 @@ use chrono::{DateTime, Utc};
 
 use crate::incident::Transition;
 use crate::notify::{plan, Channel, NotificationJob, Notifier, NotifyError, Receipt};
-use crate::ports::{BackendError, ConfigStore, NotificationQueue};
+use crate::ports::{BackendError, ConfigStore, NotificationQueue, Timeline};
 use crate::render::{render, RenderContext};
+use crate::timeline::{DeliveryResult, TimelineEntry};
 
 #[derive(Clone)]
 pub struct DispatchService {
     config: Arc<dyn ConfigStore>,
     queue: Arc<dyn NotificationQueue>,
+    maintenance: Option<Arc<dyn crate::ports::MaintenanceStore>>,
+    timeline: Option<Arc<dyn Timeline>>,
 }
 
 impl DispatchService {
     pub fn new(config: Arc<dyn ConfigStore>, queue: Arc<dyn NotificationQueue>) -> Self {
-        Self { config, queue }
+        Self {
+            config,
+            queue,
+            maintenance: None,
+            timeline: None,
+        }
+    }
+
+    /// Holds the notifications of services in a maintenance window
+    /// (crate::maintenance).
+    pub fn with_maintenance(mut self, maintenance: Arc<dyn crate::ports::MaintenanceStore>) -> Self {
+        self.maintenance = Some(maintenance);
+        self
+    }
+
+    /// Records held and released notifications in the incident's timeline.
+    pub fn with_timeline(mut self, timeline: Arc<dyn Timeline>) -> Self {
+        self.timeline = Some(timeline);
+        self
     }
 
     /// Plans and enqueues the jobs of one transition; returns how many. Jobs
     /// have stable ids, so dispatching a transition twice enqueues them once.
     #[tracing::instrument(skip_all, fields(incident = %transition.incident.id, transition = %transition.kind))]
     pub async fn dispatch(&self, transition: &Transition, now: DateTime<Utc>) -> Result<usize, BackendError> {
+        if self.held(transition, now).await? {
+            return Ok(0);
+        }
         let Some(service) = self.config.service(&transition.incident.service).await? else {
             // The service was removed from config after the incident opened:
             // nobody is left to tell, which is worth a warning, not a retry.
@@ -40,12 +64,69 @@ impl DispatchService {
         tracing::info!(jobs = jobs.len(), "transition dispatched");
         Ok(jobs.len())
     }
+
+    /// Whether the service is in a maintenance window at `now` (judged when
+    /// dispatching: a late dispatch may notify twice, never not at all).
+    async fn held(&self, transition: &Transition, now: DateTime<Utc>) -> Result<bool, BackendError> {
+        let Some(store) = &self.maintenance else {
+            return Ok(false);
+        };
+        let service = &transition.incident.service;
+        let Some(window) = crate::maintenance::in_maintenance(store.as_ref(), service, now).await? else {
+            return Ok(false);
+        };
+        tracing::info!(window = %window.id, until = %window.end, "notifications held: maintenance window");
+        let entry = crate::maintenance::held_entry(transition, &window, now);
+        self.note(entry).await;
+        Ok(true)
+    }
+
+    /// A timeline that cannot be written loses an entry, not the dispatch.
+    async fn note(&self, entry: TimelineEntry) {
+        let Some(timeline) = &self.timeline else { return };
+        if let Err(error) = timeline.record(&entry).await {
+            tracing::warn!(error = %error, "the maintenance entry was not recorded in the timeline");
+        }
+    }
+
+    /// One triggered notification of `incident` when `window` ended with it
+    /// still open (crate::maintenance), never held. The job ids name the
+    /// window and the incident, so a release run twice enqueues them once.
+    #[tracing::instrument(skip_all, fields(incident = %incident.id, window = %window.id))]
+    pub async fn dispatch_release(
+        &self,
+        incident: &crate::incident::Incident,
+        window: &crate::maintenance::MaintenanceWindow,
+        now: DateTime<Utc>,
+    ) -> Result<usize, BackendError> {
+        let Some(service) = self.config.service(&incident.service).await? else {
+            tracing::warn!(service = %incident.service, "no such service; nothing to notify");
+            return Ok(0);
+        };
+        let transition = Transition {
+            kind: crate::incident::TransitionKind::Triggered,
+            incident: incident.clone(),
+            event_id: crate::event::EventId::new(format!("maintenance:{}", window.id)),
+        };
+        let mut jobs = plan(&transition, &service, now);
+        for job in &mut jobs {
+            job.id = format!("maintenance:{}:{}:{}:{}", window.id, incident.id, job.channel, job.to);
+        }
+        if !jobs.is_empty() {
+            self.queue.enqueue(&jobs).await?;
+        }
+        let entry = crate::maintenance::released_entry(incident, window, now);
+        self.note(entry).await;
+        tracing::info!(jobs = jobs.len(), "held notifications released");
+        Ok(jobs.len())
+    }
 }
 
 #[derive(Clone)]
 pub struct NotifyService {
     notifiers: HashMap<Channel, Arc<dyn Notifier>>,
     context: RenderContext,
+    timeline: Option<Arc<dyn Timeline>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,16 +142,46 @@ impl NotifyService {
         Self {
             notifiers: notifiers.into_iter().map(|n| (n.channel(), n)).collect(),
             context,
+            timeline: None,
         }
     }
 
-    #[tracing::instrument(skip_all, fields(job = %job.id, channel = %job.channel, incident = %job.incident.id))]
-    pub async fn deliver(&self, job: &NotificationJob) -> Result<Receipt, DeliveryError> {
-        let notifier = self
-            .notifiers
-            .get(&job.channel)
-            .ok_or(DeliveryError::NoNotifier(job.channel))?;
-        let message = render(job, &self.context);
-        Ok(notifier.deliver(job, &message).await?)
+    /// Records every delivery attempt in its incident's timeline.
+    pub fn with_timeline(mut self, timeline: Arc<dyn Timeline>) -> Self {
+        self.timeline = Some(timeline);
+        self
+    }
+
+    /// Delivers `job`; `attempt` counts from 1 (the queue's receive count).
+    #[tracing::instrument(skip_all, fields(incident = %job.incident.id, channel = %job.channel, attempt = attempt))]
+    pub async fn deliver(&self, job: &NotificationJob, attempt: u32) -> Result<Receipt, DeliveryError> {
+        let result = match self.notifiers.get(&job.channel) {
+            Some(notifier) => notifier
+                .deliver(job, &render(job, &self.context))
+                .await
+                .map_err(DeliveryError::from),
+            None => Err(DeliveryError::NoNotifier(job.channel)),
+        };
+        self.record(job, attempt, &result).await;
+        result
+    }
+
+    /// A timeline that cannot be written loses an entry, not the delivery:
+    /// failing here would send the message again on the retry.
+    async fn record(&self, job: &NotificationJob, attempt: u32, result: &Result<Receipt, DeliveryError>) {
+        let Some(timeline) = &self.timeline else { return };
+        let outcome = match result {
+            Ok(receipt) => DeliveryResult::Delivered {
+                reference: receipt.reference.clone(),
+            },
+            Err(error) => DeliveryResult::Failed {
+                reason: error.to_string(),
+                will_retry: matches!(error, DeliveryError::Notify(NotifyError::Transient { .. })),
+            },
+        };
+        let entry = TimelineEntry::of_delivery(job, attempt, outcome, Utc::now());
+        if let Err(error) = timeline.record(&entry).await {
+            tracing::warn!(error = %error, "the delivery attempt was not recorded in the timeline");
+        }
     }
 }

@@ -256,6 +256,7 @@ macro_rules! slug_id {
 
 slug_id!(ServiceId, "service");
 slug_id!(IntegrationId, "integration");
+slug_id!(HeartbeatId, "heartbeat");
 
 /// The stable identity of one accepted event: every redelivery of it carries
 /// the same id, so applying it twice is detected.
@@ -374,6 +375,8 @@ pub enum Origin {
     },
     /// A person or script through the incidents API (acknowledge, resolve).
     Api { actor: String },
+    /// Tocsin's own heartbeat check: a heartbeat missed or recovered.
+    Heartbeat { heartbeat: HeartbeatId },
 }
 
 /// An event on the events queue.

@@ -8,7 +8,9 @@
 //! provider sees the notification's Message. That needs [`Sns`], given with
 //! [`IngestService::with_sns`].
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
@@ -16,10 +18,11 @@ use http::{HeaderMap, StatusCode};
 use crate::answer::{error_answer, json_answer, Answer};
 use crate::auth::{key_from_request, IntegrationKey, KeyHash};
 use crate::config::Integration;
-use crate::event::{Action, Event, EventId, IntegrationId, Origin};
+use crate::event::{Action, Event, EventId, IntegrationId, Origin, ServiceId};
+use crate::health::{IngestFailure, IngestOutcome, OutcomeKind};
 use crate::incident::IncidentId;
 use crate::limits::{check_media_type, json_too_deep, MediaTypeError, MAX_ALERTS_PER_REQUEST, MAX_JSON_DEPTH};
-use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore, RateCounter};
+use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore, IngestStats, RateCounter};
 use crate::providers::{provider, Accepted, Delivery, Inbound, IncidentHint, InvalidPayload, Provider, ProviderKind};
 use crate::ratelimit::{Decision, Quota, RateLimiter};
 use crate::secrets::{CachedSecrets, LocalSecrets, SecretSource};
@@ -87,6 +90,33 @@ impl IngestError {
             IngestError::Sns(error) => error.status(),
             IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngestError::Unavailable(_) | IngestError::SecretUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// What the health report says of this refusal: short, and, unlike
+    /// the answer, never a value taken from the request (a payload may
+    /// carry phone numbers; an envelope, signatures).
+    pub fn health_message(&self) -> String {
+        match self {
+            IngestError::TooLarge { .. }
+            | IngestError::TooManyAlerts { .. }
+            | IngestError::EventTooLarge { .. }
+            | IngestError::Disabled(_)
+            | IngestError::RateLimited { .. }
+            | IngestError::Unavailable(_)
+            | IngestError::SecretUnavailable(_)
+            | IngestError::MissingKey
+            | IngestError::MalformedKey
+            | IngestError::UnknownIntegration => self.to_string(),
+            IngestError::MediaType(_) => "unsupported media type".to_owned(),
+            IngestError::UnknownTopic(_) => "the SNS topic is not listed by any cloudwatch integration".to_owned(),
+            IngestError::WrongProvider { actual, .. } => format!("the key belongs to a {actual} integration"),
+            IngestError::Signature(_) => "signature check failed".to_owned(),
+            IngestError::Payload(invalid) => match invalid.errors.len() {
+                0 | 1 => "invalid payload".to_owned(),
+                n => format!("invalid payload ({n} errors)"),
+            },
+            IngestError::Sns(error) => format!("the SNS envelope was refused ({})", error.status().as_u16()),
         }
     }
 
@@ -176,6 +206,45 @@ pub struct SnsNotification<'a> {
     pub received_at: DateTime<Utc>,
 }
 
+/// One request on its way to the health counters (crate::health).
+struct Tally {
+    started: Instant,
+    at: DateTime<Utc>,
+    provider: ProviderKind,
+    /// Set once the request's key named an enabled integration.
+    identified: OnceLock<(IntegrationId, ServiceId)>,
+    /// Whether its success was counted beside the enqueue: one of the
+    /// constants below.
+    counted: AtomicU8,
+}
+
+impl Tally {
+    fn new(request: &IngestRequest<'_>) -> Self {
+        Self {
+            started: Instant::now(),
+            at: request.received_at,
+            provider: request.provider,
+            identified: OnceLock::new(),
+            counted: AtomicU8::new(Tally::NOT_YET),
+        }
+    }
+
+    const NOT_YET: u8 = 0;
+    const COUNTED: u8 = 1;
+    const FAILED: u8 = 2;
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn identify(&self, integration: &Integration) {
+        // Only ever set once per request: a second call is the same integration.
+        let _ = self
+            .identified
+            .set((integration.id.clone(), integration.service.clone()));
+    }
+}
+
 #[derive(Clone)]
 pub struct IngestService {
     config: Arc<dyn ConfigStore>,
@@ -184,6 +253,7 @@ pub struct IngestService {
     sns: Option<Arc<Sns>>,
     limiter: Option<RateLimiter>,
     secrets: Arc<dyn SecretSource>,
+    stats: Option<Arc<dyn IngestStats>>,
 }
 
 impl IngestService {
@@ -195,7 +265,16 @@ impl IngestService {
             sns: None,
             limiter: None,
             secrets: Arc::new(CachedSecrets::new(Arc::new(LocalSecrets))),
+            stats: None,
         }
+    }
+
+    /// Counts every request that names an integration in `stats`, for
+    /// `GET /integrations/health` (crate::health); without it nothing is
+    /// counted. A failure to count is logged, never answered.
+    pub fn with_stats(mut self, stats: Arc<dyn IngestStats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// Where integrations' secret references are read (crate::secrets);
@@ -246,6 +325,89 @@ impl IngestService {
     }
 
     async fn run(&self, request: IngestRequest<'_>, mode: Mode) -> Result<Answer, IngestError> {
+        if mode == Mode::Preview || self.stats.is_none() {
+            return self.run_counted(request, mode, None).await;
+        }
+        let tally = Tally::new(&request);
+        let result = self.run_counted(request, mode, Some(&tally)).await;
+        self.count_result(&request, &tally, &result).await;
+        result
+    }
+
+    /// Counts what a request came to, unless its success was already
+    /// counted beside its enqueue.
+    async fn count_result(&self, request: &IngestRequest<'_>, tally: &Tally, result: &Result<Answer, IngestError>) {
+        let latency_ms = tally.elapsed_ms();
+        // Once tried beside the enqueue, a success is never retried here: a
+        // store that failed once would only slow the answer down.
+        let counted = tally.counted.load(Ordering::Relaxed);
+        let kind = match result {
+            Ok(answer) if answer.status().is_success() => {
+                if counted != Tally::NOT_YET {
+                    return;
+                }
+                OutcomeKind::Success
+            }
+            Ok(answer) => OutcomeKind::Error(IngestFailure::new(
+                answer.status().as_u16(),
+                answer.status().canonical_reason().unwrap_or("refused"),
+            )),
+            Err(error) => {
+                let failure = IngestFailure::new(error.status().as_u16(), &error.health_message());
+                if counted == Tally::COUNTED {
+                    OutcomeKind::FailedAfterSuccess(failure)
+                } else {
+                    OutcomeKind::Error(failure)
+                }
+            }
+        };
+        // Refused before the key was looked at (size, media type, nesting):
+        // a key in the headers or query still names whose request it was.
+        if tally.identified.get().is_none()
+            && matches!(
+                result,
+                Err(IngestError::TooLarge { .. } | IngestError::MediaType(_) | IngestError::Payload(_))
+            )
+        {
+            if let Some(integration) = self.identify(request).await {
+                tally.identify(&integration);
+            }
+        }
+        self.count(tally, kind, latency_ms).await;
+    }
+
+    /// The integration a request's header or query key names, if any.
+    async fn identify(&self, request: &IngestRequest<'_>) -> Option<Integration> {
+        let key = key_from_request(request.headers, request.query)?;
+        let key = IntegrationKey::parse(&key).ok()?;
+        self.integration_for(&key, request.provider).await.ok()
+    }
+
+    /// Whether the request was counted; a failure is logged, never answered.
+    async fn count(&self, tally: &Tally, kind: OutcomeKind, latency_ms: u64) -> bool {
+        let (Some(stats), Some((integration, service))) = (&self.stats, tally.identified.get()) else {
+            return false;
+        };
+        let outcome = IngestOutcome {
+            at: tally.at,
+            latency_ms,
+            kind,
+        };
+        match stats.record(integration, service, tally.provider, &outcome).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%integration, %error, source = %error.source, "cannot count the request for the health report");
+                false
+            }
+        }
+    }
+
+    async fn run_counted(
+        &self,
+        request: IngestRequest<'_>,
+        mode: Mode,
+        tally: Option<&Tally>,
+    ) -> Result<Answer, IngestError> {
         let provider = provider(request.provider);
         let limit = provider.max_body_bytes();
         if request.body.len() > limit {
@@ -269,14 +431,17 @@ impl IngestService {
         };
 
         let integration = self.authenticate(&inbound, request.provider).await?;
+        if let Some(tally) = tally {
+            tally.identify(&integration);
+        }
         let integration = self.with_secret(integration).await?;
         if provider.delivery() == Delivery::Sns {
-            return self.ingest_sns(provider, &inbound, &integration, mode).await;
+            return self.ingest_sns(provider, &inbound, &integration, mode, tally).await;
         }
         provider.verify(&inbound, &integration)?;
         let alerts = provider.normalize(&inbound, &integration)?;
         let delivery = provider.delivery_id(&inbound);
-        self.accept(provider, &inbound, &integration, alerts, delivery, mode)
+        self.accept(provider, &inbound, &integration, alerts, delivery, mode, tally)
             .await
     }
 
@@ -289,6 +454,7 @@ impl IngestService {
         inbound: &Inbound<'_>,
         integration: &Integration,
         mode: Mode,
+        tally: Option<&Tally>,
     ) -> Result<Answer, IngestError> {
         let sns = self.sns.as_deref().ok_or(SnsError::NotConfigured)?;
         refuse_raw_delivery(inbound.headers)?;
@@ -351,6 +517,7 @@ impl IngestService {
                     alerts,
                     Some(&verified.message_id),
                     mode,
+                    tally,
                 )
                 .await
             }
@@ -393,6 +560,7 @@ impl IngestService {
             alerts,
             Some(notification.message_id),
             Mode::Enqueue,
+            None,
         )
         .await
     }
@@ -446,6 +614,7 @@ impl IngestService {
             email.alerts,
             Some(message_id),
             Mode::Enqueue,
+            None,
         )
         .await
     }
@@ -454,6 +623,8 @@ impl IngestService {
     /// delivery id (SNS MessageId, X-GitHub-Delivery, …) the event ids
     /// derive from it, so a provider's retry is the same event; otherwise
     /// they are fresh.
+    // What the callers hold, one argument each; a struct would be built for this one call.
+    #[allow(clippy::too_many_arguments)]
     async fn accept(
         &self,
         provider: &dyn Provider,
@@ -462,6 +633,7 @@ impl IngestService {
         mut alerts: Vec<crate::event::Alert>,
         delivery: Option<&str>,
         mode: Mode,
+        tally: Option<&Tally>,
     ) -> Result<Answer, IngestError> {
         if alerts.len() > MAX_ALERTS_PER_REQUEST {
             return Err(IngestError::TooManyAlerts {
@@ -541,7 +713,22 @@ impl IngestService {
             _ => None,
         };
 
-        self.queue.enqueue(&events).await.map_err(IngestError::Unavailable)?;
+        let enqueued = match tally {
+            // Counted beside the enqueue rather than after it: counting never
+            // adds to an accepted request's time. Should the enqueue fail,
+            // count_result turns this success into the error.
+            Some(tally) if self.stats.is_some() && tally.identified.get().is_some() => {
+                let (enqueued, ()) = crate::health::join(self.queue.enqueue(&events), async {
+                    let counted = self.count(tally, OutcomeKind::Success, tally.elapsed_ms()).await;
+                    let state = if counted { Tally::COUNTED } else { Tally::FAILED };
+                    tally.counted.store(state, Ordering::Relaxed);
+                })
+                .await;
+                enqueued
+            }
+            _ => self.queue.enqueue(&events).await,
+        };
+        enqueued.map_err(IngestError::Unavailable)?;
         tracing::info!(
             provider = %kind,
             integration = %integration.id,
@@ -675,6 +862,123 @@ services:
             "payload": {"summary": "s", "source": "x", "severity": "info",
                         "custom_details": {"blob": "x".repeat(details_bytes)}},
         })
+    }
+
+    mod stats {
+        use super::*;
+        use crate::health::IntegrationStats;
+        use crate::ports::IngestStats;
+
+        const KEY: &str = "22222222222222222222222222222222";
+
+        struct DownQueue;
+
+        #[async_trait::async_trait]
+        impl EventQueue for DownQueue {
+            async fn enqueue(&self, _: &[Event]) -> Result<(), BackendError> {
+                Err(BackendError::new("enqueue", "the queue is down"))
+            }
+        }
+
+        struct DownStats;
+
+        #[async_trait::async_trait]
+        impl IngestStats for DownStats {
+            async fn record(
+                &self,
+                _: &IntegrationId,
+                _: &ServiceId,
+                _: ProviderKind,
+                _: &IngestOutcome,
+            ) -> Result<(), BackendError> {
+                Err(BackendError::new("record", "the store is down"))
+            }
+
+            async fn snapshot(&self) -> Result<Vec<IntegrationStats>, BackendError> {
+                Ok(Vec::new())
+            }
+        }
+
+        fn service(queue: Arc<dyn EventQueue>, stats: Arc<dyn IngestStats>) -> IngestService {
+            let catalog = Catalog::from_yaml(CONFIG, "test.yaml").unwrap();
+            IngestService::new(Arc::new(catalog), queue, Arc::new(MemoryStore::new())).with_stats(stats)
+        }
+
+        fn send(ingest: &IngestService, body: &serde_json::Value, preview: bool) -> StatusCode {
+            let body = serde_json::to_vec(body).unwrap();
+            let headers = HeaderMap::new();
+            let request = IngestRequest {
+                provider: ProviderKind::EventsV2,
+                headers: &headers,
+                query: None,
+                body: &body,
+                received_at: Utc::now(),
+            };
+            let answer = block_on(async {
+                if preview {
+                    ingest.preview(request).await
+                } else {
+                    ingest.handle(request).await
+                }
+            });
+            answer.status()
+        }
+
+        fn counted(store: &MemoryStore) -> Vec<IntegrationStats> {
+            block_on(store.snapshot()).unwrap()
+        }
+
+        #[test]
+        fn each_request_of_a_known_key_is_counted_once_and_others_not_at_all() {
+            let store = Arc::new(MemoryStore::new());
+            let ingest = service(store.clone(), store.clone());
+            assert_eq!(send(&ingest, &trigger(10), false), StatusCode::ACCEPTED);
+            let invalid = serde_json::json!({"routing_key": KEY, "event_action": "trigger", "payload": {}});
+            assert_eq!(send(&ingest, &invalid, false), StatusCode::BAD_REQUEST);
+            // A preview and a key nobody has are not counted.
+            assert_eq!(send(&ingest, &trigger(10), true), StatusCode::OK);
+            let mut unknown = trigger(10);
+            unknown["routing_key"] = serde_json::json!("99999999999999999999999999999999");
+            assert_eq!(send(&ingest, &unknown, false), StatusCode::NOT_FOUND);
+
+            let all = counted(&store);
+            assert_eq!(all.len(), 1, "{all:?}");
+            let pd = &all[0];
+            assert_eq!((pd.integration.as_str(), pd.service.as_str()), ("pd", "checkout"));
+            assert_eq!((pd.received, pd.success, pd.errors), (2, 1, 1));
+            let error = pd.last_error.as_ref().expect("the last error");
+            assert_eq!(
+                (error.status, error.message.as_str()),
+                (400, "invalid payload (3 errors)")
+            );
+        }
+
+        #[test]
+        fn a_failed_enqueue_is_counted_as_its_error_not_as_a_success() {
+            let store = Arc::new(MemoryStore::new());
+            let ingest = service(Arc::new(DownQueue), store.clone());
+            assert_eq!(send(&ingest, &trigger(10), false), StatusCode::SERVICE_UNAVAILABLE);
+            let all = counted(&store);
+            assert_eq!((all[0].received, all[0].success, all[0].errors), (1, 0, 1));
+            assert_eq!(all[0].last_error.as_ref().map(|e| e.status), Some(503));
+        }
+
+        #[test]
+        fn a_failure_to_count_never_fails_the_request() {
+            let store = Arc::new(MemoryStore::new());
+            let ingest = service(store.clone(), Arc::new(DownStats));
+            assert_eq!(send(&ingest, &trigger(10), false), StatusCode::ACCEPTED);
+            assert_eq!(store.queued_events().len(), 1);
+        }
+
+        #[test]
+        fn no_health_message_repeats_what_the_request_carried() {
+            let invalid = InvalidPayload::field("payload.summary", "'+15555550123' is not a summary");
+            let message = IngestError::Payload(invalid).health_message();
+            assert!(!message.contains("5555"), "{message}");
+            let message = IngestError::Signature(SignatureError::Mismatch).health_message();
+            assert_eq!(message, "signature check failed");
+        }
     }
 
     mod rate_limit {

@@ -6,14 +6,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
-use crate::event::{DedupKey, Event, EventId, IntegrationId, ServiceId};
+use crate::event::{DedupKey, Event, EventId, HeartbeatId, IntegrationId, ServiceId};
+use crate::heartbeat::{Heartbeat, HeartbeatMonitor};
 use crate::incident::{Incident, IncidentId, Transition};
 use crate::notify::NotificationJob;
 use crate::ports::{
-    BackendError, Commit, CommitOutcome, EventQueue, IgnoredEvent, IncidentFilter, IncidentStore, NotificationQueue,
-    RateCounter,
+    BackendError, Commit, CommitOutcome, EventQueue, Heartbeats, IgnoredEvent, IncidentFilter, IncidentStore,
+    NotificationQueue, RateCounter, Timeline,
 };
+use crate::timeline::TimelineEntry;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -32,6 +35,11 @@ struct State {
     jobs: Vec<NotificationJob>,
     /// Requests per (integration, minute window).
     rates: HashMap<(IntegrationId, i64), u64>,
+    /// Ingest counters per integration (crate::health).
+    stats: HashMap<IntegrationId, crate::health::IntegrationStats>,
+    timelines: HashMap<IncidentId, Vec<TimelineEntry>>,
+    maintenance: HashMap<crate::maintenance::WindowId, crate::maintenance::MaintenanceWindow>,
+    heartbeats: Vec<HeartbeatMonitor>,
 }
 
 impl MemoryStore {
@@ -118,6 +126,7 @@ impl IncidentStore for MemoryStore {
                 incident,
                 expected_version,
                 transition,
+                ..
             } => {
                 if state.applied.contains(event_id) {
                     return Ok(CommitOutcome::AlreadyApplied);
@@ -149,7 +158,87 @@ impl IncidentStore for MemoryStore {
                 }
             }
         }
+        if let Some(entry) = commit.timeline_entry() {
+            state.add_to_timeline(&entry);
+        }
         Ok(CommitOutcome::Written)
+    }
+}
+
+impl State {
+    fn add_to_timeline(&mut self, entry: &TimelineEntry) {
+        let entries = self.timelines.entry(entry.incident.clone()).or_default();
+        if !entries.iter().any(|e| e.id == entry.id) {
+            entries.push(entry.clone());
+        }
+    }
+}
+
+impl MemoryStore {
+    /// Replaces the heartbeat config, keeping the state of those that stay.
+    pub fn set_heartbeats(&self, heartbeats: Vec<Heartbeat>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = std::mem::take(&mut state.heartbeats);
+        state.heartbeats = heartbeats
+            .into_iter()
+            .map(|heartbeat| {
+                let kept = previous.iter().find(|m| m.heartbeat.id == heartbeat.id);
+                HeartbeatMonitor {
+                    state: kept.map(|m| m.state.clone()).unwrap_or_default(),
+                    heartbeat,
+                }
+            })
+            .collect();
+    }
+}
+
+#[async_trait]
+impl Heartbeats for MemoryStore {
+    async fn monitors(&self) -> Result<Vec<HeartbeatMonitor>, BackendError> {
+        Ok(self.state()?.heartbeats.clone())
+    }
+
+    async fn monitor(&self, id: &HeartbeatId) -> Result<Option<HeartbeatMonitor>, BackendError> {
+        Ok(self.state()?.heartbeats.iter().find(|m| &m.heartbeat.id == id).cloned())
+    }
+
+    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError> {
+        if let Some(monitor) = self.state()?.heartbeats.iter_mut().find(|m| &m.heartbeat.id == id) {
+            monitor.state.last_beat_at = Some(monitor.state.last_beat_at.map_or(at, |last| last.max(at)));
+            monitor.state.missed_since = None;
+        }
+        Ok(())
+    }
+
+    async fn mark_missed(
+        &self,
+        id: &HeartbeatId,
+        last_beat_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state()?;
+        let Some(monitor) = state.heartbeats.iter_mut().find(|m| &m.heartbeat.id == id) else {
+            return Ok(false);
+        };
+        if monitor.state.missed_since.is_some() || monitor.state.last_beat_at != Some(last_beat_at) {
+            return Ok(false);
+        }
+        monitor.state.missed_since = Some(at);
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Timeline for MemoryStore {
+    async fn record(&self, entry: &TimelineEntry) -> Result<(), BackendError> {
+        self.state()?.add_to_timeline(entry);
+        Ok(())
+    }
+
+    async fn timeline(&self, incident: &IncidentId) -> Result<Vec<TimelineEntry>, BackendError> {
+        let mut entries = self.state()?.timelines.get(incident).cloned().unwrap_or_default();
+        entries.sort_by_key(TimelineEntry::sort_key);
+        Ok(entries)
     }
 }
 
@@ -181,6 +270,74 @@ impl NotificationQueue for MemoryStore {
             if !state.jobs.iter().any(|j| j.id == job.id) {
                 state.jobs.push(job.clone());
             }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::ports::IngestStats for MemoryStore {
+    async fn record(
+        &self,
+        integration: &IntegrationId,
+        service: &ServiceId,
+        provider: crate::providers::ProviderKind,
+        outcome: &crate::health::IngestOutcome,
+    ) -> Result<(), BackendError> {
+        let mut state = self.state()?;
+        let stats = state
+            .stats
+            .entry(integration.clone())
+            .or_insert_with(|| crate::health::IntegrationStats::new(integration.clone(), service.clone(), provider));
+        // The latest request names the service and provider, as in the stores' upserts.
+        stats.service = service.clone();
+        stats.provider = provider;
+        stats.apply(outcome);
+        Ok(())
+    }
+
+    async fn snapshot(&self) -> Result<Vec<crate::health::IntegrationStats>, BackendError> {
+        Ok(self.state()?.stats.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl crate::ports::MaintenanceStore for MemoryStore {
+    async fn put_window(&self, window: &crate::maintenance::MaintenanceWindow) -> Result<(), BackendError> {
+        let mut state = self.state()?;
+        let released_at = state.maintenance.get(&window.id).and_then(|w| w.released_at);
+        let mut window = window.clone();
+        window.released_at = released_at;
+        state.maintenance.insert(window.id.clone(), window);
+        Ok(())
+    }
+
+    async fn delete_window(&self, id: &crate::maintenance::WindowId) -> Result<bool, BackendError> {
+        Ok(self.state()?.maintenance.remove(id).is_some())
+    }
+
+    async fn windows(
+        &self,
+        service: Option<&ServiceId>,
+    ) -> Result<Vec<crate::maintenance::MaintenanceWindow>, BackendError> {
+        let mut windows: Vec<_> = self
+            .state()?
+            .maintenance
+            .values()
+            .filter(|w| service.is_none_or(|s| &w.service == s))
+            .cloned()
+            .collect();
+        windows.sort_by(|a, b| (&a.service, a.start, &a.id).cmp(&(&b.service, b.start, &b.id)));
+        Ok(windows)
+    }
+
+    async fn mark_released(
+        &self,
+        id: &crate::maintenance::WindowId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BackendError> {
+        if let Some(window) = self.state()?.maintenance.get_mut(id) {
+            window.released_at.get_or_insert(at);
         }
         Ok(())
     }

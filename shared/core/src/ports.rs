@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{ApiKey, KeyHash};
 use crate::config::{Integration, Service};
-use crate::event::{DedupKey, Event, EventId, IntegrationId, ServiceId};
-use crate::incident::{IgnoreReason, Incident, IncidentId, IncidentStatus, Transition};
+use crate::event::{DedupKey, Event, EventId, HeartbeatId, IntegrationId, ServiceId};
+use crate::heartbeat::HeartbeatMonitor;
+use crate::incident::{Decision, IgnoreReason, Incident, IncidentId, IncidentStatus, Transition};
 use crate::notify::NotificationJob;
 use crate::sns::TopicArn;
+use crate::timeline::{EventOutcome, TimelineEntry};
 
 /// A failure of the thing behind a port (disk, network, AWS). Always worth
 /// a retry; never the caller's fault.
@@ -49,6 +51,25 @@ pub trait RateCounter: Send + Sync {
     async fn hit(&self, integration: &IntegrationId, window: i64) -> Result<u64, BackendError>;
 }
 
+/// Per-integration ingest counters for `GET /integrations/health`
+/// (crate::health). Cheap to update: one upsert per request, never read on
+/// the request path.
+#[async_trait]
+pub trait IngestStats: Send + Sync {
+    /// Counts one request of `integration` (see
+    /// [`IntegrationStats::apply`](crate::health::IntegrationStats::apply)).
+    async fn record(
+        &self,
+        integration: &IntegrationId,
+        service: &ServiceId,
+        provider: crate::providers::ProviderKind,
+        outcome: &crate::health::IngestOutcome,
+    ) -> Result<(), BackendError>;
+
+    /// Every integration that was counted, in no particular order.
+    async fn snapshot(&self) -> Result<Vec<crate::health::IntegrationStats>, BackendError>;
+}
+
 /// Services, integrations and API keys.
 #[async_trait]
 pub trait ConfigStore: Send + Sync {
@@ -84,8 +105,48 @@ pub enum Commit {
         incident: Incident,
         expected_version: Option<u64>,
         transition: Option<Transition>,
+        /// The incident's timeline entry for this event, written with it
+        /// (the processor always sets it).
+        timeline: Option<TimelineEntry>,
     },
+    /// Written with the event's entry in its incident's timeline, when it
+    /// concerned one (`TimelineEntry::of_ignored`).
     Ignored(IgnoredEvent),
+}
+
+impl Commit {
+    /// What the processor writes for `decision` about `event`, decided at
+    /// `now`: the incident and its timeline entry, or the ignored event.
+    pub fn of(decision: &Decision, event: &Event, now: DateTime<Utc>) -> Commit {
+        match decision {
+            Decision::Open { incident } | Decision::Repeat { incident } | Decision::Transition { incident, .. } => {
+                let expected_version = decision.write().and_then(|(_, expected)| expected);
+                let transition = decision.transition(event);
+                let outcome = EventOutcome::of(expected_version, transition.as_ref().map(|t| t.kind));
+                Commit::Incident {
+                    event_id: event.id.clone(),
+                    incident: incident.clone(),
+                    expected_version,
+                    transition,
+                    timeline: Some(TimelineEntry::of_event(event, incident, outcome, now)),
+                }
+            }
+            Decision::Ignore { reason, incident } => Commit::Ignored(IgnoredEvent {
+                event: event.clone(),
+                reason: *reason,
+                incident: incident.clone(),
+                at: now,
+            }),
+        }
+    }
+
+    /// The timeline entry this commit writes, if any.
+    pub fn timeline_entry(&self) -> Option<std::borrow::Cow<'_, TimelineEntry>> {
+        match self {
+            Commit::Incident { timeline, .. } => timeline.as_ref().map(std::borrow::Cow::Borrowed),
+            Commit::Ignored(ignored) => TimelineEntry::of_ignored(ignored).map(std::borrow::Cow::Owned),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +176,61 @@ pub trait IncidentStore: Send + Sync {
     async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, BackendError>;
 }
 
+/// Each incident's timeline (crate::timeline). Entries of events are written
+/// by `IncidentStore::commit` with the change they describe; this port reads
+/// them and records what happens outside a commit (delivery attempts).
+#[async_trait]
+pub trait Timeline: Send + Sync {
+    /// Adds `entry` to its incident's timeline; an entry with the same
+    /// incident and id is written once.
+    async fn record(&self, entry: &TimelineEntry) -> Result<(), BackendError>;
+    /// The incident's entries, oldest first (ties by id).
+    async fn timeline(&self, incident: &IncidentId) -> Result<Vec<TimelineEntry>, BackendError>;
+}
+
+/// Heartbeat monitors (crate::heartbeat): their config and the state of
+/// their beats.
+#[async_trait]
+pub trait Heartbeats: Send + Sync {
+    /// Every heartbeat, with its state.
+    async fn monitors(&self) -> Result<Vec<HeartbeatMonitor>, BackendError>;
+    async fn monitor(&self, id: &HeartbeatId) -> Result<Option<HeartbeatMonitor>, BackendError>;
+    /// Records a beat at `at` and clears a miss. Nothing for an unknown id.
+    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError>;
+    /// Marks the heartbeat missed at `at`, unless a beat arrived after
+    /// `last_beat_at` (what the check read) or it is already marked: true
+    /// when this call marked it.
+    async fn mark_missed(
+        &self,
+        id: &HeartbeatId,
+        last_beat_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, BackendError>;
+}
+
 /// The per-channel queues between the dispatcher and the notifiers.
 #[async_trait]
 pub trait NotificationQueue: Send + Sync {
     async fn enqueue(&self, jobs: &[NotificationJob]) -> Result<(), BackendError>;
+}
+
+/// Maintenance windows (crate::maintenance): the dispatcher reads them to
+/// hold notifications, the API and config write them, the release marks
+/// them released.
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync {
+    /// Creates the window of `window.id`, or rewrites it; its released mark
+    /// (`released_at`, set only by `mark_released`) stays as it was.
+    async fn put_window(&self, window: &crate::maintenance::MaintenanceWindow) -> Result<(), BackendError>;
+    /// Whether there was such a window.
+    async fn delete_window(&self, id: &crate::maintenance::WindowId) -> Result<bool, BackendError>;
+    /// The windows of `service`, or of every service: by service, then
+    /// start, then id.
+    async fn windows(
+        &self,
+        service: Option<&ServiceId>,
+    ) -> Result<Vec<crate::maintenance::MaintenanceWindow>, BackendError>;
+    /// Marks the window released at `at`, unless it already is (the first
+    /// mark stays). A window that no longer exists is not an error.
+    async fn mark_released(&self, id: &crate::maintenance::WindowId, at: DateTime<Utc>) -> Result<(), BackendError>;
 }

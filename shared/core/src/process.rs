@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::event::{Action, Event, EventId, Origin};
 use crate::incident::{decide, Decision, IgnoreReason, Incident, IncidentId, IncidentStatus, TransitionKind};
-use crate::ports::{BackendError, Commit, CommitOutcome, IgnoredEvent, IncidentStore};
+use crate::ports::{BackendError, Commit, CommitOutcome, IncidentStore};
 
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,29 +53,11 @@ impl ProcessService {
         for _ in 0..Self::MAX_ATTEMPTS {
             let latest = self.incidents.latest(&event.service, event.dedup_key()).await?;
             let decision = decide(latest.as_ref(), event, now);
-            let commit = match decision.write() {
-                Some((incident, expected_version)) => Commit::Incident {
-                    event_id: event.id.clone(),
-                    incident: incident.clone(),
-                    expected_version,
-                    transition: decision.transition(event),
-                },
-                None => {
-                    let Decision::Ignore { reason, incident } = &decision else {
-                        unreachable!("only Ignore decisions write nothing")
-                    };
-                    Commit::Ignored(IgnoredEvent {
-                        event: event.clone(),
-                        reason: *reason,
-                        incident: incident.clone(),
-                        at: now,
-                    })
-                }
-            };
+            let commit = Commit::of(&decision, event, now);
             match self.incidents.commit(&commit).await? {
                 CommitOutcome::Written => {
                     let applied = applied(decision);
-                    tracing::info!(outcome = outcome_name(&applied), "event applied");
+                    tracing::info!(outcome = applied.outcome(), "event applied");
                     return Ok(applied);
                 }
                 CommitOutcome::AlreadyApplied => return Ok(Applied::Duplicate),
@@ -98,15 +80,18 @@ fn applied(decision: Decision) -> Applied {
     }
 }
 
-fn outcome_name(applied: &Applied) -> &'static str {
-    match applied {
-        Applied::Opened(_) => "opened",
-        Applied::Repeated(_) => "repeated",
-        Applied::Transitioned(TransitionKind::Acknowledged, _) => "acknowledged",
-        Applied::Transitioned(TransitionKind::Resolved, _) => "resolved",
-        Applied::Transitioned(TransitionKind::Triggered, _) => "triggered",
-        Applied::Ignored { .. } => "ignored",
-        Applied::Duplicate => "duplicate",
+impl Applied {
+    /// What applying did, as logs and metrics name it.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Applied::Opened(_) => "opened",
+            Applied::Repeated(_) => "repeated",
+            Applied::Transitioned(TransitionKind::Acknowledged, _) => "acknowledged",
+            Applied::Transitioned(TransitionKind::Resolved, _) => "resolved",
+            Applied::Transitioned(TransitionKind::Triggered, _) => "triggered",
+            Applied::Ignored { .. } => "ignored",
+            Applied::Duplicate => "duplicate",
+        }
     }
 }
 

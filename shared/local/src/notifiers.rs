@@ -144,9 +144,12 @@ fn console_line(record: &OutboxRecord) -> String {
         None => summary,
     };
     let service: String = record.service_name.chars().filter(|c| !c.is_control()).collect();
+    // A terminal is a log: phone numbers show their last digits only (the
+    // outbox file keeps them whole).
+    let to = tocsin_core::timeline::recipient_for_display(record.channel, &record.to);
     format!(
         "📣 {} → {}  [{}] {} {}: {}",
-        record.channel, record.to, record.transition, record.incident_id, service, summary
+        record.channel, to, record.transition, record.incident_id, service, summary
     )
 }
 
@@ -182,9 +185,9 @@ impl Notifier for OutboxNotifier {
                 retry_after_secs: None,
                 source: Some(Box::new(e)),
             })?;
-        Ok(Receipt {
-            reference: Some(job.id.clone()),
-        })
+        // No reference: the outbox line is found by the job id, which names
+        // the recipient, and a receipt ends up in the incident's timeline.
+        Ok(Receipt { reference: None })
     }
 }
 
@@ -300,7 +303,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_outbox_notifier_records_and_answers_the_job_id() {
+    async fn the_outbox_notifier_records_the_job_and_answers_no_reference() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = outbox(&dir);
         let notifier = OutboxNotifier::new(Channel::Email, outbox.clone());
@@ -308,7 +311,8 @@ mod tests {
         let message = render(&job, &RenderContext::default());
 
         let receipt = notifier.deliver(&job, &message).await.expect("delivered");
-        assert_eq!(receipt.reference.as_deref(), Some(job.id.as_str()));
+        // The job id names the recipient, and receipts go to the timeline.
+        assert_eq!(receipt.reference, None);
 
         let line = std::fs::read_to_string(outbox.path()).expect("outbox");
         let value: Value = serde_json::from_str(line.trim_end()).expect("one JSON line");

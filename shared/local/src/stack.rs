@@ -12,6 +12,7 @@ use chrono::Utc;
 use tocsin_core::config::{Catalog, SlackDelivery};
 use tocsin_core::dispatch::{DeliveryError, DispatchService, NotifyService};
 use tocsin_core::event::Event;
+use tocsin_core::heartbeat::HeartbeatService;
 use tocsin_core::incident::Transition;
 use tocsin_core::ingest::IngestService;
 use tocsin_core::notify::{Channel, NotificationJob, Notifier, NotifyError};
@@ -138,17 +139,43 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
         slack,
     ];
 
+    // The config file's heartbeats, with the state of their beats kept
+    // across restarts.
+    store
+        .set_heartbeats(&options.catalog.heartbeats)
+        .await
+        .map_err(StackError::Store)?;
+    let schedule = scheduler_period(options.catalog.heartbeats.iter().map(|h| h.interval_seconds).min());
+    let heartbeats = HeartbeatService::new(Arc::new(store.clone()), Arc::new(store.clone()));
+    // The config's maintenance windows (tocsin_core::maintenance); a
+    // restart keeps what was already released.
+    for window in &options.catalog.maintenance {
+        tocsin_core::maintenance::apply_window(&store, window, Utc::now())
+            .await
+            .map_err(StackError::Store)?;
+    }
     let config: Arc<dyn ConfigStore> = Arc::new(options.catalog);
     let incidents: Arc<dyn IncidentStore> = Arc::new(store.clone());
     let process = ProcessService::new(incidents.clone());
-    let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()));
-    let notify = NotifyService::new(notifiers, context);
+    let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()))
+        .with_maintenance(Arc::new(store.clone()))
+        .with_timeline(Arc::new(store.clone()));
+    // Its own dispatcher, without the hold: a release is never held.
+    let maintenance = tocsin_core::maintenance::MaintenanceService::new(
+        Arc::new(store.clone()),
+        incidents.clone(),
+        DispatchService::new(config.clone(), Arc::new(store.clone())).with_timeline(Arc::new(store.clone())),
+    );
+    let notify = NotifyService::new(notifiers, context).with_timeline(Arc::new(store.clone()));
     let ingest = IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone())
         .with_sns(sns)
-        .with_rate_limiter(Arc::new(store.clone()));
+        .with_rate_limiter(Arc::new(store.clone()))
+        .with_stats(Arc::new(store.clone()));
+    let health: Arc<dyn tocsin_core::ports::IngestStats> = Arc::new(store.clone());
     let api = ApiState {
         process: process.clone(),
         incidents,
+        timeline: Arc::new(store.clone()),
         config,
     };
 
@@ -165,10 +192,15 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
 
     let (shutdown, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    tasks.spawn(scheduler(heartbeats.clone(), maintenance, schedule, stopped.clone()));
+    let heartbeats_api = heartbeats;
+    let windows: Arc<dyn tocsin_core::ports::MaintenanceStore> = Arc::new(store.clone());
     {
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
-            axum::serve(listener, router(ingest, api))
+            let app = tocsin_api::with_ingest_health(router(ingest, api), health);
+            let app = tocsin_api::with_maintenance(app, windows);
+            axum::serve(listener, tocsin_api::with_heartbeats(app, heartbeats_api))
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 })
@@ -204,6 +236,37 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
         shutdown,
         tasks,
     })
+}
+
+/// How often the scheduler runs: a quarter of the shortest heartbeat
+/// interval, so a miss is noticed within a quarter of it, at least every
+/// second.
+fn scheduler_period(shortest_heartbeat_seconds: Option<u32>) -> Duration {
+    let quarter = shortest_heartbeat_seconds.map_or(Duration::from_secs(1), |s| Duration::from_secs(u64::from(s)) / 4);
+    quarter.clamp(Duration::from_millis(250), Duration::from_secs(1))
+}
+
+/// The local twin of the scheduled function (functions/scheduler): what
+/// runs on a timer rather than on a message.
+async fn scheduler(
+    heartbeats: HeartbeatService,
+    maintenance: tocsin_core::maintenance::MaintenanceService,
+    period: Duration,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), StackError> {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+        }
+        if let Err(error) = heartbeats.check(Utc::now()).await {
+            tracing::error!(error = %error_chain(&error), "heartbeat check failed; retried at the next tick");
+        }
+        // Ended maintenance windows: their still-open incidents notified once.
+        if let Err(error) = maintenance.release_ended(Utc::now()).await {
+            tracing::error!(error = %error_chain(&error), "maintenance release failed; retried at the next tick");
+        }
+    }
 }
 
 /// How handling one message ended.
@@ -265,7 +328,7 @@ async fn deliver_job(notify: &NotifyService, delivery: &Delivery) -> Handled {
             }
         }
     };
-    match notify.deliver(&job).await {
+    match notify.deliver(&job, delivery.receive_count).await {
         Ok(_) => Handled::Done,
         Err(DeliveryError::Notify(NotifyError::Transient { retry_after_secs, .. })) if retry_after_secs.is_some() => {
             Handled::Retry {

@@ -30,13 +30,15 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
-use tocsin_core::event::{DedupKey, Event, EventId, IntegrationId, ServiceId};
+use tocsin_core::event::{DedupKey, Event, EventId, HeartbeatId, IntegrationId, ServiceId};
+use tocsin_core::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
 use tocsin_core::incident::{Incident, IncidentId};
 use tocsin_core::notify::NotificationJob;
 use tocsin_core::ports::{
-    BackendError, Commit, CommitOutcome, EventQueue, IgnoredEvent, IncidentFilter, IncidentStore, NotificationQueue,
-    RateCounter,
+    BackendError, Commit, CommitOutcome, EventQueue, Heartbeats, IgnoredEvent, IncidentFilter, IncidentStore,
+    NotificationQueue, RateCounter, Timeline,
 };
+use tocsin_core::timeline::TimelineEntry;
 
 /// The database file inside the store's directory.
 pub const DB_FILE: &str = "tocsin.db";
@@ -162,6 +164,57 @@ END;
 -- Nothing reads these any more; every write paid for them.
 DROP INDEX messages_by_visibility;
 DROP INDEX messages_in_order;
+"#,
+    r#"
+-- Each incident's timeline (tocsin_core::timeline): one row per event applied
+-- or ignored, written in the event's commit, and per delivery attempt.
+CREATE TABLE timeline (
+    incident_id TEXT NOT NULL,
+    id          TEXT NOT NULL,  -- unique within the incident: a rewrite is a no-op
+    sort_key    TEXT NOT NULL,  -- RFC 3339 time, then id: sorts as text
+    body        TEXT NOT NULL,  -- the TimelineEntry as JSON
+    PRIMARY KEY (incident_id, id)
+) WITHOUT ROWID;
+CREATE INDEX timeline_in_order ON timeline (incident_id, sort_key);
+"#,
+    r#"
+-- Ingest counters per integration for GET /integrations/health
+-- (tocsin_core::health): one upsert per request.
+CREATE TABLE ingest_stats (
+    integration        TEXT PRIMARY KEY,
+    service            TEXT NOT NULL,
+    provider           TEXT NOT NULL,
+    received           INTEGER NOT NULL,
+    success            INTEGER NOT NULL,
+    errors             INTEGER NOT NULL,
+    latency_ms         INTEGER NOT NULL,  -- the sum over every counted request
+    last_event_at      TEXT NOT NULL,     -- RFC 3339
+    last_error_at      TEXT,
+    last_error_status  INTEGER,
+    last_error_message TEXT
+) WITHOUT ROWID;
+"#,
+    r#"
+-- Heartbeat monitors (tocsin_core::heartbeat): the config, replaced at every
+-- start from the config file, and the state of their beats, which survives.
+CREATE TABLE heartbeats (
+    id           TEXT PRIMARY KEY,
+    body         TEXT NOT NULL,  -- the Heartbeat as JSON
+    last_beat_at TEXT,           -- RFC 3339; none: never beaten (inactive)
+    missed_since TEXT
+) WITHOUT ROWID;
+"#,
+    r#"
+-- Maintenance windows (tocsin_core::maintenance). released_at is kept out
+-- of body: rewriting a window (a config applied again) keeps the mark.
+CREATE TABLE maintenance_windows (
+    id          TEXT PRIMARY KEY,
+    service     TEXT NOT NULL,
+    start       TEXT NOT NULL,  -- RFC 3339, UTC, microseconds: sorts as text
+    body        TEXT NOT NULL,  -- the MaintenanceWindow as JSON, released_at left out
+    released_at TEXT
+) WITHOUT ROWID;
+CREATE INDEX maintenance_by_service ON maintenance_windows (service, start, id);
 "#,
 ];
 
@@ -777,6 +830,7 @@ enum CommitRows {
         expected_version: Option<i64>,
         /// dedup id and body of the transition message.
         transition: Option<(String, String)>,
+        timeline: Option<TimelineRow>,
     },
     Ignored {
         event_id: String,
@@ -784,7 +838,35 @@ enum CommitRows {
         reason: &'static str,
         at: String,
         body: String,
+        timeline: Option<TimelineRow>,
     },
+}
+
+/// A timeline entry as its row.
+struct TimelineRow {
+    incident_id: String,
+    id: String,
+    sort_key: String,
+    body: String,
+}
+
+impl TimelineRow {
+    fn of(entry: &TimelineEntry) -> Result<Self, serde_json::Error> {
+        Ok(TimelineRow {
+            incident_id: entry.incident.as_str().to_owned(),
+            id: entry.id.clone(),
+            sort_key: entry.sort_key(),
+            body: serde_json::to_string(entry)?,
+        })
+    }
+
+    fn insert(&self, conn: &Connection) -> rusqlite::Result<usize> {
+        conn.prepare_cached(
+            "INSERT INTO timeline (incident_id, id, sort_key, body) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (incident_id, id) DO NOTHING",
+        )?
+        .execute(params![self.incident_id, self.id, self.sort_key, self.body])
+    }
 }
 
 impl CommitRows {
@@ -792,12 +874,18 @@ impl CommitRows {
         fn encode(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
             BackendError::new("encode a commit", e)
         }
+        let timeline = commit
+            .timeline_entry()
+            .map(|entry| TimelineRow::of(&entry))
+            .transpose()
+            .map_err(encode)?;
         Ok(match commit {
             Commit::Incident {
                 event_id,
                 incident,
                 expected_version,
                 transition,
+                ..
             } => CommitRows::Incident {
                 event_id: event_id.as_str().to_owned(),
                 id: incident.id.as_str().to_owned(),
@@ -814,6 +902,7 @@ impl CommitRows {
                     .map(|t| Ok::<_, serde_json::Error>((t.id(), serde_json::to_string(t)?)))
                     .transpose()
                     .map_err(encode)?,
+                timeline,
             },
             Commit::Ignored(ignored) => CommitRows::Ignored {
                 event_id: ignored.event.id.as_str().to_owned(),
@@ -821,6 +910,7 @@ impl CommitRows {
                 reason: ignored.reason.as_str(),
                 at: stamp(ignored.at),
                 body: serde_json::to_string(ignored).map_err(encode)?,
+                timeline,
             },
         })
     }
@@ -857,6 +947,7 @@ impl CommitRows {
                 body,
                 expected_version,
                 transition,
+                timeline,
                 ..
             } => {
                 let written = match expected_version {
@@ -885,6 +976,9 @@ impl CommitRows {
                     Err(e) => return Err(e.into()),
                 }
                 mark_applied()?;
+                if let Some(row) = timeline {
+                    row.insert(tx)?;
+                }
                 if let Some((dedup_id, body)) = transition {
                     transition_added = push(
                         tx,
@@ -902,15 +996,161 @@ impl CommitRows {
                 reason,
                 at,
                 body,
+                timeline,
             } => {
                 mark_applied()?;
                 tx.prepare_cached(
                     "INSERT INTO ignored_events (event_id, incident_id, reason, at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![event_id, incident_id, reason, at, body])?;
+                if let Some(row) = timeline {
+                    row.insert(tx)?;
+                }
             }
         }
         Ok((CommitOutcome::Written, transition_added))
+    }
+}
+
+impl Store {
+    /// Makes the configured heartbeats exactly `heartbeats`, keeping the beat
+    /// state of those that stay.
+    pub async fn set_heartbeats(&self, heartbeats: &[Heartbeat]) -> Result<(), BackendError> {
+        let rows = heartbeats
+            .iter()
+            .map(|h| Ok((h.id.as_str().to_owned(), serde_json::to_string(h)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(|e| BackendError::new("encode heartbeats", e))?;
+        self.run("set heartbeats", move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute("CREATE TEMP TABLE IF NOT EXISTS keep (id TEXT PRIMARY KEY)", [])?;
+            tx.execute("DELETE FROM keep", [])?;
+            for (id, body) in &rows {
+                tx.prepare_cached(
+                    "INSERT INTO heartbeats (id, body) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET body = ?2",
+                )?
+                .execute(params![id, body])?;
+                tx.prepare_cached("INSERT INTO keep (id) VALUES (?1)")?
+                    .execute(params![id])?;
+            }
+            tx.execute("DELETE FROM heartbeats WHERE id NOT IN (SELECT id FROM keep)", [])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn monitor_of(
+    body: &str,
+    last_beat_at: Option<String>,
+    missed_since: Option<String>,
+) -> Result<HeartbeatMonitor, StoreError> {
+    let time = |value: Option<String>| -> Result<Option<DateTime<Utc>>, StoreError> {
+        value
+            .map(|v| DateTime::parse_from_rfc3339(&v).map(|t| t.with_timezone(&Utc)))
+            .transpose()
+            .map_err(|_| StoreError::Json(serde::de::Error::custom("a heartbeat time is not RFC 3339")))
+    };
+    Ok(HeartbeatMonitor {
+        heartbeat: serde_json::from_str(body)?,
+        state: HeartbeatState {
+            last_beat_at: time(last_beat_at)?,
+            missed_since: time(missed_since)?,
+        },
+    })
+}
+
+#[async_trait]
+impl Heartbeats for Store {
+    async fn monitors(&self) -> Result<Vec<HeartbeatMonitor>, BackendError> {
+        self.run("read heartbeats", |conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT body, last_beat_at, missed_since FROM heartbeats ORDER BY id")?;
+            let rows = statement
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(body, last, missed)| monitor_of(&body, last, missed))
+                .collect()
+        })
+        .await
+    }
+
+    async fn monitor(&self, id: &HeartbeatId) -> Result<Option<HeartbeatMonitor>, BackendError> {
+        let id = id.as_str().to_owned();
+        self.run("read a heartbeat", move |conn| {
+            let row = conn
+                .prepare_cached("SELECT body, last_beat_at, missed_since FROM heartbeats WHERE id = ?1")?
+                .query_row(params![id], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?, row.get(2)?))
+                })
+                .optional()?;
+            row.map(|(body, last, missed)| monitor_of(&body, last, missed))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError> {
+        let id = id.as_str().to_owned();
+        self.run("record a beat", move |conn| {
+            // max(): a late beat never moves the clock back.
+            conn.prepare_cached(
+                "UPDATE heartbeats SET last_beat_at = max(coalesce(last_beat_at, ''), ?2), missed_since = NULL \
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, stamp(at)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_missed(
+        &self,
+        id: &HeartbeatId,
+        last_beat_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let id = id.as_str().to_owned();
+        self.run("mark a heartbeat missed", move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE heartbeats SET missed_since = ?3 \
+                     WHERE id = ?1 AND last_beat_at = ?2 AND missed_since IS NULL",
+                )?
+                .execute(params![id, stamp(last_beat_at), stamp(at)])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Timeline for Store {
+    async fn record(&self, entry: &TimelineEntry) -> Result<(), BackendError> {
+        let row = TimelineRow::of(entry).map_err(|e| BackendError::new("encode a timeline entry", e))?;
+        self.run("record a timeline entry", move |conn| {
+            row.insert(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn timeline(&self, incident: &IncidentId) -> Result<Vec<TimelineEntry>, BackendError> {
+        let incident = incident.as_str().to_owned();
+        self.run("read a timeline", move |conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT body FROM timeline WHERE incident_id = ?1 ORDER BY sort_key")?;
+            let bodies = statement
+                .query_map(params![incident], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            bodies
+                .iter()
+                .map(|body| serde_json::from_str(body).map_err(StoreError::from))
+                .collect()
+        })
+        .await
     }
 }
 
@@ -931,6 +1171,114 @@ impl RateCounter for Store {
                     .execute(params![integration, window])?;
             }
             Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+}
+
+/// One upsert per request, following `IntegrationStats::apply`.
+#[async_trait]
+impl tocsin_core::ports::IngestStats for Store {
+    async fn record(
+        &self,
+        integration: &IntegrationId,
+        service: &ServiceId,
+        provider: tocsin_core::providers::ProviderKind,
+        outcome: &tocsin_core::health::IngestOutcome,
+    ) -> Result<(), BackendError> {
+        use tocsin_core::health::OutcomeKind;
+        let (received, success, errors, latency, failure) = match &outcome.kind {
+            OutcomeKind::Success => (1, 1, 0, outcome.latency_ms, None),
+            OutcomeKind::Error(failure) => (1, 0, 1, outcome.latency_ms, Some(failure.clone())),
+            OutcomeKind::FailedAfterSuccess(failure) => (0, -1, 1, 0, Some(failure.clone())),
+        };
+        let latency = to_i64(latency).map_err(|e| BackendError::new("count a request for health", e))?;
+        let integration = integration.as_str().to_owned();
+        let service = service.as_str().to_owned();
+        let at = stamp(outcome.at);
+        self.run("count a request for health", move |conn| {
+            let (error_at, status, message) = match &failure {
+                Some(failure) => (Some(at.as_str()), Some(failure.status), Some(failure.message.as_str())),
+                None => (None, None, None),
+            };
+            conn.prepare_cached(
+                "INSERT INTO ingest_stats (integration, service, provider, received, success, errors, latency_ms, \
+                 last_event_at, last_error_at, last_error_status, last_error_message) \
+                 VALUES (?1, ?2, ?3, ?4, max(?5, 0), ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (integration) DO UPDATE SET service = excluded.service, provider = excluded.provider, \
+                 received = received + ?4, success = max(success + ?5, 0), errors = errors + ?6, \
+                 latency_ms = latency_ms + ?7, last_event_at = excluded.last_event_at, \
+                 last_error_at = coalesce(?9, last_error_at), \
+                 last_error_status = CASE WHEN ?9 IS NULL THEN last_error_status ELSE ?10 END, \
+                 last_error_message = CASE WHEN ?9 IS NULL THEN last_error_message ELSE ?11 END",
+            )?
+            .execute(params![
+                integration,
+                service,
+                provider.as_str(),
+                received,
+                success,
+                errors,
+                latency,
+                at,
+                error_at,
+                status,
+                message
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn snapshot(&self) -> Result<Vec<tocsin_core::health::IntegrationStats>, BackendError> {
+        self.run("read the health counters", |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT integration, service, provider, received, success, errors, latency_ms, last_event_at, \
+                 last_error_at, last_error_status, last_error_message FROM ingest_stats",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    [
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, i64>(6)?,
+                    ],
+                    row.get::<_, String>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, Option<u16>>(9)?,
+                    row.get::<_, Option<String>>(10)?,
+                ))
+            })?;
+            let text = |value: String| serde_json::Value::String(value);
+            let mut all = Vec::new();
+            for row in rows {
+                let (integration, service, provider, counts, last_event_at, error_at, status, message) = row?;
+                let [received, success, errors, latency] = counts.map(|n| u64::try_from(n).unwrap_or(0));
+                let last_error = match (error_at, status, message) {
+                    (Some(at), Some(status), Some(message)) => Some(tocsin_core::health::LastError {
+                        at: serde_json::from_value(text(at))?,
+                        status,
+                        message,
+                    }),
+                    _ => None,
+                };
+                all.push(tocsin_core::health::IntegrationStats {
+                    integration: serde_json::from_value(text(integration))?,
+                    service: serde_json::from_value(text(service))?,
+                    provider: serde_json::from_value(text(provider))?,
+                    received,
+                    success,
+                    errors,
+                    latency_ms_total: latency,
+                    last_event_at: Some(serde_json::from_value(text(last_event_at))?),
+                    last_error,
+                });
+            }
+            Ok(all)
         })
         .await
     }
@@ -1178,6 +1526,81 @@ fn to_i64(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::OutOfRange(n))
 }
 
+/// Maintenance windows: one row each, `released_at` beside the body.
+#[async_trait]
+impl tocsin_core::ports::MaintenanceStore for Store {
+    async fn put_window(&self, window: &tocsin_core::maintenance::MaintenanceWindow) -> Result<(), BackendError> {
+        let mut body = window.clone();
+        body.released_at = None;
+        let body = serde_json::to_string(&body).map_err(|e| BackendError::new("encode a maintenance window", e))?;
+        let (id, service, start) = (window.id.to_string(), window.service.to_string(), stamp(window.start));
+        self.run("write a maintenance window", move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO maintenance_windows (id, service, start, body) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (id) DO UPDATE SET service = excluded.service, start = excluded.start, body = excluded.body",
+            )?
+            .execute(params![id, service, start, body])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_window(&self, id: &tocsin_core::maintenance::WindowId) -> Result<bool, BackendError> {
+        let id = id.to_string();
+        self.run("delete a maintenance window", move |conn| {
+            Ok(conn
+                .prepare_cached("DELETE FROM maintenance_windows WHERE id = ?1")?
+                .execute(params![id])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn windows(
+        &self,
+        service: Option<&ServiceId>,
+    ) -> Result<Vec<tocsin_core::maintenance::MaintenanceWindow>, BackendError> {
+        let service = service.map(|s| s.to_string());
+        self.run("read the maintenance windows", move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT body, released_at FROM maintenance_windows WHERE ?1 IS NULL OR service = ?1 \
+                 ORDER BY service, start, id",
+            )?;
+            let rows = statement
+                .query_map(params![service], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(body, released_at)| {
+                    let mut window: tocsin_core::maintenance::MaintenanceWindow = serde_json::from_str(&body)?;
+                    window.released_at = released_at
+                        .map(|at| serde_json::from_value(serde_json::Value::String(at)))
+                        .transpose()?;
+                    Ok(window)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn mark_released(
+        &self,
+        id: &tocsin_core::maintenance::WindowId,
+        at: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        let (id, at) = (id.to_string(), stamp(at));
+        self.run("mark a maintenance window released", move |conn| {
+            conn.prepare_cached(
+                "UPDATE maintenance_windows SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL",
+            )?
+            .execute(params![id, at])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 /// Incident times as text that sorts chronologically: fixed width, UTC,
 /// microseconds.
 fn stamp(at: DateTime<Utc>) -> String {
@@ -1249,21 +1672,7 @@ mod tests {
         let latest = store.latest(&event.service, event.dedup_key()).await.unwrap();
         let now = Utc::now();
         let decision = decide(latest.as_ref(), event, now);
-        let commit = match (decision.write(), &decision) {
-            (Some((incident, expected_version)), _) => Commit::Incident {
-                event_id: event.id.clone(),
-                incident: incident.clone(),
-                expected_version,
-                transition: decision.transition(event),
-            },
-            (None, Decision::Ignore { reason, incident }) => Commit::Ignored(IgnoredEvent {
-                event: event.clone(),
-                reason: *reason,
-                incident: incident.clone(),
-                at: now,
-            }),
-            (None, other) => panic!("unexpected {other:?}"),
-        };
+        let commit = Commit::of(&decision, event, now);
         let outcome = store.commit(&commit).await.unwrap();
         (decision, outcome)
     }
@@ -1283,8 +1692,15 @@ mod tests {
     async fn store_passes_the_port_contracts() {
         let (_dir, store) = temp();
         tocsin_core::contract::incident_store(&store).await;
+        tocsin_core::contract::timeline(&store, &store).await;
+        let heartbeat = tocsin_core::contract::sample_heartbeat("sqlite");
+        store.set_heartbeats(std::slice::from_ref(&heartbeat)).await.unwrap();
+        tocsin_core::contract::heartbeats(&store, &heartbeat).await;
         tocsin_core::contract::event_queue(&store).await;
         tocsin_core::contract::notification_queue(&store).await;
+        tocsin_core::contract::ingest_stats(&store).await;
+        tocsin_core::contract::ingest_stats_count_concurrent_requests_exactly(&store).await;
+        tocsin_core::contract::maintenance_store(&store).await;
     }
 
     #[tokio::test]
@@ -1824,6 +2240,7 @@ mod tests {
             incident: incident.clone(),
             expected_version: None,
             transition: None,
+            timeline: None,
         };
         assert_eq!(store.commit(&commit).await.unwrap(), CommitOutcome::Written);
         let latest = store.latest(&again.service, again.dedup_key()).await.unwrap().unwrap();
