@@ -9,6 +9,7 @@ mod app;
 mod aws_proxy;
 mod aws_requests;
 mod aws_stack;
+mod aws_timeline;
 mod bad_input;
 mod cli;
 mod config;
