@@ -136,13 +136,14 @@ enum Command {
         #[arg(long, env = "TOCSIN_EVENTS", default_value = "events")]
         events: PathBuf,
     },
-    /// Integrations in a deployment's DynamoDB table: list, create,
-    /// rotate-key, disable, enable. Integrations declared in a config file
-    /// are overwritten by the next `tocsin apply` of that file: change those
-    /// in the file.
+    /// Integrations in a deployment's DynamoDB table (--table) or in the
+    /// local stack's data folder (--data, seen by a running `tocsin dev` at
+    /// once): list, create, rotate-key, disable, enable. Integrations
+    /// declared in a config file are changed in the file: `tocsin apply`
+    /// rewrites them in a table, and with --data they are read only.
     Integrations {
         #[command(flatten)]
-        table: integrations::TableOptions,
+        store: integrations::StoreOptions,
         #[command(subcommand)]
         command: integrations::IntegrationsCommand,
     },
@@ -278,8 +279,8 @@ async fn run(command: Command) -> Result<(), String> {
         })
         .await
         .map_err(|e| error_chain(&e)),
-        Command::Integrations { table, command } => {
-            integrations::run(&table, command).await.map_err(|e| error_chain(&e))
+        Command::Integrations { store, command } => {
+            integrations::run(&store, command).await.map_err(|e| error_chain(&e))
         }
         Command::Dlq(DlqCommand::Redrive { id, data }) => {
             let store = open_store(&data)?;

@@ -1,7 +1,7 @@
 //! The operator commands of the real `tocsin` binary: `incidents`,
 //! `send-test` and `status` against a running local stack, `integrations`
 //! against a table on a local AWS API server (moto) served by
-//! `tocsin dev --aws`.
+//! `tocsin dev --aws`, and against a running local stack's data folder.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -518,4 +518,100 @@ async fn status_prints_a_health_document_per_provider_and_integration() {
     let printed: Value = serde_json::from_str(&succeeded(&json)).expect("--json prints JSON");
     assert_eq!(printed, document);
     server.abort();
+}
+
+#[tokio::test]
+async fn integrations_are_created_disabled_enabled_and_rotated_in_a_running_local_stack() {
+    let app = TestApp::start().await;
+    let data = app.data_dir();
+    let data = data.to_str().expect("a UTF-8 data folder");
+    // TestApp writes the config it runs with next to the data folder.
+    let config = app.data_dir().with_file_name("tocsin.yaml");
+    let config = config.to_str().expect("a UTF-8 config path");
+    let local = |args: &[&str]| {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--data", data, "--config", config])
+            .collect();
+        tocsin(&args)
+    };
+    let deliver = |key: String| {
+        let request = app
+            .client
+            .post(app.url("/integrations/webhook"))
+            .header("x-integration-key", key)
+            .body(fixture("events/webhook/trigger.json"));
+        async move { request.send().await.expect("the stack answers").status().as_u16() }
+    };
+
+    let created = succeeded(&local(&[
+        "integrations",
+        "create",
+        "--service",
+        "checkout",
+        "--provider",
+        "webhook",
+        "--url",
+        &app.base,
+    ]));
+    assert!(
+        created.contains(&format!("POST {}/integrations/webhook", app.base)),
+        "{created}"
+    );
+    let key = printed_key(&created);
+    assert_eq!(
+        deliver(key.clone()).await,
+        202,
+        "the running stack accepts the new key at once"
+    );
+
+    let listed = succeeded(&local(&["integrations", "list"]));
+    let row = |id: &str| {
+        listed
+            .lines()
+            .find(|line| line.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{listed}"))
+            .to_owned()
+    };
+    assert!(row("checkout-webhook").ends_with("data folder"), "{listed}");
+    assert!(row("checkout-hook").ends_with("config file"), "{listed}");
+    assert!(!listed.contains(&key), "keys are never listed:\n{listed}");
+
+    succeeded(&local(&["integrations", "disable", "checkout-webhook"]));
+    assert_eq!(deliver(key.clone()).await, 403, "a disabled integration refuses");
+    succeeded(&local(&["integrations", "enable", "checkout-webhook"]));
+    assert_eq!(deliver(key.clone()).await, 202, "enabled again");
+
+    let rotated = succeeded(&local(&["integrations", "rotate-key", "checkout-webhook"]));
+    let new_key = printed_key(&rotated);
+    assert_ne!(new_key, key);
+    assert_eq!(deliver(key).await, 404, "the old key is refused");
+    assert_eq!(deliver(new_key).await, 202, "the new key is accepted");
+
+    let in_file = failed(&local(&["integrations", "disable", "checkout-hook"]));
+    assert!(
+        in_file.contains("change it there"),
+        "config-file integrations are the file's: {in_file}"
+    );
+    let again = failed(&local(&[
+        "integrations",
+        "create",
+        "--service",
+        "checkout",
+        "--provider",
+        "webhook",
+        "--id",
+        "checkout-hook",
+    ]));
+    assert!(again.contains("already exists"), "{again}");
+    let no_service = failed(&local(&[
+        "integrations",
+        "create",
+        "--service",
+        "no-such-service",
+        "--provider",
+        "webhook",
+    ]));
+    assert!(no_service.contains("no service 'no-such-service'"), "{no_service}");
 }

@@ -29,10 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use tocsin_core::auth::{ApiKey, KeyHash, Scope};
-use tocsin_core::config::{
-    CloudWatchSettings, EmailAddress, FieldMapping, Integration, NotificationPolicy, PhoneNumber, Secret, Service,
-};
-use tocsin_core::dedup::DedupTemplate;
+use tocsin_core::config::{EmailAddress, Integration, NotificationPolicy, PhoneNumber, Service};
 use tocsin_core::event::{DedupKey, EventId, FieldError, HeartbeatId, IntegrationId, ServiceId, Severity};
 use tocsin_core::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
 use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
@@ -41,7 +38,7 @@ use tocsin_core::ports::{
     RateCounter, Timeline,
 };
 use tocsin_core::providers::ProviderKind;
-use tocsin_core::secrets::SecretRef;
+use tocsin_core::records::IntegrationRecord;
 use tocsin_core::sns::TopicArn;
 use tocsin_core::timeline::TimelineEntry;
 
@@ -548,130 +545,11 @@ impl TryFrom<ServiceRecord> for Service {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct IntegrationRecord {
-    id: IntegrationId,
-    service: ServiceId,
-    provider: ProviderKind,
-    key_hash: KeyHash,
-    /// A secret given as a value in the config (the table is encrypted at
-    /// rest); `secret_ref` keeps it out of the table.
-    secret: Option<String>,
-    /// Where the secret lives, when the config names it: only the name is
-    /// stored, never the value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    secret_ref: Option<SecretRef>,
-    enabled: bool,
-    fields: FieldsRecord,
-    /// Type cloudwatch: allowed SNS topics, INSUFFICIENT_DATA handling,
-    /// default severity. Absent from items written before it existed.
-    #[serde(default)]
-    cloudwatch: CloudWatchSettings,
-    /// The `dedup_key` template's text, checked when the config was applied.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    dedup_key: Option<String>,
-    /// 0: no limit. Items written before the limit existed get the default.
-    #[serde(default = "default_rate_limit")]
-    rate_limit_per_minute: u32,
-}
-
-fn default_rate_limit() -> u32 {
-    tocsin_core::ratelimit::DEFAULT_PER_MINUTE
-}
-
 impl Record for IntegrationRecord {
     const KIND: &'static str = kind::INTEGRATION;
 
     fn key(&self) -> Item {
         integration_key(&self.key_hash)
-    }
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct FieldsRecord {
-    summary_field: Option<String>,
-    severity_field: Option<String>,
-    dedup_key_field: Option<String>,
-    action_field: Option<String>,
-    source_field: Option<String>,
-    trigger_values: Vec<String>,
-    resolve_values: Vec<String>,
-    acknowledge_values: Vec<String>,
-}
-
-impl From<&FieldMapping> for FieldsRecord {
-    fn from(fields: &FieldMapping) -> Self {
-        FieldsRecord {
-            summary_field: fields.summary_field.clone(),
-            severity_field: fields.severity_field.clone(),
-            dedup_key_field: fields.dedup_key_field.clone(),
-            action_field: fields.action_field.clone(),
-            source_field: fields.source_field.clone(),
-            trigger_values: fields.trigger_values.clone(),
-            resolve_values: fields.resolve_values.clone(),
-            acknowledge_values: fields.acknowledge_values.clone(),
-        }
-    }
-}
-
-impl From<FieldsRecord> for FieldMapping {
-    fn from(record: FieldsRecord) -> Self {
-        FieldMapping {
-            summary_field: record.summary_field,
-            severity_field: record.severity_field,
-            dedup_key_field: record.dedup_key_field,
-            action_field: record.action_field,
-            source_field: record.source_field,
-            trigger_values: record.trigger_values,
-            resolve_values: record.resolve_values,
-            acknowledge_values: record.acknowledge_values,
-        }
-    }
-}
-
-impl From<&Integration> for IntegrationRecord {
-    fn from(integration: &Integration) -> Self {
-        IntegrationRecord {
-            id: integration.id.clone(),
-            service: integration.service.clone(),
-            provider: integration.provider,
-            key_hash: integration.key_hash.clone(),
-            secret: integration.secret.as_ref().map(|s| s.expose().to_owned()),
-            secret_ref: integration.secret_ref.clone(),
-            enabled: integration.enabled,
-            fields: FieldsRecord::from(&integration.fields),
-            cloudwatch: integration.cloudwatch.clone(),
-            dedup_key: integration.dedup_key.as_ref().map(|t| t.as_str().to_owned()),
-            rate_limit_per_minute: integration.rate_limit_per_minute.unwrap_or(0),
-        }
-    }
-}
-
-impl From<IntegrationRecord> for Integration {
-    fn from(record: IntegrationRecord) -> Self {
-        // `tocsin apply` refuses a bad template, so one here was written by
-        // another version: the provider's keys are the safe side.
-        let dedup_key = record.dedup_key.and_then(|text| match DedupTemplate::parse(&text) {
-            Ok(template) => Some(template),
-            Err(reason) => {
-                tracing::warn!(integration = %record.id, %reason, "ignoring a stored dedup_key template");
-                None
-            }
-        });
-        Integration {
-            id: record.id,
-            service: record.service,
-            provider: record.provider,
-            key_hash: record.key_hash,
-            secret: record.secret.map(Secret::new),
-            secret_ref: record.secret_ref,
-            enabled: record.enabled,
-            fields: record.fields.into(),
-            cloudwatch: record.cloudwatch,
-            dedup_key,
-            rate_limit_per_minute: (record.rate_limit_per_minute > 0).then_some(record.rate_limit_per_minute),
-        }
     }
 }
 

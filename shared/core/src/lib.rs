@@ -24,6 +24,7 @@ pub mod ports;
 pub mod process;
 pub mod providers;
 pub mod ratelimit;
+pub mod records;
 pub mod render;
 pub mod secrets;
 pub mod signature;

@@ -3,6 +3,7 @@
 //! and a dead-letter store, console and outbox notifiers, and the stack that
 //! serves every endpoint (tocsin-api's router) from one process.
 
+pub mod layered;
 pub mod notifiers;
 pub mod stack;
 pub mod store;

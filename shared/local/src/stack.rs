@@ -154,7 +154,9 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
             .await
             .map_err(StackError::Store)?;
     }
-    let config: Arc<dyn ConfigStore> = Arc::new(options.catalog);
+    // The config file, then the integrations `tocsin integrations --data`
+    // stores, read per request so that a change shows without a restart.
+    let config: Arc<dyn ConfigStore> = Arc::new(crate::layered::LayeredConfig::new(options.catalog, store.clone()));
     let incidents: Arc<dyn IncidentStore> = Arc::new(store.clone());
     let process = ProcessService::new(incidents.clone());
     let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()))

@@ -30,6 +30,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
+use tocsin_core::auth::KeyHash;
+use tocsin_core::config::Integration;
 use tocsin_core::event::{DedupKey, Event, EventId, HeartbeatId, IntegrationId, ServiceId};
 use tocsin_core::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
 use tocsin_core::incident::{Incident, IncidentId};
@@ -38,6 +40,7 @@ use tocsin_core::ports::{
     BackendError, Commit, CommitOutcome, EventQueue, Heartbeats, IgnoredEvent, IncidentFilter, IncidentStore,
     NotificationQueue, RateCounter, Timeline,
 };
+use tocsin_core::records::IntegrationRecord;
 use tocsin_core::timeline::TimelineEntry;
 
 /// The database file inside the store's directory.
@@ -215,6 +218,15 @@ CREATE TABLE maintenance_windows (
     released_at TEXT
 ) WITHOUT ROWID;
 CREATE INDEX maintenance_by_service ON maintenance_windows (service, start, id);
+"#,
+    r#"
+-- Integrations made with `tocsin integrations --data` (the config file's
+-- are never stored): looked up by key hash on every request they carry.
+CREATE TABLE integrations (
+    key_hash TEXT PRIMARY KEY,
+    id       TEXT NOT NULL UNIQUE,
+    body     TEXT NOT NULL  -- tocsin_core::records::IntegrationRecord as JSON
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -1601,6 +1613,72 @@ impl tocsin_core::ports::MaintenanceStore for Store {
     }
 }
 
+/// Integrations made at run time by `tocsin integrations --data`, read by
+/// the running stack through `crate::layered::LayeredConfig`.
+impl Store {
+    /// Creates or replaces the integration of `integration.id`. A key
+    /// rotation replaces the row of the same id, old key hash and all, in
+    /// one transaction: the old key stops working as the new one starts.
+    pub async fn put_integration(&self, integration: &Integration) -> Result<(), BackendError> {
+        let key_hash = integration.key_hash.as_str().to_owned();
+        let id = integration.id.as_str().to_owned();
+        let body = serde_json::to_string(&IntegrationRecord::from(integration))
+            .map_err(|e| BackendError::new("encode an integration", e))?;
+        self.run("put an integration", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached("DELETE FROM integrations WHERE id = ?1")?
+                .execute(params![id])?;
+            // A key hash of another integration fails the primary key: keys
+            // are never shared.
+            tx.prepare_cached("INSERT INTO integrations (key_hash, id, body) VALUES (?1, ?2, ?3)")?
+                .execute(params![key_hash, id, body])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes the integration of this key hash; false when there was none.
+    pub async fn delete_integration(&self, key_hash: &KeyHash) -> Result<bool, BackendError> {
+        let key_hash = key_hash.as_str().to_owned();
+        self.run("delete an integration", move |conn| {
+            let deleted = conn
+                .prepare_cached("DELETE FROM integrations WHERE key_hash = ?1")?
+                .execute(params![key_hash])?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    /// Every stored integration, by id.
+    pub async fn list_integrations(&self) -> Result<Vec<Integration>, BackendError> {
+        self.run("list integrations", |conn| {
+            let mut stmt = conn.prepare_cached("SELECT body FROM integrations ORDER BY id")?;
+            let bodies = stmt
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            bodies
+                .iter()
+                .map(|body| Ok(Integration::from(serde_json::from_str::<IntegrationRecord>(body)?)))
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn integration_by_key(&self, key_hash: &KeyHash) -> Result<Option<Integration>, BackendError> {
+        let key_hash = key_hash.as_str().to_owned();
+        self.run("read an integration", move |conn| {
+            let body: Option<String> = conn
+                .prepare_cached("SELECT body FROM integrations WHERE key_hash = ?1")?
+                .query_row(params![key_hash], |row| row.get(0))
+                .optional()?;
+            let record: Option<IntegrationRecord> = body.map(|b| serde_json::from_str(&b)).transpose()?;
+            Ok(record.map(Integration::from))
+        })
+        .await
+    }
+}
+
 /// Incident times as text that sorts chronologically: fixed width, UTC,
 /// microseconds.
 fn stamp(at: DateTime<Utc>) -> String {
@@ -2306,5 +2384,80 @@ mod tests {
         // Counts are durable: a restart within the window does not reset them.
         let store = Store::open(dir.path()).expect("the store reopens");
         assert_eq!(store.hit(&a, 101).await.unwrap(), 2);
+    }
+
+    fn integration(id: &str, key: &str) -> Integration {
+        Integration {
+            id: IntegrationId::parse(id).unwrap(),
+            service: ServiceId::parse("checkout").unwrap(),
+            provider: tocsin_core::providers::ProviderKind::Webhook,
+            key_hash: KeyHash::of(key),
+            secret: None,
+            secret_ref: None,
+            enabled: true,
+            fields: tocsin_core::config::FieldMapping::default(),
+            cloudwatch: tocsin_core::config::CloudWatchSettings::default(),
+            dedup_key: None,
+            rate_limit_per_minute: Some(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn integrations_are_found_by_key_and_listed_by_id() {
+        let (_dir, store) = temp();
+        assert!(store.list_integrations().await.unwrap().is_empty());
+        let b = integration("b-webhook", "key-b");
+        let a = integration("a-webhook", "key-a");
+        store.put_integration(&b).await.unwrap();
+        store.put_integration(&a).await.unwrap();
+        assert_eq!(
+            store.integration_by_key(&KeyHash::of("key-b")).await.unwrap(),
+            Some(b.clone())
+        );
+        assert_eq!(store.integration_by_key(&KeyHash::of("key-c")).await.unwrap(), None);
+        assert_eq!(store.list_integrations().await.unwrap(), vec![a, b]);
+    }
+
+    #[tokio::test]
+    async fn a_rotation_replaces_the_row_of_the_same_id() {
+        let (_dir, store) = temp();
+        let old = integration("checkout-webhook", "old-key");
+        store.put_integration(&old).await.unwrap();
+        let rotated = Integration {
+            key_hash: KeyHash::of("new-key"),
+            enabled: false,
+            ..old.clone()
+        };
+        store.put_integration(&rotated).await.unwrap();
+        assert_eq!(store.integration_by_key(&old.key_hash).await.unwrap(), None);
+        assert_eq!(
+            store.integration_by_key(&rotated.key_hash).await.unwrap(),
+            Some(rotated.clone())
+        );
+        assert_eq!(store.list_integrations().await.unwrap(), vec![rotated]);
+    }
+
+    #[tokio::test]
+    async fn a_key_hash_is_never_shared_between_integrations() {
+        let (_dir, store) = temp();
+        store.put_integration(&integration("one", "same-key")).await.unwrap();
+        assert!(store.put_integration(&integration("two", "same-key")).await.is_err());
+        let listed = store.list_integrations().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id.as_str(), "one");
+    }
+
+    #[tokio::test]
+    async fn deleting_an_integration_stops_its_key() {
+        let (dir, store) = temp();
+        let kept = integration("kept", "key-1");
+        store.put_integration(&kept).await.unwrap();
+        store.put_integration(&integration("gone", "key-2")).await.unwrap();
+        assert!(store.delete_integration(&KeyHash::of("key-2")).await.unwrap());
+        assert!(!store.delete_integration(&KeyHash::of("key-2")).await.unwrap());
+        // Another process (the CLI) sees the same rows.
+        let other = Store::open(dir.path()).unwrap();
+        assert_eq!(other.integration_by_key(&KeyHash::of("key-2")).await.unwrap(), None);
+        assert_eq!(other.list_integrations().await.unwrap(), vec![kept]);
     }
 }
