@@ -447,12 +447,18 @@ async fn dev_aws(listen: SocketAddr, table: String, queue_url: String, process: 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let poller = process.then(|| {
         println!("processing the events queue here, as the processor function would");
-        println!("checking heartbeats every minute, as the scheduler function would");
+        // The scheduler function also releases ended maintenance windows;
+        // that needs the notification queues, which this command has not.
+        println!("checking heartbeats every minute, as the scheduler function would (maintenance windows are released by the deployment's scheduler)");
         let checks = heartbeats.clone();
+        let mut stop_checks = stopped.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
-                every.tick().await;
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop_checks.wait_for(|stop| *stop) => return,
+                }
                 if let Err(e) = checks.check(chrono::Utc::now()).await {
                     eprintln!("heartbeat check failed: {}", error_chain(&e));
                 }

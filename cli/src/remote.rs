@@ -138,7 +138,10 @@ pub async fn send(url: &str, request: reqwest::RequestBuilder) -> Result<(u16, S
     Ok((status, text))
 }
 
+/// `url` is the one to show; reqwest's error would name the URL it sent,
+/// query string and all, and `send-test` puts the integration key there.
 fn transport(url: &str, source: reqwest::Error) -> ApiError {
+    let source = source.without_url();
     if source.is_connect() {
         ApiError::Unreachable {
             url: url.to_owned(),

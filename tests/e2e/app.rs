@@ -408,6 +408,16 @@ impl TestApp {
         self.launch().await;
     }
 
+    /// Kills the process without warning (SIGKILL: no draining, no
+    /// shutdown), as a crash or the OOM killer would, then starts a new one
+    /// on the same data folder and config (on a new port).
+    pub async fn kill_and_restart(&mut self) {
+        let mut child = self.child.take().expect("the app is not running");
+        child.kill().expect("cannot kill tocsin dev");
+        child.wait().expect("cannot reap the tocsin process");
+        self.launch().await;
+    }
+
     // ---- HTTP ----
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {

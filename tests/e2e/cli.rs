@@ -189,6 +189,22 @@ fn a_stack_that_is_not_running_is_named() {
     assert!(refused.contains("is `tocsin dev` running?"), "{refused}");
 }
 
+#[test]
+fn a_failed_send_test_does_not_print_the_key() {
+    // The key travels in the query string; the error names the endpoint only.
+    let url = format!("http://127.0.0.1:{}", crate::app::free_port());
+    let refused = failed(&tocsin(&[
+        "send-test",
+        "webhook",
+        "--key",
+        keys::UNKNOWN,
+        "--url",
+        &url,
+    ]));
+    assert!(refused.contains("is `tocsin dev` running?"), "{refused}");
+    assert!(!refused.contains(keys::UNKNOWN), "{refused}");
+}
+
 #[tokio::test]
 async fn send_test_posts_a_providers_sample_unsigned_and_signed() {
     let app = TestApp::start().await;
