@@ -1,8 +1,11 @@
 //! Maintenance windows on the local stack: a window created through the
 //! API holds a service's notifications while incidents are still recorded;
-//! when it ends (released by the stack's scheduler), each incident still
-//! open is notified once, as triggered, and one resolved during the window
-//! never is. Another service is notified as usual throughout.
+//! when it ends (here: ended early by DELETE, then released by the stack's
+//! timer), each incident opened during it and still open is notified once,
+//! as triggered; one resolved during the window never is, and one opened
+//! before it (already notified) is not notified again. Another service is
+//! notified as usual throughout. Windows last an hour, so nothing depends
+//! on how fast the test runs.
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{json, Value};
@@ -33,6 +36,24 @@ fn stamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+fn time(value: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(value.as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{value} is not a time: {e}"))
+        .with_timezone(&Utc)
+}
+
+/// A window start after everything that already happened (its millisecond
+/// stamp included), and the wait until it is reached: what is sent after
+/// this returns happens during the window.
+async fn start_after_now() -> DateTime<Utc> {
+    let start = Utc::now() + TimeDelta::milliseconds(1);
+    let start = time(&json!(stamp(start)));
+    while Utc::now() <= start {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    start
+}
+
 async fn create_window(app: &TestApp, api_key: &str, body: &Value) -> Reply {
     app.send(
         app.post("/maintenance")
@@ -41,6 +62,11 @@ async fn create_window(app: &TestApp, api_key: &str, body: &Value) -> Reply {
             .body(body.to_string()),
     )
     .await
+}
+
+async fn delete_window(app: &TestApp, id: &str) -> Reply {
+    let path = format!("/maintenance/{id}");
+    app.send(app.client.delete(app.url(&path)).bearer_auth(keys::OPS)).await
 }
 
 async fn event(app: &TestApp, routing_key: &str, action: &str, dedup_key: &str) {
@@ -75,15 +101,34 @@ async fn wait_for_entries(app: &TestApp, incident: &str, kind: &str, count: usiz
     .await
 }
 
+/// Waits until the stack's timer has released the window.
+async fn wait_for_release(app: &TestApp, id: &str) -> Value {
+    wait_for(&format!("window {id} released"), || async move {
+        let listed = app.api_get("/maintenance").await.expect(200).json();
+        listed["windows"]
+            .as_array()
+            .and_then(|windows| windows.iter().find(|w| w["id"] == id).cloned())
+            .filter(|w| w["released_at"].is_string())
+    })
+    .await
+}
+
 #[tokio::test]
-async fn a_window_holds_notifications_and_its_end_notifies_what_is_still_open_once() {
+async fn a_window_holds_what_happens_during_it_and_its_end_notifies_that_once() {
     let app = TestApp::start_with(Some(CONFIG), keys::OPS).await;
-    let now = Utc::now();
-    let end = now + TimeDelta::seconds(4);
+    // Opened and notified before the window.
+    event(&app, keys::CHECKOUT_EVENTS, "trigger", "before").await;
+    let before = incident_id(&app, "checkout", "before").await;
+    app.wait_for_outbox("before notified", |lines| {
+        count_transition(lines, &before, "triggered") == 1
+    })
+    .await;
+
+    let start = start_after_now().await;
     let created = create_window(
         &app,
         keys::OPS,
-        &json!({"service": "checkout", "start": stamp(now - TimeDelta::seconds(1)), "end": stamp(end),
+        &json!({"service": "checkout", "start": stamp(start), "end": stamp(start + TimeDelta::hours(1)),
                 "reason": "database upgrade"}),
     )
     .await;
@@ -101,6 +146,7 @@ async fn a_window_holds_notifications_and_its_end_notifies_what_is_still_open_on
     event(&app, keys::CHECKOUT_EVENTS, "trigger", "disk").await;
     event(&app, keys::CHECKOUT_EVENTS, "trigger", "cpu").await;
     event(&app, keys::PAYMENTS_EVENTS, "trigger", "ledger").await;
+    event(&app, keys::CHECKOUT_EVENTS, "acknowledge", "before").await;
     let disk = incident_id(&app, "checkout", "disk").await;
     let cpu = incident_id(&app, "checkout", "cpu").await;
     let ledger = incident_id(&app, "payments", "ledger").await;
@@ -114,26 +160,42 @@ async fn a_window_holds_notifications_and_its_end_notifies_what_is_still_open_on
     assert_eq!(entry["window"], window_id.as_str());
     assert_eq!(entry["transition"], "triggered");
     wait_for_entries(&app, &cpu, "held", 2).await;
+    let held = wait_for_entries(&app, &before, "held", 1).await;
+    assert!(
+        held.iter()
+            .any(|e| e["kind"] == "held" && e["transition"] == "acknowledged"),
+        "{held:?}"
+    );
     // Another service is not in maintenance.
     app.wait_for_outbox("payments notified", |lines| {
         count_transition(lines, &ledger, "triggered") == 1
     })
     .await;
-    // Only meaningful while the window lasts; the counts below hold either way
-    // (a message sent during the window would make disk's two).
-    if Utc::now() < end - TimeDelta::milliseconds(500) {
-        let outbox = app.outbox();
-        assert!(
-            outbox_for(&outbox, &disk).is_empty() && outbox_for(&outbox, &cpu).is_empty(),
-            "{outbox:?}"
-        );
-    }
+    // The window lasts an hour: nothing of checkout's went out since it began.
+    let outbox = app.outbox();
+    assert!(
+        outbox_for(&outbox, &disk).is_empty() && outbox_for(&outbox, &cpu).is_empty(),
+        "{outbox:?}"
+    );
+    assert_eq!(outbox_for(&outbox, &before).len(), 1, "{outbox:?}");
 
-    // The end: the open incident once, as triggered; the resolved one never.
+    // Deleting a window that has started ends it now, in place.
+    let ended = delete_window(&app, &window_id).await.expect(200).json();
+    assert_eq!(ended["id"], window_id.as_str());
+    assert!(
+        time(&ended["end"]) <= Utc::now() && time(&ended["end"]) > start,
+        "{ended}"
+    );
+    assert!(ended.get("released_at").is_none(), "{ended}");
+
+    // Its release: the open incident once, as triggered; the resolved one
+    // never; the one opened before the window not again.
     app.wait_for_outbox("disk notified after the window", |lines| {
         count_transition(lines, &disk, "triggered") == 1
     })
     .await;
+    let released = wait_for_release(&app, &window_id).await;
+    assert_eq!(released["end"], ended["end"], "{released}");
     settle().await;
     let outbox = app.outbox();
     assert_eq!(
@@ -145,43 +207,51 @@ async fn a_window_holds_notifications_and_its_end_notifies_what_is_still_open_on
         outbox_for(&outbox, &cpu).is_empty(),
         "nothing for the resolved incident: {outbox:?}"
     );
+    assert_eq!(
+        outbox_for(&outbox, &before).len(),
+        1,
+        "opened before the window: not paged again: {outbox:?}"
+    );
     assert_eq!(outbox_for(&outbox, &ledger).len(), 1, "{outbox:?}");
-
-    let released = wait_for_entries(&app, &disk, "released", 1).await;
-    assert!(released
+    let entries = wait_for_entries(&app, &disk, "released", 1).await;
+    assert!(entries
         .iter()
         .any(|e| e["kind"] == "released" && e["window"] == window_id.as_str()));
-    let listed = app.api_get("/maintenance").await.expect(200).json();
-    assert!(listed["windows"][0]["released_at"].is_string(), "{listed}");
+
+    // Released, nothing is held any more: now it is deleted.
+    delete_window(&app, &window_id).await.expect(204);
+    delete_window(&app, &window_id).await.expect_error(404);
 }
 
 #[tokio::test]
-async fn deleting_an_active_window_ends_it_and_sends_what_it_held() {
+async fn a_window_not_started_is_deleted_and_one_ended_early_is_not_posted_again() {
     let app = TestApp::start_with(Some(CONFIG), keys::OPS).await;
     let now = Utc::now();
-    let body = json!({"service": "checkout", "start": stamp(now - TimeDelta::seconds(1)),
-                      "end": stamp(now + TimeDelta::hours(1))});
-    let window = create_window(&app, keys::OPS, &body).await.expect(201).json();
-    let window_id = window["id"].as_str().expect("a window id").to_owned();
+    let later = json!({"service": "checkout", "start": stamp(now + TimeDelta::hours(1)),
+                       "end": stamp(now + TimeDelta::hours(2))});
+    let window = create_window(&app, keys::OPS, &later).await.expect(201).json();
+    let later_id = window["id"].as_str().expect("a window id").to_owned();
     assert!(window.get("reason").is_none(), "{window}");
+    delete_window(&app, &later_id).await.expect(204);
+    delete_window(&app, &later_id).await.expect_error(404);
+    let listed = app.api_get("/maintenance").await.expect(200).json();
+    assert_eq!(listed["windows"].as_array().map(Vec::len), Some(0), "{listed}");
 
-    event(&app, keys::CHECKOUT_EVENTS, "trigger", "queue").await;
-    let queue = incident_id(&app, "checkout", "queue").await;
-    wait_for_entries(&app, &queue, "held", 1).await;
-    assert!(outbox_for(&app.outbox(), &queue).is_empty());
-
-    let path = format!("/maintenance/{window_id}");
-    let deleted = app.send(app.client.delete(app.url(&path)).bearer_auth(keys::OPS)).await;
-    deleted.expect(204);
-    app.wait_for_outbox("queue notified once the window is deleted", |lines| {
-        count_transition(lines, &queue, "triggered") == 1
-    })
-    .await;
-    settle().await;
-    assert_eq!(outbox_for(&app.outbox(), &queue).len(), 1);
-    app.send(app.client.delete(app.url(&path)).bearer_auth(keys::OPS))
-        .await
-        .expect_error(404);
+    let start = start_after_now().await;
+    let running = json!({"service": "checkout", "start": stamp(start), "end": stamp(start + TimeDelta::hours(1))});
+    let window = create_window(&app, keys::OPS, &running).await.expect(201).json();
+    let id = window["id"].as_str().expect("a window id").to_owned();
+    let ended = delete_window(&app, &id).await.expect(200).json();
+    assert_eq!(ended["id"], id.as_str());
+    assert!(time(&ended["end"]) < time(&window["end"]), "{ended}");
+    // The same times again would open it again, maybe after its release.
+    let error = create_window(&app, keys::OPS, &running).await.expect_error(409);
+    assert!(
+        error["message"].as_str().unwrap_or("").contains("ended early"),
+        "{error}"
+    );
+    let listed = app.api_get("/maintenance").await.expect(200).json();
+    assert_eq!(listed["windows"][0]["end"], ended["end"], "{listed}");
 }
 
 #[tokio::test]
@@ -241,40 +311,53 @@ async fn the_maintenance_api_checks_keys_scopes_and_windows() {
 }
 
 #[tokio::test]
-async fn a_config_window_is_applied_at_start_and_a_restart_never_releases_it_twice() {
+async fn a_config_window_ended_early_stays_ended_and_released_across_a_restart() {
     let now = Utc::now();
     let config = format!(
         "{CONFIG}    maintenance:\n      - {{start: \"{}\", end: \"{}\", reason: from the file}}\n",
-        stamp(now - TimeDelta::seconds(1)),
-        stamp(now + TimeDelta::seconds(4)),
+        stamp(now),
+        stamp(now + TimeDelta::hours(1)),
     );
     let mut app = TestApp::start_with(Some(&config), keys::OPS).await;
     let listed = app.api_get("/maintenance?service=payments").await.expect(200).json();
     let window = &listed["windows"][0];
     assert_eq!(window["created_by"], "config", "{listed}");
     assert_eq!(window["reason"], "from the file");
+    let id = window["id"].as_str().expect("a window id").to_owned();
 
     event(&app, keys::PAYMENTS_EVENTS, "trigger", "ledger").await;
     let ledger = incident_id(&app, "payments", "ledger").await;
     wait_for_entries(&app, &ledger, "held", 1).await;
+    assert!(outbox_for(&app.outbox(), &ledger).is_empty());
+    let ended = delete_window(&app, &id).await.expect(200).json();
     app.wait_for_outbox("ledger notified after the window", |lines| {
         count_transition(lines, &ledger, "triggered") == 1
     })
     .await;
+    wait_for_release(&app, &id).await;
 
-    // Starting again applies the same window from the file: it stays released.
+    // Starting again applies the same window from the file: it keeps its
+    // early end and its release, so nothing is held or sent twice.
     app.restart().await;
-    settle().await;
-    assert_eq!(outbox_for(&app.outbox(), &ledger).len(), 1, "{:?}", app.outbox());
     let listed = app.api_get("/maintenance").await.expect(200).json();
     assert_eq!(listed["windows"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed["windows"][0]["end"], ended["end"], "{listed}");
     assert!(listed["windows"][0]["released_at"].is_string(), "{listed}");
+    event(&app, keys::PAYMENTS_EVENTS, "trigger", "ledger-after").await;
+    let after = incident_id(&app, "payments", "ledger-after").await;
+    app.wait_for_outbox("a new incident notified at once", |lines| {
+        count_transition(lines, &after, "triggered") == 1
+    })
+    .await;
+    settle().await;
+    assert_eq!(outbox_for(&app.outbox(), &ledger).len(), 1, "{:?}", app.outbox());
 }
 
 mod on_aws {
     //! The api and scheduler functions (the real binaries) on a moto table:
-    //! a window posted through the api function, then released by the
-    //! scheduler's tick onto the channel queues, once.
+    //! a window posted through the api function and ended early by DELETE,
+    //! then released by the scheduler's tick onto the channel queues, once,
+    //! for the incident opened during it only.
 
     use std::sync::Arc;
 
@@ -383,12 +466,13 @@ mod on_aws {
             })
             .await
             .expect("put_api_key");
-        // Opened during the window (the dispatcher held its notification).
-        let trigger = sample_event("checkout", "disk-full", Action::Trigger);
-        ProcessService::new(store.clone())
-            .apply(&trigger, Utc::now())
+        // Opened a minute before the window: its notification went out then.
+        let process = ProcessService::new(store.clone());
+        let earlier = sample_event("checkout", "disk-early", Action::Trigger);
+        process
+            .apply(&earlier, Utc::now() - TimeDelta::minutes(1))
             .await
-            .expect("the incident");
+            .expect("the earlier incident");
 
         let (email, sms, slack) = (
             fifo_queue(&sqs, "email").await,
@@ -407,8 +491,8 @@ mod on_aws {
         let scratch = tempfile::tempdir().expect("a scratch folder");
         let mut api = Function::start(&function_bin("api"), &env, scratch.path()).await;
         let now = Utc::now();
-        let window = json!({"service": "checkout", "start": stamp(now - TimeDelta::seconds(1)),
-                            "end": stamp(now + TimeDelta::seconds(2)), "reason": "upgrade"});
+        let window = json!({"service": "checkout", "start": stamp(now),
+                            "end": stamp(now + TimeDelta::hours(1)), "reason": "upgrade"});
         let created = api
             .invoke(request("POST", "/maintenance", Some(&window)))
             .await
@@ -417,23 +501,30 @@ mod on_aws {
         let id = body(&created)["id"].as_str().expect("a window id").to_owned();
         let listed = api.invoke(request("GET", "/maintenance", None)).await.expect("api");
         assert_eq!(body(&listed)["windows"][0]["id"], id.as_str(), "{listed}");
+        // Opened during the window (the dispatcher would hold its notification).
+        process
+            .apply(&sample_event("checkout", "disk-full", Action::Trigger), Utc::now())
+            .await
+            .expect("the incident");
 
         let tick = json!({"version": "0", "source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
         let mut scheduler = Function::start(&function_bin("scheduler"), &env, scratch.path()).await;
-        // The window ends in two seconds: tick until the scheduler releases it
-        // (a minute's schedule on AWS), for at most the e2e deadline.
-        let mut answer = Value::Null;
-        for _ in 0..80 {
-            answer = scheduler.invoke(tick.clone()).await.expect("scheduler");
-            if answer["maintenance_windows_released"] == 1 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
+        let answer = scheduler.invoke(tick.clone()).await.expect("scheduler");
+        assert_eq!(answer["maintenance_windows_released"], 0, "an hour to go: {answer}");
+        // Ended early, in place: the next tick releases it.
+        let path = format!("/maintenance/{id}");
+        let ended = api.invoke(request("DELETE", &path, None)).await.expect("api");
+        assert_eq!(ended["statusCode"], 200, "{ended}");
+        assert_eq!(body(&ended)["id"], id.as_str(), "{ended}");
+        let answer = scheduler.invoke(tick.clone()).await.expect("scheduler");
         assert_eq!(answer["maintenance_windows_released"], 1, "{answer}");
-        assert_eq!(answer["maintenance_incidents_notified"], 1, "{answer}");
+        assert_eq!(
+            answer["maintenance_incidents_notified"], 1,
+            "only the one opened during it: {answer}"
+        );
         let emails = jobs_on(&sqs, &email).await;
         assert_eq!(emails.len(), 1, "{emails:?}");
+        assert_eq!(emails[0].incident.dedup_key.as_str(), "disk-full");
         assert!(
             emails[0].id.starts_with(&format!("maintenance:{id}:")),
             "{}",

@@ -1,6 +1,10 @@
 //! `GET /maintenance`, `POST /maintenance` and `DELETE /maintenance/{id}`:
 //! the services' maintenance windows (tocsin_core::maintenance), with the
 //! incidents API's keys and scopes.
+//!
+//! A window that has started may hold notifications until its release, so
+//! it is never deleted before that: DELETE ends it now, in place, and the
+//! next release (the scheduler) sends what it held.
 
 use std::sync::Arc;
 
@@ -131,6 +135,23 @@ pub(crate) async fn create(
             Vec::new(),
         )));
     }
+    let stored = store
+        .windows(Some(&window.service))
+        .await
+        .map_err(|e| Refused::from(unavailable(&e)))?;
+    if stored.iter().any(|w| w.id == window.id && w.end != window.end) {
+        // Writing it again would open, maybe after its release, a window
+        // that DELETE ended early.
+        return Err(Refused::from(error_answer(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "maintenance window '{}' was ended early; a new window needs other times",
+                window.id
+            ),
+            Vec::new(),
+        )));
+    }
     store
         .put_window(&window)
         .await
@@ -139,7 +160,10 @@ pub(crate) async fn create(
     Ok(send(json_answer(StatusCode::CREATED, &window)))
 }
 
-/// 204, or 404 for an id that names no window.
+/// A window not started yet, or already released, is deleted: 204. One
+/// that has started and is not released is kept, so that its release sends
+/// what it held: ended now if it is still on, 200 with the window either
+/// way. 404 for an id that names no window.
 pub(crate) async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -158,33 +182,27 @@ pub(crate) async fn delete(
     };
     let down = |e: tocsin_core::ports::BackendError| Refused::from(unavailable(&e));
     let id = WindowId::parse(&id).ok_or_else(no_window)?;
-    let window = store
-        .windows(None)
-        .await
-        .map_err(down)?
-        .into_iter()
-        .find(|w| w.id == id)
-        .ok_or_else(no_window)?;
-    // A window that has started may be holding notifications: it ends now
-    // instead of vanishing, so the next release sends what it held.
+    let find = || async {
+        store
+            .windows(None)
+            .await
+            .map_err(down)?
+            .into_iter()
+            .find(|w| w.id == id)
+            .ok_or_else(no_window)
+    };
+    let window = find().await?;
     let now = Utc::now();
-    if window.released_at.is_none() && window.start < now {
-        let ended = MaintenanceWindow::new(
-            window.service.clone(),
-            window.start,
-            now.min(window.end),
-            window.reason.clone(),
-            window.created_by.clone(),
-        );
-        if let Ok(ended) = ended {
-            if ended.id != window.id {
-                store.put_window(&ended).await.map_err(down)?;
-            }
+    if window.released_at.is_some() || now <= window.start {
+        if !store.delete_window(&id).await.map_err(down)? {
+            return Err(no_window());
         }
+        tracing::info!(window = %id, %actor, "maintenance window deleted");
+        return Ok(send(empty_answer(StatusCode::NO_CONTENT)));
     }
-    if !store.delete_window(&id).await.map_err(down)? {
-        return Err(no_window());
+    if window.is_active(now) && store.end_window(&id, now).await.map_err(down)? {
+        tracing::info!(window = %id, %actor, end = %now, "maintenance window ended early");
     }
-    tracing::info!(window = %id, %actor, "maintenance window deleted");
-    Ok(send(empty_answer(StatusCode::NO_CONTENT)))
+    // As stored now: ended by this call, by another, or over already.
+    Ok(send(json_answer(StatusCode::OK, &find().await?)))
 }

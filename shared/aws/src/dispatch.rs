@@ -209,6 +209,10 @@ impl tocsin_core::ports::MaintenanceStore for WindowsOfBatch {
     async fn mark_released(&self, id: &WindowId, at: DateTime<Utc>) -> Result<(), BackendError> {
         self.store.mark_released(id, at).await
     }
+
+    async fn end_window(&self, id: &WindowId, end: DateTime<Utc>) -> Result<bool, BackendError> {
+        self.store.end_window(id, end).await
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1232,8 +1232,8 @@ impl DynamoStore {
     }
 }
 
-/// Heartbeats live in one partition (`HEARTBEAT`, one item each): a beat is
-/// one conditional UpdateItem, the check one Query.
+/// Heartbeats live in one partition (`HEARTBEAT`, one item each): a beat or
+/// a miss is one UpdateItem conditional on the state read, the check one Query.
 #[async_trait]
 impl Heartbeats for DynamoStore {
     async fn monitors(&self) -> Result<Vec<HeartbeatMonitor>, BackendError> {
@@ -1271,24 +1271,42 @@ impl Heartbeats for DynamoStore {
             .transpose()
     }
 
-    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError> {
-        let result = self
+    async fn record_beat(
+        &self,
+        id: &HeartbeatId,
+        seen: &HeartbeatState,
+        last_beat_at: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        // Only a configured heartbeat, and only in the state that was read.
+        let mut condition = vec!["attribute_exists(#pk)"];
+        let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(heartbeat_key(id)))
-            .update_expression("SET #last = :at REMOVE #missed")
-            // Only a configured heartbeat, and never back in time.
-            .condition_expression("attribute_exists(#pk) AND (attribute_not_exists(#last) OR #last < :at)")
+            .update_expression("SET #last = :last REMOVE #missed")
             .expression_attribute_names("#pk", attr::PK)
             .expression_attribute_names("#last", LAST_BEAT_AT)
             .expression_attribute_names("#missed", MISSED_SINCE)
-            .expression_attribute_values(":at", s(stamp(at)))
-            .send()
-            .await;
+            .expression_attribute_values(":last", s(stamp(last_beat_at)));
+        match seen.last_beat_at {
+            Some(last) => {
+                condition.push("#last = :seen_last");
+                request = request.expression_attribute_values(":seen_last", s(stamp(last)));
+            }
+            None => condition.push("attribute_not_exists(#last)"),
+        }
+        match seen.missed_since {
+            Some(missed) => {
+                condition.push("#missed = :seen_missed");
+                request = request.expression_attribute_values(":seen_missed", s(stamp(missed)));
+            }
+            None => condition.push("attribute_not_exists(#missed)"),
+        }
+        let result = request.condition_expression(condition.join(" AND ")).send().await;
         match result {
-            Ok(_) => Ok(()),
-            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(false),
             Err(error) => Err(BackendError::new("dynamodb UpdateItem (beat)", error)),
         }
     }
@@ -1846,6 +1864,44 @@ impl tocsin_core::ports::MaintenanceStore for DynamoStore {
                 Ok(())
             }
             Err(error) => Err(BackendError::new("dynamodb UpdateItem (maintenance released)", error)),
+        }
+    }
+
+    async fn end_window(
+        &self,
+        id: &tocsin_core::maintenance::WindowId,
+        end: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let Some(ended) = self.find_window(id).await?.and_then(|w| w.ended_at(end)) else {
+            return Ok(false);
+        };
+        let data =
+            serde_json::to_string(&ended).map_err(|e| BackendError::new("dynamodb encode a maintenance window", e))?;
+        // The key names the start, not the end: the same item, ended in place.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(maintenance_key(&ended)))
+            .update_expression("SET #data = :data")
+            .condition_expression("attribute_exists(#pk) AND attribute_not_exists(#released)")
+            .expression_attribute_names("#data", attr::DATA)
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#released", RELEASED_AT)
+            .expression_attribute_values(":data", s(data))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            // Deleted or released since it was read: left as it is.
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(BackendError::new("dynamodb UpdateItem (maintenance end)", error)),
         }
     }
 }

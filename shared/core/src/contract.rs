@@ -175,7 +175,52 @@ pub async fn heartbeats(store: &dyn Heartbeats, configured: &crate::heartbeat::H
     assert_eq!(state.last_beat_at, Some(t(200)));
     assert_eq!(state.missed_since, None, "a beat clears the miss");
 
+    // record_beat: a compare-and-set on the state that was read.
+    let seen = HeartbeatState {
+        last_beat_at: Some(t(200)),
+        missed_since: None,
+    };
+    let stale = HeartbeatState {
+        last_beat_at: Some(t(10)),
+        missed_since: Some(t(100)),
+    };
+    assert!(
+        !store.record_beat(id, &stale, t(300)).await.expect("record"),
+        "the state changed since this read"
+    );
+    assert!(store.mark_missed(id, t(200), t(300)).await.expect("mark"));
+    assert!(
+        !store.record_beat(id, &seen, t(310)).await.expect("record"),
+        "a check recorded a miss since this read"
+    );
+    let missed = HeartbeatState {
+        last_beat_at: Some(t(200)),
+        missed_since: Some(t(300)),
+    };
+    assert_eq!(store.monitor(id).await.expect("monitor").expect("exists").state, missed);
+    assert!(store.record_beat(id, &missed, t(310)).await.expect("record"));
+    let state = store.monitor(id).await.expect("monitor").expect("exists").state;
+    assert_eq!(
+        state,
+        HeartbeatState {
+            last_beat_at: Some(t(310)),
+            missed_since: None
+        }
+    );
+    assert!(
+        !store.record_beat(id, &missed, t(320)).await.expect("record"),
+        "the same read twice: the second loses"
+    );
+    assert!(
+        !store.mark_missed(id, t(200), t(400)).await.expect("mark"),
+        "a beat landed after the check's read"
+    );
+
     let unknown = HeartbeatId::parse("contract-unknown-heartbeat").expect("an id");
+    assert!(!store
+        .record_beat(&unknown, &HeartbeatState::default(), t(0))
+        .await
+        .expect("record"));
     store
         .beat(&unknown, t(0))
         .await
@@ -755,6 +800,7 @@ pub async fn maintenance_store(store: &dyn crate::ports::MaintenanceStore) {
     maintenance_windows_read_back_by_service_in_start_order(store).await;
     a_rewritten_window_keeps_its_released_mark(store).await;
     a_deleted_window_is_gone(store).await;
+    a_window_ends_in_place_until_it_is_released(store).await;
 }
 
 fn window(case: &Case, start: i64, end: i64, reason: &str) -> crate::maintenance::MaintenanceWindow {
@@ -823,6 +869,40 @@ pub async fn a_deleted_window_is_gone(store: &dyn crate::ports::MaintenanceStore
         "nothing left to delete"
     );
     assert_eq!(store.windows(Some(&case.service)).await.expect("windows"), [kept]);
+}
+
+pub async fn a_window_ends_in_place_until_it_is_released(store: &dyn crate::ports::MaintenanceStore) {
+    let case = Case::new("maint-end");
+    let w = window(&case, 0, 60, "cut short");
+    store.put_window(&w).await.expect("put_window");
+    assert!(
+        store.end_window(&w.id, case.at(30)).await.expect("end_window"),
+        "a running window ends early"
+    );
+    let read = store.windows(Some(&case.service)).await.expect("windows");
+    let mut expected = w.clone();
+    expected.end = case.at(30);
+    assert_eq!(
+        read,
+        [expected.clone()],
+        "the same id and key, the new end, not released"
+    );
+    for (end, why) in [
+        (case.at(45), "it already ends by then"),
+        (case.at(0), "not at or before its start"),
+    ] {
+        assert!(!store.end_window(&w.id, end).await.expect("end_window"), "{why}");
+    }
+    store.mark_released(&w.id, case.at(31)).await.expect("mark_released");
+    assert!(
+        !store.end_window(&w.id, case.at(20)).await.expect("end_window"),
+        "a released window stays as it is"
+    );
+    let read = store.windows(Some(&case.service)).await.expect("windows");
+    assert_eq!((read[0].end, read[0].released_at), (case.at(30), Some(case.at(31))));
+    let never = window(&case, 100, 160, "never written");
+    assert!(!store.end_window(&never.id, case.at(130)).await.expect("end_window"));
+    assert_eq!(store.windows(Some(&case.service)).await.expect("windows").len(), 1);
 }
 
 /// Polls every future until all are done, their outputs in order.

@@ -65,14 +65,16 @@ impl DispatchService {
         Ok(jobs.len())
     }
 
-    /// Whether the service is in a maintenance window at `now` (judged when
-    /// dispatching: a late dispatch may notify twice, never not at all).
+    /// Whether a maintenance window holds the transition: one of its
+    /// service's is active at `now` and the transition happened during that
+    /// maintenance period, whose release will send it
+    /// (crate::maintenance::holding_window). A late dispatch may notify
+    /// twice, never not at all.
     async fn held(&self, transition: &Transition, now: DateTime<Utc>) -> Result<bool, BackendError> {
         let Some(store) = &self.maintenance else {
             return Ok(false);
         };
-        let service = &transition.incident.service;
-        let Some(window) = crate::maintenance::in_maintenance(store.as_ref(), service, now).await? else {
+        let Some(window) = crate::maintenance::holding_window(store.as_ref(), transition, now).await? else {
             return Ok(false);
         };
         tracing::info!(window = %window.id, until = %window.end, "notifications held: maintenance window");
@@ -89,9 +91,10 @@ impl DispatchService {
         }
     }
 
-    /// One triggered notification of `incident` when `window` ended with it
-    /// still open (crate::maintenance), never held. The job ids name the
-    /// window and the incident, so a release run twice enqueues them once.
+    /// One triggered notification of `incident`, opened during the
+    /// maintenance period that ended with `window` and still open
+    /// (crate::maintenance), never held. The job ids name the window and the
+    /// incident, so a release run twice enqueues them once.
     #[tracing::instrument(skip_all, fields(incident = %incident.id, window = %window.id))]
     pub async fn dispatch_release(
         &self,

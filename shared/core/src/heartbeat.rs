@@ -11,14 +11,19 @@
 //! config must not page anyone before the sender is even set up.
 //!
 //! The check runs periodically (a timer in the local stack, a scheduled
-//! function on AWS). Its trigger event has an id derived from the beat it
-//! found stale, and it is sent again on every check while the heartbeat stays
-//! missed: a check that died between marking and enqueueing is repaired by
-//! the next one, and the processor drops the copies as already applied.
+//! function on AWS). Beats and checks race, so each records its change only
+//! if the state is still what it read (compare-and-set), and reacts when it
+//! is not: a beat re-reads and resolves the miss a check recorded meanwhile;
+//! a check whose miss a beat overtook resolves the trigger it already sent.
+//! A resolve is always enqueued after the trigger it answers, in the same
+//! FIFO group (service + dedup key), with a receive time no earlier than the
+//! trigger's, so the processor applies it after the trigger and never finds
+//! it stale. Events get ids derived from the beat they are about, so copies
+//! are duplicates the processor drops.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -105,6 +110,28 @@ pub struct BeatAccepted {
     pub recovered: bool,
 }
 
+/// How many times a beat re-reads a heartbeat that keeps changing under it
+/// (other beats, a check) before giving up with a retryable error.
+pub const MAX_BEAT_ATTEMPTS: u32 = 8;
+
+/// How long after a miss was recorded each check sends its trigger again
+/// (the same event, so a copy of an applied one is dropped as a duplicate).
+///
+/// The first trigger is enqueued before the miss is recorded, so a check that
+/// dies in between is repeated whole by the next one. The copies are for a
+/// trigger the queue took that never took effect: dead-lettered after the
+/// processor failed on it (a store outage). They stop because the processor
+/// remembers applied events for 7 days only: a copy after that would open
+/// again an incident someone resolved by hand while the sender stayed down.
+pub const RESEND_MISSED_TRIGGER_FOR: TimeDelta = TimeDelta::hours(1);
+
+/// A heartbeat kept changing under [`MAX_BEAT_ATTEMPTS`] attempts at a beat.
+#[derive(Debug, thiserror::Error)]
+#[error("the heartbeat kept changing under {attempts} attempts at a beat")]
+pub struct BeatContention {
+    pub attempts: u32,
+}
+
 #[derive(Clone)]
 pub struct HeartbeatService {
     heartbeats: Arc<dyn Heartbeats>,
@@ -125,64 +152,106 @@ impl HeartbeatService {
         now: DateTime<Utc>,
     ) -> Result<BeatAccepted, HeartbeatError> {
         let key = key.filter(|k| !k.is_empty()).ok_or(HeartbeatError::MissingKey)?;
-        let monitor = self.heartbeats.monitor(id).await?.ok_or(HeartbeatError::NotFound)?;
-        if KeyHash::of(key) != monitor.heartbeat.key_hash {
-            return Err(HeartbeatError::WrongKey);
+        let mut recovered = false;
+        for _ in 0..MAX_BEAT_ATTEMPTS {
+            let monitor = self.heartbeats.monitor(id).await?.ok_or(HeartbeatError::NotFound)?;
+            if KeyHash::of(key) != monitor.heartbeat.key_hash {
+                return Err(HeartbeatError::WrongKey);
+            }
+            // The resolve goes out before the beat is stored: if storing
+            // fails, the sender retries and the resolve is sent again, which
+            // changes nothing the second time; the other order could lose it.
+            if let Some(missed_since) = monitor.state.missed_since {
+                // While missed, the last beat is the one the miss is about.
+                let missed_beat = monitor.state.last_beat_at.unwrap_or(missed_since);
+                // Not older than the trigger (received at `missed_since`),
+                // even from a server whose clock is behind the check's.
+                let at = now.max(missed_since);
+                let event = event(&monitor.heartbeat, Action::Resolve, missed_beat, at);
+                self.queue.enqueue(&[event]).await?;
+                recovered = true;
+            }
+            let last_beat = monitor.state.last_beat_at.map_or(now, |last| last.max(now));
+            if self.heartbeats.record_beat(id, &monitor.state, last_beat).await? {
+                if recovered {
+                    tracing::info!("heartbeat recovered");
+                }
+                return Ok(BeatAccepted {
+                    heartbeat: id.clone(),
+                    next_beat_before: now + monitor.heartbeat.interval(),
+                    recovered,
+                });
+            }
+            // A check recorded a miss or another beat landed since the read.
         }
-        // The resolve goes out before the beat is stored: if storing fails,
-        // the sender retries and the resolve is sent again, which changes
-        // nothing the second time; the other order could lose it.
-        let recovered = if let Some(missed_since) = monitor.state.missed_since {
-            let event = event(&monitor.heartbeat, Action::Resolve, "recovered", missed_since, now);
-            self.queue.enqueue(&[event]).await?;
-            tracing::info!("heartbeat recovered");
-            true
-        } else {
-            false
-        };
-        self.heartbeats.beat(id, now).await?;
-        Ok(BeatAccepted {
-            heartbeat: id.clone(),
-            next_beat_before: now + monitor.heartbeat.interval(),
-            recovered,
-        })
+        Err(HeartbeatError::Backend(BackendError::new(
+            "record a beat",
+            BeatContention {
+                attempts: MAX_BEAT_ATTEMPTS,
+            },
+        )))
     }
 
     /// Opens an incident for every heartbeat overdue at `now`; returns how
     /// many are missed.
     #[tracing::instrument(skip_all)]
     pub async fn check(&self, now: DateTime<Utc>) -> Result<usize, BackendError> {
+        // In microseconds, as stores keep times: a trigger is received at
+        // exactly the `missed_since` recorded with it, which a resolve's
+        // receive time is then compared with.
+        let now = now.trunc_subsecs(6);
         let mut missed = 0;
         for monitor in self.heartbeats.monitors().await? {
             let Some(last_beat) = monitor.overdue_beat(now) else {
                 continue;
             };
-            if monitor.state.missed_since.is_none()
-                && !self
-                    .heartbeats
-                    .mark_missed(&monitor.heartbeat.id, last_beat, now)
-                    .await?
-            {
-                // A beat arrived since the read: not missed after all.
+            let heartbeat = &monitor.heartbeat;
+            if let Some(missed_since) = monitor.state.missed_since {
+                missed += 1;
+                if now - missed_since <= RESEND_MISSED_TRIGGER_FOR {
+                    // Exactly the first trigger, received when it was.
+                    let event = event(heartbeat, Action::Trigger, last_beat, missed_since);
+                    self.queue.enqueue(&[event]).await?;
+                }
                 continue;
             }
-            let event = event(&monitor.heartbeat, Action::Trigger, "missed", last_beat, now);
-            self.queue.enqueue(&[event]).await?;
-            if monitor.state.missed_since.is_none() {
-                tracing::warn!(heartbeat = %monitor.heartbeat.id, %last_beat, "heartbeat missed");
+            self.queue
+                .enqueue(&[event(heartbeat, Action::Trigger, last_beat, now)])
+                .await?;
+            if self.heartbeats.mark_missed(&heartbeat.id, last_beat, now).await? {
+                tracing::warn!(heartbeat = %heartbeat.id, %last_beat, "heartbeat missed");
+                missed += 1;
+                continue;
             }
-            missed += 1;
+            // A beat arrived since the read, or another check recorded the
+            // miss first. Only the beat needs an answer: it read no miss, so
+            // it sent no resolve for the trigger that just went out.
+            match self.heartbeats.monitor(&heartbeat.id).await? {
+                Some(current) if current.state.missed_since.is_some() => missed += 1,
+                // Beating again (or no longer configured): nothing is missed.
+                _ => {
+                    let event = event(heartbeat, Action::Resolve, last_beat, now);
+                    self.queue.enqueue(&[event]).await?;
+                    tracing::info!(heartbeat = %heartbeat.id, "a beat overtook the miss; resolved");
+                }
+            }
         }
         Ok(missed)
     }
 }
 
-/// The event of a heartbeat's miss or recovery. Its id is derived from the
-/// heartbeat, what happened and the beat (or miss) it is about, so sending it
-/// again is a duplicate the processor drops.
-fn event(heartbeat: &Heartbeat, action: Action, what: &str, about: DateTime<Utc>, now: DateTime<Utc>) -> Event {
+/// The trigger or resolve of the miss of beat `missed_beat`, received at
+/// `at`. Its id is derived from the heartbeat, the action and the missed
+/// beat, so the check and a beat sending it both, or either sending it
+/// again, make duplicates the processor drops.
+fn event(heartbeat: &Heartbeat, action: Action, missed_beat: DateTime<Utc>, at: DateTime<Utc>) -> Event {
+    let what = if action == Action::Resolve {
+        "recovered"
+    } else {
+        "missed"
+    };
     let mut hasher = Sha256::new();
-    for part in [heartbeat.id.as_str(), what, &about.timestamp_micros().to_string()] {
+    for part in [heartbeat.id.as_str(), what, &missed_beat.timestamp_micros().to_string()] {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
@@ -195,7 +264,7 @@ fn event(heartbeat: &Heartbeat, action: Action, what: &str, about: DateTime<Utc>
             "Heartbeat {} missed: no beat for more than {} s (last at {})",
             heartbeat.id,
             heartbeat.interval_seconds,
-            about.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            missed_beat.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
         source: "tocsin-heartbeat".to_owned(),
         severity: heartbeat.severity,
@@ -206,7 +275,7 @@ fn event(heartbeat: &Heartbeat, action: Action, what: &str, about: DateTime<Utc>
         custom_details: Some(serde_json::json!({
             "heartbeat": heartbeat.id,
             "interval_seconds": heartbeat.interval_seconds,
-            "last_beat_at": about,
+            "last_beat_at": missed_beat,
         })),
     });
     Event {
@@ -215,7 +284,7 @@ fn event(heartbeat: &Heartbeat, action: Action, what: &str, about: DateTime<Utc>
         origin: Origin::Heartbeat {
             heartbeat: heartbeat.id.clone(),
         },
-        received_at: now,
+        received_at: at,
         alert: Alert {
             event_action: action,
             dedup_key: heartbeat.dedup_key(),
@@ -233,6 +302,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+    use crate::incident::IncidentStatus;
     use crate::memory::MemoryStore;
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -339,15 +409,216 @@ mod tests {
     }
 
     #[test]
-    fn a_beat_between_the_read_and_the_mark_wins() {
+    fn a_missed_trigger_is_sent_again_only_for_an_hour() {
         let (store, service) = setup();
         let id = watchdog().id;
+        let hour = RESEND_MISSED_TRIGGER_FOR.num_seconds();
         block_on(async {
             service.beat(&id, Some(KEY), at(0)).await.expect("beat");
-            // The check read last_beat_at = 0; a beat lands before it marks.
-            store.beat(&id, at(70)).await.expect("beat");
-            assert!(!store.mark_missed(&id, at(0), at(71)).await.expect("mark"));
+            assert_eq!(service.check(at(61)).await.expect("check"), 1);
+            assert_eq!(service.check(at(61 + hour)).await.expect("check"), 1);
+            assert_eq!(store.queued_events().len(), 2, "sent again within the hour");
+            assert_eq!(service.check(at(62 + hour)).await.expect("check"), 1, "still missed");
+            assert_eq!(service.check(at(61 + 8 * 24 * 3600)).await.expect("check"), 1);
+            assert_eq!(store.queued_events().len(), 2, "not sent again after the hour");
+            assert!(
+                service
+                    .beat(&id, Some(KEY), at(70 + 8 * 24 * 3600))
+                    .await
+                    .expect("beat")
+                    .recovered
+            );
         });
-        assert!(store.queued_events().is_empty());
+        let events = store.queued_events();
+        let actions: Vec<Action> = events.iter().map(Event::action).collect();
+        assert_eq!(actions, [Action::Trigger, Action::Trigger, Action::Resolve]);
+        assert_eq!(
+            events[0], events[1],
+            "the copy is the first trigger, received when it was"
+        );
+    }
+
+    #[test]
+    fn a_trigger_is_received_at_the_miss_it_records_as_stores_keep_it() {
+        let (store, service) = setup();
+        block_on(async {
+            service.beat(&watchdog().id, Some(KEY), at(0)).await.expect("beat");
+            let now = at(61) + TimeDelta::nanoseconds(123_456_789);
+            service.check(now).await.expect("check");
+        });
+        let trigger = &store.queued_events()[0];
+        assert_eq!(Some(trigger.received_at), status(&store).missed_since);
+        assert_eq!(trigger.received_at, at(61) + TimeDelta::microseconds(123_456));
+    }
+
+    /// What another request does between the service's read and its write.
+    #[derive(Clone, Copy)]
+    enum Meanwhile {
+        Beat(DateTime<Utc>),
+        Check(DateTime<Utc>),
+    }
+
+    /// The heartbeats of `inner`, where `meanwhile` runs against `inner`
+    /// (beats with the right key) right after the first read returns.
+    struct Interleaved {
+        inner: Arc<MemoryStore>,
+        meanwhile: std::sync::Mutex<Option<Meanwhile>>,
+    }
+
+    impl Interleaved {
+        async fn after_read(&self) {
+            let meanwhile = self.meanwhile.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let other = HeartbeatService::new(self.inner.clone(), self.inner.clone());
+            match meanwhile {
+                Some(Meanwhile::Beat(now)) => {
+                    other
+                        .beat(&watchdog().id, Some(KEY), now)
+                        .await
+                        .expect("the other beat");
+                }
+                Some(Meanwhile::Check(now)) => {
+                    other.check(now).await.expect("the other check");
+                }
+                None => {}
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Heartbeats for Interleaved {
+        async fn monitors(&self) -> Result<Vec<HeartbeatMonitor>, BackendError> {
+            let read = self.inner.monitors().await;
+            self.after_read().await;
+            read
+        }
+
+        async fn monitor(&self, id: &HeartbeatId) -> Result<Option<HeartbeatMonitor>, BackendError> {
+            let read = self.inner.monitor(id).await;
+            self.after_read().await;
+            read
+        }
+
+        async fn record_beat(
+            &self,
+            id: &HeartbeatId,
+            seen: &HeartbeatState,
+            last_beat_at: DateTime<Utc>,
+        ) -> Result<bool, BackendError> {
+            self.inner.record_beat(id, seen, last_beat_at).await
+        }
+
+        async fn mark_missed(
+            &self,
+            id: &HeartbeatId,
+            last_beat_at: DateTime<Utc>,
+            at: DateTime<Utc>,
+        ) -> Result<bool, BackendError> {
+            self.inner.mark_missed(id, last_beat_at, at).await
+        }
+    }
+
+    /// A store whose heartbeat `watchdog` beat at 0, and a service over it
+    /// where `meanwhile` lands between the first read and the write.
+    fn interleaved(meanwhile: Meanwhile) -> (Arc<MemoryStore>, HeartbeatService) {
+        let (store, service) = setup();
+        block_on(service.beat(&watchdog().id, Some(KEY), at(0))).expect("the first beat");
+        let heartbeats = Arc::new(Interleaved {
+            inner: store.clone(),
+            meanwhile: std::sync::Mutex::new(Some(meanwhile)),
+        });
+        (store.clone(), HeartbeatService::new(heartbeats, store))
+    }
+
+    /// The incidents the processor makes of `events`, applied in order.
+    fn processed(events: &[Event]) -> Vec<crate::incident::Incident> {
+        let incidents = Arc::new(MemoryStore::new());
+        let process = crate::process::ProcessService::new(incidents.clone());
+        block_on(async {
+            for e in events {
+                process.apply(e, e.received_at).await.expect("applied");
+            }
+        });
+        incidents.incidents()
+    }
+
+    fn status(store: &MemoryStore) -> HeartbeatState {
+        block_on(store.monitor(&watchdog().id))
+            .expect("monitor")
+            .expect("configured")
+            .state
+    }
+
+    #[test]
+    fn a_check_overtaken_by_a_beat_resolves_the_trigger_it_sent() {
+        let (store, service) = interleaved(Meanwhile::Beat(at(90)));
+        assert_eq!(block_on(service.check(at(100))).expect("check"), 0);
+        let events = store.queued_events();
+        let actions: Vec<Action> = events.iter().map(Event::action).collect();
+        assert_eq!(actions, [Action::Trigger, Action::Resolve]);
+        let incidents = processed(&events);
+        assert_eq!(incidents.len(), 1);
+        assert_eq!(incidents[0].status, IncidentStatus::Resolved);
+        assert_eq!(
+            status(&store),
+            HeartbeatState {
+                last_beat_at: Some(at(90)),
+                missed_since: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_beat_overtaken_by_a_check_resolves_the_miss_it_recorded() {
+        // The beat's server clock (100) is behind the check's (101).
+        let (store, service) = interleaved(Meanwhile::Check(at(101)));
+        let accepted = block_on(service.beat(&watchdog().id, Some(KEY), at(100))).expect("beat");
+        assert!(accepted.recovered);
+        let events = store.queued_events();
+        let actions: Vec<Action> = events.iter().map(Event::action).collect();
+        assert_eq!(actions, [Action::Trigger, Action::Resolve]);
+        let incidents = processed(&events);
+        assert_eq!(incidents.len(), 1);
+        assert_eq!(
+            incidents[0].status,
+            IncidentStatus::Resolved,
+            "the resolve is not older than the trigger"
+        );
+        assert_eq!(
+            status(&store),
+            HeartbeatState {
+                last_beat_at: Some(at(100)),
+                missed_since: None
+            }
+        );
+    }
+
+    #[test]
+    fn two_racing_checks_send_one_trigger_and_no_resolve() {
+        let (store, service) = interleaved(Meanwhile::Check(at(100)));
+        assert_eq!(block_on(service.check(at(101))).expect("check"), 1);
+        let events = store.queued_events();
+        let actions: Vec<Action> = events.iter().map(Event::action).collect();
+        assert_eq!(actions, [Action::Trigger, Action::Trigger]);
+        assert_eq!(events[0].id, events[1].id);
+        let incidents = processed(&events);
+        assert_eq!(incidents.len(), 1);
+        assert_eq!(incidents[0].status, IncidentStatus::Open);
+        assert_eq!(status(&store).missed_since, Some(at(100)));
+    }
+
+    #[test]
+    fn a_trigger_sent_again_after_the_beat_that_resolved_it_changes_nothing() {
+        let (store, service) = interleaved(Meanwhile::Beat(at(70)));
+        block_on(HeartbeatService::new(store.clone(), store.clone()).check(at(61))).expect("check");
+        // This check read the miss; the beat at 70 resolves it before the copy.
+        assert_eq!(block_on(service.check(at(120))).expect("check"), 1);
+        let events = store.queued_events();
+        let actions: Vec<Action> = events.iter().map(Event::action).collect();
+        assert_eq!(actions, [Action::Trigger, Action::Resolve, Action::Trigger]);
+        assert_eq!(events[0], events[2]);
+        let incidents = processed(&events);
+        assert_eq!(incidents.len(), 1);
+        assert_eq!(incidents[0].status, IncidentStatus::Resolved);
+        assert_eq!(status(&store).missed_since, None);
     }
 }

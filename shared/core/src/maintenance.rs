@@ -1,15 +1,18 @@
 //! Maintenance windows: while one of a service's windows is active, its
 //! incidents are still recorded (processing and the timeline are
 //! unchanged) but nobody is notified; the dispatcher holds the jobs
-//! (crate::dispatch). When the window ends, each of the service's incidents
-//! that is still open or acknowledged is notified once, as triggered
+//! (crate::dispatch). Windows that overlap or abut make one maintenance
+//! period. When the period ends, each incident opened during it that is
+//! still open or acknowledged is notified once, as triggered
 //! ([`MaintenanceService::release_ended`]); what was resolved during the
-//! window stays quiet.
+//! period stays quiet, and an incident opened before it (already notified)
+//! is not notified again.
 //!
 //! Releasing is at least once: the jobs of a release have ids derived from
 //! the window and the incident, so a release run again before the window is
 //! marked released enqueues the same jobs, which the queues keep once.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -19,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::dispatch::DispatchService;
 use crate::event::ServiceId;
-use crate::incident::{Incident, IncidentStatus, Transition};
+use crate::incident::{Incident, IncidentStatus, Transition, TransitionKind};
 use crate::ports::{BackendError, IncidentFilter, IncidentStore, MaintenanceStore};
 use crate::timeline::{Happened, TimelineEntry};
 
@@ -169,6 +172,15 @@ impl MaintenanceWindow {
     pub fn has_ended(&self, now: DateTime<Utc>) -> bool {
         self.end <= now
     }
+
+    /// This window ending at `end` instead (to the microsecond), same id:
+    /// only for an unreleased window that `end` cuts short (after its start,
+    /// before its end). What [`MaintenanceStore::end_window`] writes.
+    pub fn ended_at(&self, end: DateTime<Utc>) -> Option<MaintenanceWindow> {
+        let end = to_micros(end);
+        (self.released_at.is_none() && self.start < end && end < self.end)
+            .then(|| MaintenanceWindow { end, ..self.clone() })
+    }
 }
 
 /// The window of `service` active at `now` that ends last, if any: the one
@@ -184,20 +196,86 @@ pub fn active_window<'a>(
         .max_by_key(|w| w.end)
 }
 
-/// Whether `service` is in maintenance at `now`, and in which window.
-pub async fn in_maintenance(
-    store: &dyn MaintenanceStore,
+/// Whether `window` belongs to the maintenance period of its service that
+/// ends at `end`: it ends by then and is not released, or was released by
+/// that period's own release (one cut short before its last window was
+/// marked). A window released earlier had its own release.
+fn of_period_ending(window: &MaintenanceWindow, end: DateTime<Utc>) -> bool {
+    window.end <= end && window.released_at.is_none_or(|at| at >= end)
+}
+
+/// When the maintenance period of `service` that ends at `end` began: from
+/// `start` back over each of its windows that overlaps or abuts the period.
+fn period_start(
+    windows: &[MaintenanceWindow],
+    service: &ServiceId,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let mut from = start;
+    while let Some(earlier) = windows
+        .iter()
+        .filter(|w| &w.service == service && of_period_ending(w, end) && w.start < from && from <= w.end)
+        .map(|w| w.start)
+        .min()
+    {
+        from = earlier;
+    }
+    from
+}
+
+/// The maintenance period `service` is in at `now`: since when, and the
+/// active window that ends last (until when).
+pub fn active_period<'a>(
+    windows: &'a [MaintenanceWindow],
     service: &ServiceId,
     now: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, &'a MaintenanceWindow)> {
+    let last = active_window(windows, service, now)?;
+    let start = windows
+        .iter()
+        .filter(|w| &w.service == service && w.is_active(now))
+        .map(|w| w.start)
+        .min()
+        .unwrap_or(last.start);
+    Some((period_start(windows, service, start, last.end), last))
+}
+
+/// When `transition` happened by Tocsin's clock: an opening when the
+/// incident was created, any other when its change was written.
+pub fn transition_time(transition: &Transition) -> DateTime<Utc> {
+    match transition.kind {
+        TransitionKind::Triggered => transition.incident.created_at,
+        _ => transition.incident.updated_at,
+    }
+}
+
+/// The window that holds the notifications of `transition`, dispatched at
+/// `now`: its service is in a maintenance period at `now` and the
+/// transition happened during that period, so the period's release covers
+/// it. A transition from before the period (dispatched late) is sent: the
+/// release would not send it. One dispatched after its period ended is
+/// sent too, and may be sent again by the release: twice, never not at all.
+pub async fn holding_window(
+    store: &dyn MaintenanceStore,
+    transition: &Transition,
+    now: DateTime<Utc>,
 ) -> Result<Option<MaintenanceWindow>, BackendError> {
+    let service = &transition.incident.service;
     let windows = store.windows(Some(service)).await?;
-    Ok(active_window(&windows, service, now).cloned())
+    let Some((since, until)) = active_period(&windows, service, now) else {
+        return Ok(None);
+    };
+    let at = transition_time(transition);
+    Ok((since <= at && at < until.end).then(|| until.clone()))
 }
 
 /// Writes a window from config. A window seen for the first time that is
 /// already over is marked released at once: it held nothing, and releasing
 /// it would page for incidents people have long seen. A known window keeps
-/// its released mark, so applying a config again never notifies twice.
+/// its released mark, so applying a config again never notifies twice, and
+/// one ended early through the API keeps its end: the config's would open
+/// it again, maybe after its release.
 pub async fn apply_window(
     store: &dyn MaintenanceStore,
     window: &MaintenanceWindow,
@@ -206,10 +284,13 @@ pub async fn apply_window(
     let known = store
         .windows(Some(&window.service))
         .await?
-        .iter()
-        .any(|w| w.id == window.id);
+        .into_iter()
+        .find(|w| w.id == window.id);
+    if known.as_ref().is_some_and(|w| w.end != window.end) {
+        return Ok(());
+    }
     store.put_window(window).await?;
-    if !known && window.has_ended(now) {
+    if known.is_none() && window.has_ended(now) {
         store.mark_released(&window.id, now).await?;
     }
     Ok(())
@@ -247,7 +328,7 @@ pub fn released_entry(incident: &Incident, window: &MaintenanceWindow, at: DateT
 pub struct Released {
     /// Windows marked released.
     pub windows: usize,
-    /// Incidents notified (once each per window).
+    /// Incidents notified (once each per maintenance period).
     pub incidents: usize,
     /// Notification jobs enqueued.
     pub jobs: usize,
@@ -273,40 +354,86 @@ impl MaintenanceService {
         }
     }
 
-    /// For each window that ended by `now` and is not released: one
-    /// triggered notification per incident of its service that is still
-    /// open or acknowledged, then the window is marked released. A window
-    /// whose service is still in another active window is marked released
-    /// without notifying: that window's release will. A failure stops the
-    /// run before the window is marked, so the next run does it again, with
-    /// the same job ids.
+    /// For each maintenance period that ended by `now` and is not released:
+    /// one triggered notification per incident opened during it (from the
+    /// start of its first window to the end of its last) that is still open
+    /// or acknowledged, named after its last window; then its windows are
+    /// marked released, the last one last. A window that ended while the
+    /// period goes on (another window of the service active now overlaps or
+    /// abuts it) is left unreleased: the period's release takes it. A
+    /// failure stops the run before the period's last window is marked, so
+    /// the next run does it again, with the same job ids.
     #[tracing::instrument(skip_all)]
     pub async fn release_ended(&self, now: DateTime<Utc>) -> Result<Released, BackendError> {
         let windows = self.store.windows(None).await?;
+        let mut ended: Vec<&MaintenanceWindow> = windows
+            .iter()
+            .filter(|w| w.released_at.is_none() && w.has_ended(now))
+            .collect();
+        // The window ending last first: the earlier windows of its period go with it.
+        ended.sort_by_key(|w| std::cmp::Reverse(w.end));
+        let mut seen = HashSet::new();
         let mut released = Released::default();
-        for window in windows.iter().filter(|w| w.released_at.is_none() && w.has_ended(now)) {
-            let still_held = windows
+        for last in ended {
+            if seen.contains(&last.id) {
+                continue;
+            }
+            let (start, period) = period_ending_with(&windows, last);
+            seen.extend(period.iter().map(|w| &w.id));
+            let goes_on = windows
                 .iter()
-                .any(|other| other.id != window.id && other.service == window.service && other.is_active(now));
-            if !still_held {
-                for status in [IncidentStatus::Open, IncidentStatus::Acknowledged] {
-                    let filter = IncidentFilter {
-                        status: Some(status),
-                        service: Some(window.service.clone()),
-                        limit: Some(RELEASE_LIST_LIMIT),
-                    };
-                    for incident in self.incidents.list(&filter).await? {
-                        released.jobs += self.dispatch.dispatch_release(&incident, window, now).await?;
+                .any(|w| w.service == last.service && w.is_active(now) && w.start <= last.end);
+            if goes_on {
+                continue;
+            }
+            for status in [IncidentStatus::Open, IncidentStatus::Acknowledged] {
+                let filter = IncidentFilter {
+                    status: Some(status),
+                    service: Some(last.service.clone()),
+                    limit: Some(RELEASE_LIST_LIMIT),
+                };
+                for incident in self.incidents.list(&filter).await? {
+                    if start <= incident.created_at && incident.created_at < last.end {
+                        released.jobs += self.dispatch.dispatch_release(&incident, last, now).await?;
                         released.incidents += 1;
                     }
                 }
             }
-            self.store.mark_released(&window.id, now).await?;
-            released.windows += 1;
-            tracing::info!(window = %window.id, service = %window.service, still_held, "maintenance window released");
+            for window in &period {
+                self.store.mark_released(&window.id, now).await?;
+                released.windows += 1;
+            }
+            tracing::info!(
+                window = %last.id,
+                service = %last.service,
+                since = %start,
+                windows = period.len(),
+                "maintenance period released"
+            );
         }
         Ok(released)
     }
+}
+
+/// The maintenance period that ends with `last`: when it started, and its
+/// unreleased windows, `last` at the end (marked released last).
+fn period_ending_with<'a>(
+    windows: &'a [MaintenanceWindow],
+    last: &'a MaintenanceWindow,
+) -> (DateTime<Utc>, Vec<&'a MaintenanceWindow>) {
+    let start = period_start(windows, &last.service, last.start, last.end);
+    let mut period: Vec<&MaintenanceWindow> = windows
+        .iter()
+        .filter(|w| {
+            w.id != last.id
+                && w.service == last.service
+                && w.released_at.is_none()
+                && of_period_ending(w, last.end)
+                && start <= w.end
+        })
+        .collect();
+    period.push(last);
+    (start, period)
 }
 
 #[cfg(test)]
@@ -474,12 +601,14 @@ services:
                 MaintenanceService::new(self.store.clone(), self.store.clone(), self.dispatch())
             }
 
-            async fn incident(&self, dedup: &str, status: IncidentStatus) -> Incident {
+            /// An incident of checkout opened at `opened` (by Tocsin's clock).
+            async fn incident(&self, dedup: &str, status: IncidentStatus, opened: DateTime<Utc>) -> Incident {
                 let mut incident = crate::render::fixtures::incident(TransitionKind::Triggered);
                 let key = DedupKey::parse(dedup).expect("a key");
                 incident.id = IncidentId::for_opening(&incident.service, &key, &EventId::new(dedup));
                 incident.dedup_key = key;
                 incident.status = status;
+                (incident.created_at, incident.updated_at) = (opened, opened);
                 let commit = Commit::Incident {
                     event_id: EventId::new(dedup),
                     incident: incident.clone(),
@@ -540,13 +669,13 @@ services:
                     .await
                     .expect("apply");
                 let dispatch = setup.dispatch().with_maintenance(setup.store.clone());
-                let incident = setup.incident("disk", IncidentStatus::Open).await;
+                let during = window.start + TimeDelta::minutes(5);
+                let incident = setup.incident("disk", IncidentStatus::Open, during).await;
                 let transition = Transition {
                     kind: TransitionKind::Triggered,
                     incident: incident.clone(),
                     event_id: EventId::new("disk"),
                 };
-                let during = window.start + TimeDelta::minutes(5);
                 assert_eq!(dispatch.dispatch(&transition, during).await.expect("dispatch"), 0);
                 assert!(setup.store.queued_jobs().is_empty());
                 let entries = setup.store.timeline(&incident.id).await.expect("timeline");
@@ -570,9 +699,10 @@ services:
                 apply_window(setup.store.as_ref(), &window, window.start)
                     .await
                     .expect("apply");
-                let open = setup.incident("disk", IncidentStatus::Open).await;
-                let acknowledged = setup.incident("cpu", IncidentStatus::Acknowledged).await;
-                setup.incident("net", IncidentStatus::Resolved).await;
+                let during = window.start + TimeDelta::minutes(5);
+                let open = setup.incident("disk", IncidentStatus::Open, during).await;
+                let acknowledged = setup.incident("cpu", IncidentStatus::Acknowledged, during).await;
+                setup.incident("net", IncidentStatus::Resolved, during).await;
                 let service = setup.service();
 
                 let before = service
@@ -646,18 +776,69 @@ services:
                 for w in [&first, &second] {
                     apply_window(setup.store.as_ref(), w, first.start).await.expect("apply");
                 }
-                setup.incident("disk", IncidentStatus::Open).await;
+                let disk = setup
+                    .incident("disk", IncidentStatus::Open, first.start + TimeDelta::minutes(1))
+                    .await;
                 let service = setup.service();
                 let released = service.release_ended(first.end).await.expect("release");
+                assert_eq!(released, Released::default(), "the period goes on");
+                let stored = setup.store.windows(None).await.expect("windows");
+                assert!(stored.iter().all(|w| w.released_at.is_none()), "{stored:?}");
+                let released = service.release_ended(second.end).await.expect("release");
                 assert_eq!(
                     released,
                     Released {
-                        windows: 1,
-                        incidents: 0,
-                        jobs: 0
+                        windows: 2,
+                        incidents: 1,
+                        jobs: 2
                     }
                 );
-                let released = service.release_ended(second.end).await.expect("release");
+                let jobs = setup.store.queued_jobs();
+                assert!(jobs
+                    .iter()
+                    .all(|j| j.incident.id == disk.id && j.id.contains(second.id.as_str())));
+            });
+        }
+
+        /// The pages of each incident, by channel: `[email, slack]` once each
+        /// is `2`.
+        fn pages_of(setup: &Setup, incident: &Incident) -> usize {
+            setup
+                .store
+                .queued_jobs()
+                .iter()
+                .filter(|j| j.incident.id == incident.id)
+                .count()
+        }
+
+        fn checkout_window(start: DateTime<Utc>, end: DateTime<Utc>) -> MaintenanceWindow {
+            MaintenanceWindow::new(service("checkout"), start, end, None, "api-key:ops").expect("valid")
+        }
+
+        #[test]
+        fn only_what_was_held_is_paged_at_the_release_and_only_once() {
+            let setup = Setup::new();
+            block_on(async {
+                let window = setup.catalog.maintenance[0].clone();
+                let dispatch = setup.dispatch().with_maintenance(setup.store.clone());
+                let trigger = |incident: &Incident| Transition {
+                    kind: TransitionKind::Triggered,
+                    incident: incident.clone(),
+                    event_id: EventId::new(incident.dedup_key.as_str()),
+                };
+                let opened = window.start - TimeDelta::minutes(10);
+                apply_window(setup.store.as_ref(), &window, opened)
+                    .await
+                    .expect("apply");
+                let before = setup.incident("before", IncidentStatus::Open, opened).await;
+                assert_eq!(dispatch.dispatch(&trigger(&before), opened).await.expect("dispatch"), 2);
+                let during = window.start + TimeDelta::minutes(10);
+                let held = setup.incident("during", IncidentStatus::Open, during).await;
+                assert_eq!(dispatch.dispatch(&trigger(&held), during).await.expect("dispatch"), 0);
+                assert_eq!((pages_of(&setup, &before), pages_of(&setup, &held)), (2, 0));
+
+                let service = setup.service();
+                let released = service.release_ended(window.end).await.expect("release");
                 assert_eq!(
                     released,
                     Released {
@@ -665,6 +846,225 @@ services:
                         incidents: 1,
                         jobs: 2
                     }
+                );
+                assert_eq!(
+                    (pages_of(&setup, &before), pages_of(&setup, &held)),
+                    (2, 2),
+                    "the one opened before is not paged again"
+                );
+                let again = service
+                    .release_ended(window.end + TimeDelta::minutes(1))
+                    .await
+                    .expect("release");
+                assert_eq!(again, Released::default());
+                assert_eq!(setup.store.queued_jobs().len(), 4);
+            });
+        }
+
+        #[test]
+        fn a_transition_is_held_only_if_it_happened_during_the_period() {
+            let setup = Setup::new();
+            block_on(async {
+                let window = setup.catalog.maintenance[0].clone();
+                apply_window(setup.store.as_ref(), &window, window.start)
+                    .await
+                    .expect("apply");
+                let dispatch = setup.dispatch().with_maintenance(setup.store.clone());
+                let during = window.start + TimeDelta::minutes(10);
+                // Opened before the window, dispatched late, during it: the
+                // release would not send it, so it is sent now.
+                let early = setup
+                    .incident("early", IncidentStatus::Open, window.start - TimeDelta::seconds(1))
+                    .await;
+                let transition = Transition {
+                    kind: TransitionKind::Triggered,
+                    incident: early.clone(),
+                    event_id: EventId::new("early"),
+                };
+                assert_eq!(dispatch.dispatch(&transition, during).await.expect("dispatch"), 2);
+                // Acknowledged during the window: held, like the opening would be.
+                let mut acknowledged = early.clone();
+                acknowledged.status = IncidentStatus::Acknowledged;
+                acknowledged.updated_at = during;
+                acknowledged.version += 1;
+                let transition = Transition {
+                    kind: TransitionKind::Acknowledged,
+                    incident: acknowledged,
+                    event_id: EventId::new("early-ack"),
+                };
+                assert_eq!(dispatch.dispatch(&transition, during).await.expect("dispatch"), 0);
+                let released = setup.service().release_ended(window.end).await.expect("release");
+                assert_eq!(released.incidents, 0, "opened before the window: {released:?}");
+                assert_eq!(pages_of(&setup, &early), 2, "paged once, at its opening");
+            });
+        }
+
+        #[test]
+        fn chained_windows_are_one_period_released_once_at_the_end_of_the_last() {
+            let setup = Setup::new();
+            block_on(async {
+                let base = setup.catalog.maintenance[0].start;
+                let minutes = |m: i64| base + TimeDelta::minutes(m);
+                // [0, 60) and [30, 120) overlap; [120, 150) abuts the second.
+                let windows = [
+                    checkout_window(minutes(0), minutes(60)),
+                    checkout_window(minutes(30), minutes(120)),
+                    checkout_window(minutes(120), minutes(150)),
+                ];
+                for w in &windows {
+                    apply_window(setup.store.as_ref(), w, minutes(-5)).await.expect("apply");
+                }
+                let before = setup.incident("before", IncidentStatus::Open, minutes(-1)).await;
+                let first = setup.incident("first", IncidentStatus::Open, minutes(10)).await;
+                let second = setup
+                    .incident("second", IncidentStatus::Acknowledged, minutes(90))
+                    .await;
+                let third = setup.incident("third", IncidentStatus::Open, minutes(130)).await;
+                let after = setup.incident("after", IncidentStatus::Open, minutes(150)).await;
+
+                // Held at any time of the period, whichever window opened it.
+                let dispatch = setup.dispatch().with_maintenance(setup.store.clone());
+                let transition = Transition {
+                    kind: TransitionKind::Triggered,
+                    incident: first.clone(),
+                    event_id: EventId::new("first"),
+                };
+                assert_eq!(dispatch.dispatch(&transition, minutes(125)).await.expect("dispatch"), 0);
+
+                let service = setup.service();
+                for at in [minutes(60), minutes(120), minutes(149)] {
+                    assert_eq!(
+                        service.release_ended(at).await.expect("release"),
+                        Released::default(),
+                        "the period goes on at {at}"
+                    );
+                }
+                let released = service.release_ended(minutes(150)).await.expect("release");
+                assert_eq!(
+                    released,
+                    Released {
+                        windows: 3,
+                        incidents: 3,
+                        jobs: 6
+                    }
+                );
+                for incident in [&first, &second, &third] {
+                    assert_eq!(pages_of(&setup, incident), 2, "{} once", incident.dedup_key.as_str());
+                }
+                assert_eq!((pages_of(&setup, &before), pages_of(&setup, &after)), (0, 0));
+                let last = &windows[2];
+                assert!(setup
+                    .store
+                    .queued_jobs()
+                    .iter()
+                    .all(|j| j.id.contains(last.id.as_str())));
+                let stored = setup.store.windows(None).await.expect("windows");
+                assert!(stored.iter().all(|w| w.released_at == Some(minutes(150))), "{stored:?}");
+                assert_eq!(
+                    service.release_ended(minutes(200)).await.expect("release"),
+                    Released::default()
+                );
+                assert_eq!(setup.store.queued_jobs().len(), 6);
+            });
+        }
+
+        #[test]
+        fn a_release_cut_short_is_done_again_with_its_whole_period() {
+            let setup = Setup::new();
+            block_on(async {
+                let base = setup.catalog.maintenance[0].start;
+                let minutes = |m: i64| base + TimeDelta::minutes(m);
+                let (first, last) = (
+                    checkout_window(minutes(0), minutes(60)),
+                    checkout_window(minutes(30), minutes(90)),
+                );
+                for w in [&first, &last] {
+                    apply_window(setup.store.as_ref(), w, minutes(-5)).await.expect("apply");
+                }
+                let early = setup.incident("early", IncidentStatus::Open, minutes(10)).await;
+                // The run marked the period's first window, then stopped.
+                setup.store.mark_released(&first.id, minutes(91)).await.expect("mark");
+                let released = setup.service().release_ended(minutes(92)).await.expect("release");
+                assert_eq!(
+                    released,
+                    Released {
+                        windows: 1,
+                        incidents: 1,
+                        jobs: 2
+                    }
+                );
+                assert_eq!(pages_of(&setup, &early), 2);
+            });
+        }
+
+        #[test]
+        fn a_window_released_before_another_began_is_not_part_of_its_period() {
+            let setup = Setup::new();
+            block_on(async {
+                let base = setup.catalog.maintenance[0].start;
+                let minutes = |m: i64| base + TimeDelta::minutes(m);
+                let first = checkout_window(minutes(0), minutes(60));
+                apply_window(setup.store.as_ref(), &first, minutes(-5))
+                    .await
+                    .expect("apply");
+                let early = setup.incident("early", IncidentStatus::Open, minutes(10)).await;
+                let service = setup.service();
+                assert_eq!(service.release_ended(minutes(60)).await.expect("release").incidents, 1);
+                // Written after the first was released, abutting it.
+                let next = checkout_window(minutes(60), minutes(90));
+                apply_window(setup.store.as_ref(), &next, minutes(61))
+                    .await
+                    .expect("apply");
+                let late = setup.incident("late", IncidentStatus::Open, minutes(70)).await;
+                let released = service.release_ended(minutes(90)).await.expect("release");
+                assert_eq!((released.windows, released.incidents), (1, 1));
+                assert_eq!((pages_of(&setup, &early), pages_of(&setup, &late)), (2, 2));
+            });
+        }
+
+        #[test]
+        fn a_window_ended_early_releases_what_it_held_and_keeps_its_end() {
+            let setup = Setup::new();
+            block_on(async {
+                let window = setup.catalog.maintenance[0].clone();
+                apply_window(setup.store.as_ref(), &window, window.start)
+                    .await
+                    .expect("apply");
+                let held = setup
+                    .incident("held", IncidentStatus::Open, window.start + TimeDelta::minutes(5))
+                    .await;
+                let now = window.start + TimeDelta::minutes(10);
+                assert!(setup.store.end_window(&window.id, now).await.expect("end"));
+                assert!(
+                    !setup
+                        .store
+                        .end_window(&window.id, now + TimeDelta::minutes(1))
+                        .await
+                        .expect("end"),
+                    "it already ends by then"
+                );
+                let stored = setup.store.windows(None).await.expect("windows");
+                assert_eq!((&stored[0].id, stored[0].end), (&window.id, now), "ended in place");
+                // Applying the config again keeps the early end.
+                apply_window(setup.store.as_ref(), &window, now).await.expect("apply");
+                assert_eq!(setup.store.windows(None).await.expect("windows")[0].end, now);
+
+                let released = setup.service().release_ended(now).await.expect("release");
+                assert_eq!((released.windows, released.incidents), (1, 1));
+                assert_eq!(pages_of(&setup, &held), 2);
+                assert!(
+                    !setup
+                        .store
+                        .end_window(&window.id, now - TimeDelta::minutes(1))
+                        .await
+                        .expect("end"),
+                    "a released window stays as it is"
+                );
+                apply_window(setup.store.as_ref(), &window, now).await.expect("apply");
+                assert_eq!(
+                    setup.service().release_ended(window.end).await.expect("release"),
+                    Released::default(),
+                    "not opened again by the config"
                 );
             });
         }

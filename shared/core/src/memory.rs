@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::event::{DedupKey, Event, EventId, HeartbeatId, IntegrationId, ServiceId};
-use crate::heartbeat::{Heartbeat, HeartbeatMonitor};
+use crate::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
 use crate::incident::{Incident, IncidentId, Transition};
 use crate::notify::NotificationJob;
 use crate::ports::{
@@ -202,12 +202,24 @@ impl Heartbeats for MemoryStore {
         Ok(self.state()?.heartbeats.iter().find(|m| &m.heartbeat.id == id).cloned())
     }
 
-    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError> {
-        if let Some(monitor) = self.state()?.heartbeats.iter_mut().find(|m| &m.heartbeat.id == id) {
-            monitor.state.last_beat_at = Some(monitor.state.last_beat_at.map_or(at, |last| last.max(at)));
-            monitor.state.missed_since = None;
+    async fn record_beat(
+        &self,
+        id: &HeartbeatId,
+        seen: &HeartbeatState,
+        last_beat_at: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state()?;
+        let Some(monitor) = state.heartbeats.iter_mut().find(|m| &m.heartbeat.id == id) else {
+            return Ok(false);
+        };
+        if &monitor.state != seen {
+            return Ok(false);
         }
-        Ok(())
+        monitor.state = HeartbeatState {
+            last_beat_at: Some(last_beat_at),
+            missed_since: None,
+        };
+        Ok(true)
     }
 
     async fn mark_missed(
@@ -340,5 +352,23 @@ impl crate::ports::MaintenanceStore for MemoryStore {
             window.released_at.get_or_insert(at);
         }
         Ok(())
+    }
+
+    async fn end_window(
+        &self,
+        id: &crate::maintenance::WindowId,
+        end: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state()?;
+        let Some(window) = state.maintenance.get_mut(id) else {
+            return Ok(false);
+        };
+        match window.ended_at(end) {
+            Some(ended) => {
+                *window = ended;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{ApiKey, KeyHash};
 use crate::config::{Integration, Service};
 use crate::event::{DedupKey, Event, EventId, HeartbeatId, IntegrationId, ServiceId};
-use crate::heartbeat::HeartbeatMonitor;
+use crate::heartbeat::{HeartbeatMonitor, HeartbeatState};
 use crate::incident::{Decision, IgnoreReason, Incident, IncidentId, IncidentStatus, Transition};
 use crate::notify::NotificationJob;
 use crate::sns::TopicArn;
@@ -195,8 +195,35 @@ pub trait Heartbeats: Send + Sync {
     /// Every heartbeat, with its state.
     async fn monitors(&self) -> Result<Vec<HeartbeatMonitor>, BackendError>;
     async fn monitor(&self, id: &HeartbeatId) -> Result<Option<HeartbeatMonitor>, BackendError>;
-    /// Records a beat at `at` and clears a miss. Nothing for an unknown id.
-    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError>;
+    /// Sets `last_beat_at` and clears a miss, if the heartbeat's state is
+    /// still `seen` (what the caller read): true when this call wrote it,
+    /// false when the state changed since, or for an unknown id.
+    async fn record_beat(
+        &self,
+        id: &HeartbeatId,
+        seen: &HeartbeatState,
+        last_beat_at: DateTime<Utc>,
+    ) -> Result<bool, BackendError>;
+    /// Records a beat at `at` whatever the state (seeding and tests); a late
+    /// beat never moves the clock back. It resolves nothing: senders' beats
+    /// go through [`crate::heartbeat::HeartbeatService::beat`].
+    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError> {
+        for _ in 0..crate::heartbeat::MAX_BEAT_ATTEMPTS {
+            let Some(monitor) = self.monitor(id).await? else {
+                return Ok(());
+            };
+            let last = monitor.state.last_beat_at.map_or(at, |last| last.max(at));
+            if self.record_beat(id, &monitor.state, last).await? {
+                return Ok(());
+            }
+        }
+        Err(BackendError::new(
+            "record a beat",
+            crate::heartbeat::BeatContention {
+                attempts: crate::heartbeat::MAX_BEAT_ATTEMPTS,
+            },
+        ))
+    }
     /// Marks the heartbeat missed at `at`, unless a beat arrived after
     /// `last_beat_at` (what the check read) or it is already marked: true
     /// when this call marked it.
@@ -233,4 +260,9 @@ pub trait MaintenanceStore: Send + Sync {
     /// Marks the window released at `at`, unless it already is (the first
     /// mark stays). A window that no longer exists is not an error.
     async fn mark_released(&self, id: &crate::maintenance::WindowId, at: DateTime<Utc>) -> Result<(), BackendError>;
+    /// Brings the window's end forward to `end` (to the microsecond), in
+    /// place: same id, nothing else changed. Only an unreleased window whose
+    /// start is before `end` and whose end is after it changes: true when
+    /// this call changed it.
+    async fn end_window(&self, id: &crate::maintenance::WindowId, end: DateTime<Utc>) -> Result<bool, BackendError>;
 }

@@ -1104,16 +1104,23 @@ impl Heartbeats for Store {
         .await
     }
 
-    async fn beat(&self, id: &HeartbeatId, at: DateTime<Utc>) -> Result<(), BackendError> {
+    async fn record_beat(
+        &self,
+        id: &HeartbeatId,
+        seen: &HeartbeatState,
+        last_beat_at: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
         let id = id.as_str().to_owned();
+        let (seen_last, seen_missed) = (seen.last_beat_at.map(stamp), seen.missed_since.map(stamp));
         self.run("record a beat", move |conn| {
-            // max(): a late beat never moves the clock back.
-            conn.prepare_cached(
-                "UPDATE heartbeats SET last_beat_at = max(coalesce(last_beat_at, ''), ?2), missed_since = NULL \
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, stamp(at)])?;
-            Ok(())
+            // IS: NULL-safe, as "never beaten" and "not missed" are NULL.
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE heartbeats SET last_beat_at = ?4, missed_since = NULL \
+                     WHERE id = ?1 AND last_beat_at IS ?2 AND missed_since IS ?3",
+                )?
+                .execute(params![id, seen_last, seen_missed, stamp(last_beat_at)])?;
+            Ok(changed == 1)
         })
         .await
     }
@@ -1608,6 +1615,33 @@ impl tocsin_core::ports::MaintenanceStore for Store {
             )?
             .execute(params![id, at])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn end_window(
+        &self,
+        id: &tocsin_core::maintenance::WindowId,
+        end: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let id = id.to_string();
+        self.run("end a maintenance window", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row = tx
+                .prepare_cached("SELECT body FROM maintenance_windows WHERE id = ?1 AND released_at IS NULL")?
+                .query_row(params![id], |row| row.get::<_, String>(0))
+                .optional()?;
+            let Some(body) = row else {
+                return Ok(false);
+            };
+            let window: tocsin_core::maintenance::MaintenanceWindow = serde_json::from_str(&body)?;
+            let Some(ended) = window.ended_at(end) else {
+                return Ok(false);
+            };
+            tx.prepare_cached("UPDATE maintenance_windows SET body = ?2 WHERE id = ?1")?
+                .execute(params![id, serde_json::to_string(&ended)?])?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
