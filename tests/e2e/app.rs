@@ -563,12 +563,39 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// With TOCSIN_E2E_LOG_ARCHIVE set (tests/run sets it), copies every
+    /// start's stderr and the config into a folder of their own there, for
+    /// tests/scan-logs to search the whole run's logs for credentials.
+    fn archive_logs(&self) {
+        let Some(archive) = std::env::var_os("TOCSIN_E2E_LOG_ARCHIVE") else {
+            return;
+        };
+        let name = self.dir.path().file_name().unwrap_or_default();
+        let folder = PathBuf::from(archive).join(name);
+        if std::fs::create_dir_all(&folder).is_err() {
+            return;
+        }
+        let config = self.config.as_deref().map(Path::to_path_buf).unwrap_or_else(|| {
+            // Without -f the stack runs the built-in sample.
+            workspace_root().join("cli").join("tocsin.sample.yaml")
+        });
+        let _ = std::fs::copy(config, folder.join("tocsin.yaml"));
+        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".stderr") {
+                let _ = std::fs::copy(entry.path(), folder.join(entry.file_name()));
+            }
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.archive_logs();
         if std::thread::panicking() {
             // The harness shows a failed test's output: give it the app's log.
             let log = self.stderr();
