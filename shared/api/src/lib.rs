@@ -3,9 +3,11 @@
 //! all of it from one process; on AWS the api function serves the incidents
 //! and health routes (each provider endpoint has its own function, which
 //! answers through the same ingest service). Every answer, errors included,
-//! is JSON.
+//! is JSON, but the HTML pages of one-click action links (links.rs).
 
+mod links;
 mod maintenance;
+mod slack;
 
 use std::sync::Arc;
 
@@ -40,7 +42,11 @@ pub struct ApiState {
 
 /// Every route: the provider endpoints and the incidents API.
 pub fn router(ingest: IngestService, api: ApiState) -> Router {
-    with_fallbacks(ingest_routes(ingest).merge(incident_routes(api)))
+    with_fallbacks(
+        ingest_routes(ingest)
+            .merge(incident_routes(api))
+            .merge(slack::slack_routes()),
+    )
 }
 
 /// The incidents API and the health check alone (the api function).
@@ -74,6 +80,8 @@ fn incident_routes(api: ApiState) -> Router {
         .route("/incidents/{id}/resolve", post(resolve))
         .route("/maintenance", get(maintenance::list).post(maintenance::create))
         .route("/maintenance/{id}", axum::routing::delete(maintenance::delete))
+        // One-click links of emails and SMS: HTML pages, not JSON.
+        .route("/act/{token}", get(links::page).post(links::confirm))
         .with_state(api)
 }
 
@@ -169,7 +177,9 @@ async fn integrations_health(
     )))
 }
 
+pub use links::{with_action_links, ActionLinks};
 pub use maintenance::MaintenanceWindows;
+pub use slack::{slack_router, with_slack, Slack};
 
 /// `router` with the maintenance window routes on `store`
 /// (`GET`/`POST /maintenance`, `DELETE /maintenance/{id}`); without it

@@ -105,6 +105,12 @@ impl Ingest {
             .with_rate_limiter(self.store.clone())
             .with_stats(self.store)
     }
+
+    /// Without a rate limit, but counted for `GET /integrations/health`:
+    /// for the deliveries AWS makes itself.
+    fn counted(self) -> IngestService {
+        self.service.with_stats(self.store)
+    }
 }
 
 /// The ingest-email-ses function: SES receipt rules invoke it after storing
@@ -114,7 +120,7 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
     let bucket = required("TOCSIN_EMAIL_BUCKET")?;
     let prefix = optional("TOCSIN_EMAIL_PREFIX").unwrap_or_default();
     let sdk = crate::trust::function_sdk_config().await;
-    let ingest = ingest_service(&sdk)?.service;
+    let ingest = ingest_service(&sdk)?.counted();
     // A custom endpoint (AWS_ENDPOINT_URL: moto, LocalStack, MinIO) serves
     // buckets by path; AWS itself by virtual host.
     let s3 = aws_sdk_s3::config::Builder::from(&sdk)
@@ -163,7 +169,7 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
 pub async fn run_ingest_cloudwatch_sns() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let sdk = crate::trust::function_sdk_config().await;
-    let ingest = ingest_service(&sdk)?.service;
+    let ingest = ingest_service(&sdk)?.counted();
     let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::INGEST);
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sns::SnsEvent>| {
@@ -298,15 +304,26 @@ pub async fn run_api() -> Result<(), lambda_http::Error> {
     let heartbeats = events_queue(&sdk).map(|queue| HeartbeatService::new(store.clone(), Arc::new(queue)));
     let app = tocsin_api::with_maintenance(tocsin_api::api_router(api), store.clone());
     let app = tocsin_api::with_ingest_health(app, store);
-    match heartbeats {
+    // GET/POST /act/{token}: one-click links, when a signing secret is set.
+    let app = match action_signer(&sdk).await? {
+        Some(signer) => tocsin_api::with_action_links(app, signer),
+        None => app,
+    };
+    let app = match heartbeats {
         // Beats (POST /heartbeat/{id}) enqueue the resolve of a missed
         // heartbeat; the template sets the queue for every function.
-        Ok(heartbeats) => lambda_http::run(tocsin_api::with_heartbeats(app, heartbeats)).await,
+        Ok(heartbeats) => tocsin_api::with_heartbeats(app, heartbeats),
         Err(missing) => {
             tracing::warn!(%missing, "no events queue: POST /heartbeat/{{id}} answers 404");
-            lambda_http::run(app).await
+            app
         }
-    }
+    };
+    let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::API);
+    lambda_http::run(lambda_http::service_fn(|request: Request| {
+        let (app, metrics) = (app.clone(), metrics.clone());
+        async move { crate::measured::answer_api_measured(app, &metrics, request).await }
+    }))
+    .await
 }
 
 /// The events queue (TOCSIN_EVENTS_QUEUE_URL).
@@ -327,14 +344,22 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
     let heartbeats = HeartbeatService::new(store.clone(), Arc::new(events_queue(&sdk)?));
     let maintenance = maintenance_release(&sdk, store)?;
+    let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::SCHEDULER);
     lambda_runtime::run(lambda_runtime::service_fn(|_: LambdaEvent<serde_json::Value>| {
-        let (heartbeats, maintenance) = (heartbeats.clone(), maintenance.clone());
+        let (heartbeats, maintenance, metrics) = (heartbeats.clone(), maintenance.clone(), metrics.clone());
         async move {
             // A failed check is retried by the next minute's run anyway; one
             // failing does not keep the other from running.
             let now = Utc::now();
             let missed = heartbeats.check(now).await;
             let released = maintenance.release_ended(now).await;
+            // What succeeded is counted; a failure shows as the function's Errors.
+            if let Ok(missed) = &missed {
+                metrics.heartbeats_checked(Utc::now(), *missed);
+            }
+            if let Ok(released) = &released {
+                metrics.maintenance_released(Utc::now(), released);
+            }
             let (missed, released) = (missed?, released?);
             Ok::<_, lambda_runtime::Error>(serde_json::json!({
                 "heartbeats_missed": missed,
@@ -421,7 +446,63 @@ impl DispatchConfig {
 pub fn render_context_from_env() -> tocsin_core::render::RenderContext {
     tocsin_core::render::RenderContext {
         public_url: optional("TOCSIN_PUBLIC_URL"),
+        action_links: None,
     }
+}
+
+/// Why the action link signer could not be had at init. Never carries the
+/// secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkSecretError {
+    #[error("could not read the link signing secret {secret_id}")]
+    Read {
+        secret_id: String,
+        #[source]
+        source: tocsin_core::ports::BackendError,
+    },
+    #[error("the link signing secret {secret_id} is unusable")]
+    Short {
+        secret_id: String,
+        #[source]
+        source: tocsin_core::links::ShortSecret,
+    },
+    #[error(
+        "TOCSIN_LINK_TTL_HOURS must be a number of hours from 1 to {}",
+        tocsin_core::links::MAX_TTL_HOURS
+    )]
+    Ttl,
+}
+
+/// The signer of one-click acknowledge and resolve links
+/// (tocsin_core::links), read once per container from the Secrets Manager
+/// secret TOCSIN_LINK_SECRET_ARN (the value, or JSON with a `secret`
+/// field), links valid TOCSIN_LINK_TTL_HOURS; none without the variable.
+pub async fn action_signer(
+    sdk: &aws_config::SdkConfig,
+) -> Result<Option<tocsin_core::links::ActionSigner>, LinkSecretError> {
+    use tocsin_core::secrets::SecretSource;
+    let Some(secret_id) = optional("TOCSIN_LINK_SECRET_ARN") else {
+        return Ok(None);
+    };
+    let ttl = match optional("TOCSIN_LINK_TTL_HOURS") {
+        None => tocsin_core::links::DEFAULT_TTL_HOURS,
+        Some(text) => match text.trim().parse::<u32>() {
+            Ok(hours) if (1..=tocsin_core::links::MAX_TTL_HOURS).contains(&hours) => hours,
+            _ => return Err(LinkSecretError::Ttl),
+        },
+    };
+    let secrets = crate::secrets::AwsSecrets::new(aws_sdk_secretsmanager::Client::new(sdk));
+    let reference = tocsin_core::secrets::SecretRef::SecretsManager(secret_id.clone());
+    let secret = secrets
+        .fetch(&reference)
+        .await
+        .map_err(|source| LinkSecretError::Read {
+            secret_id: secret_id.clone(),
+            source,
+        })?;
+    let signer =
+        tocsin_core::links::ActionSigner::new(secret).map_err(|source| LinkSecretError::Short { secret_id, source })?;
+    Ok(Some(signer.with_ttl_hours(ttl)))
 }
 
 /// The dispatcher function: the table's stream of incident transitions to
@@ -435,18 +516,20 @@ pub async fn run_dispatch() -> Result<(), lambda_runtime::Error> {
         aws_sdk_sqs::Client::new(&sdk),
         config.queue_urls,
     ));
+    let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::DISPATCH);
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::dynamodb::Event>| {
-            let (store, queues) = (store.clone(), queues.clone());
+            let (store, queues, metrics) = (store.clone(), queues.clone(), metrics.clone());
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    crate::dispatch::dispatch_batch_holding(
+                    crate::measured::dispatch_batch_measured(
                         store.clone(),
                         queues,
                         Some(crate::dispatch::Hold {
                             maintenance: store.clone(),
                             timeline: store,
                         }),
+                        &metrics,
                         event.payload,
                         Utc::now(),
                     )
@@ -464,7 +547,9 @@ async fn run_notify(
     notifier: Arc<dyn tocsin_core::notify::Notifier>,
     sdk: &aws_config::SdkConfig,
 ) -> Result<(), lambda_runtime::Error> {
-    let mut notify = tocsin_core::dispatch::NotifyService::new(vec![notifier], render_context_from_env());
+    let mut context = render_context_from_env();
+    context.action_links = action_signer(sdk).await?;
+    let mut notify = tocsin_core::dispatch::NotifyService::new(vec![notifier], context);
     // Every attempt is written to its incident's timeline (TOCSIN_TABLE is
     // set for every function by the template's globals).
     if let Some(table) = optional("TOCSIN_TABLE") {
@@ -579,6 +664,71 @@ pub async fn slack_delivery(
     tocsin_outbound::slack::delivery_from_secret(value).map_err(|source| SlackSecretError::Invalid {
         secret_id: secret_id.to_owned(),
         source,
+    })
+}
+
+/// The slack-interactions function: the Slack app's Interactivity Request
+/// URL (`POST /slack/interactions`) and slash command URL
+/// (`POST /slack/commands`), tocsin-api's Slack routes as locally. The
+/// signing secret is the `signing_secret` field of the Slack secret
+/// (TOCSIN_SLACK_SECRET_ARN), read once per container; a button pressed or
+/// a command becomes an acknowledge or resolve on the events queue.
+pub async fn run_slack_interactions() -> Result<(), lambda_http::Error> {
+    init_tracing();
+    let table = required("TOCSIN_TABLE")?;
+    let secret_id = optional("TOCSIN_SLACK_SECRET_ARN").ok_or(SlackSigningSecretError::NotConfigured)?;
+    let sdk = crate::trust::function_sdk_config().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    let signing_secret = slack_signing_secret(&secrets, &secret_id).await?;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
+    let queue = Arc::new(events_queue(&sdk)?);
+    let slack = tocsin_core::slack::SlackInteractions::new(store, queue, signing_secret);
+    lambda_http::run(tocsin_api::slack_router(slack)).await
+}
+
+/// Why the Slack app's signing secret could not be had at init. No variant
+/// carries the secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum SlackSigningSecretError {
+    #[error(
+        "no Slack app: deploy with the SlackTokenSecretArn parameter, a Secrets Manager secret whose JSON \
+         holds signing_secret (TOCSIN_SLACK_SECRET_ARN)"
+    )]
+    NotConfigured,
+    #[error("could not read the Slack secret {secret_id} from Secrets Manager")]
+    Read {
+        secret_id: String,
+        #[source]
+        source: aws_sdk_secretsmanager::Error,
+    },
+    #[error("the Slack secret {secret_id} holds no signing secret")]
+    Invalid {
+        secret_id: String,
+        #[source]
+        source: tocsin_core::slack::InvalidSigningSecret,
+    },
+}
+
+/// The Slack app's signing secret: the `signing_secret` field of the JSON
+/// in the Slack secret, beside `bot_token` or `webhook_url`.
+pub async fn slack_signing_secret(
+    secrets: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> Result<tocsin_core::config::Secret, SlackSigningSecretError> {
+    let output = secrets
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| SlackSigningSecretError::Read {
+            secret_id: secret_id.to_owned(),
+            source: e.into(),
+        })?;
+    tocsin_core::slack::signing_secret_from_secret(output.secret_string().unwrap_or_default()).map_err(|source| {
+        SlackSigningSecretError::Invalid {
+            secret_id: secret_id.to_owned(),
+            source,
+        }
     })
 }
 

@@ -124,6 +124,7 @@ async fn notify_service(from: &str, sender_id: Option<&str>) -> NotifyService {
         ],
         RenderContext {
             public_url: Some("https://tocsin.example.com".into()),
+            ..RenderContext::default()
         },
     )
 }

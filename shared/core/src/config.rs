@@ -219,10 +219,38 @@ pub struct Settings {
     /// The base URL people open links against (the API, the console).
     pub public_url: Option<String>,
     pub slack: Option<SlackDelivery>,
+    /// The Slack app's signing secret: with it, the local stack answers the
+    /// app's buttons and slash command (`POST /slack/interactions`,
+    /// `POST /slack/commands`).
+    pub slack_signing_secret: Option<Secret>,
     /// A folder of trusted SNS signing certificates
     /// (`SimpleNotificationService-<id>.pem`), for installations that cannot
     /// fetch them from SNS.
     pub sns_certificates: Option<PathBuf>,
+    /// Signs the one-click acknowledge and resolve links of emails and SMS
+    /// (crate::links); none: no such links.
+    pub link_signing_secret: Option<ConfiguredSecret>,
+    /// How long those links work; none: crate::links::DEFAULT_TTL_HOURS.
+    pub link_ttl_hours: Option<u32>,
+}
+
+/// A secret of the settings: its value, or where to find it (read where
+/// it is used: the local stack reads env and file references at start).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfiguredSecret {
+    Value(Secret),
+    Reference(SecretRef),
+}
+
+impl ConfiguredSecret {
+    /// The value, reading a reference from the environment or a file;
+    /// Secrets Manager references need tocsin-aws.
+    pub fn read_locally(&self) -> Result<Secret, crate::secrets::SecretError> {
+        match self {
+            ConfiguredSecret::Value(secret) => Ok(secret.clone()),
+            ConfiguredSecret::Reference(reference) => crate::secrets::LocalSecrets::read(reference),
+        }
+    }
 }
 
 /// Everything a deployment is configured with, validated as a whole.
@@ -417,10 +445,16 @@ struct SettingsEntry {
     #[serde(default)]
     slack_bot_token: Option<String>,
     #[serde(default)]
+    slack_signing_secret: Option<String>,
+    #[serde(default)]
     sns_certificates: Option<PathBuf>,
     /// Every integration's default; 0 turns the limit off.
     #[serde(default)]
     rate_limit_per_minute: Option<u32>,
+    #[serde(default)]
+    link_signing_secret: Option<SecretEntry>,
+    #[serde(default)]
+    link_ttl_hours: Option<u32>,
 }
 
 impl Catalog {
@@ -462,9 +496,43 @@ impl Catalog {
                     }),
                     (None, None) => None,
                 },
+                slack_signing_secret: match parsed.settings.slack_signing_secret {
+                    Some(secret) if secret.trim().is_empty() => {
+                        return Err(error(
+                            "settings.slack_signing_secret",
+                            "must not be empty (the Slack app's Basic Information page shows it)".into(),
+                        ))
+                    }
+                    other => other.map(|secret| Secret::new(secret.trim())),
+                },
                 sns_certificates: match parsed.settings.sns_certificates {
                     Some(dir) if dir.as_os_str().is_empty() => {
                         return Err(error("settings.sns_certificates", "must name a folder".into()))
+                    }
+                    other => other,
+                },
+                link_signing_secret: match parsed.settings.link_signing_secret {
+                    None => None,
+                    Some(SecretEntry::Value(value)) if value.chars().count() < crate::links::MIN_SECRET_CHARS => {
+                        return Err(error(
+                            "settings.link_signing_secret",
+                            crate::links::ShortSecret.to_string(),
+                        ))
+                    }
+                    Some(SecretEntry::Value(value)) => Some(ConfiguredSecret::Value(Secret::new(value))),
+                    Some(SecretEntry::Reference(reference)) => {
+                        reference
+                            .validate()
+                            .map_err(|reason| error("settings.link_signing_secret", reason))?;
+                        Some(ConfiguredSecret::Reference(reference))
+                    }
+                },
+                link_ttl_hours: match parsed.settings.link_ttl_hours {
+                    Some(hours) if hours == 0 || hours > crate::links::MAX_TTL_HOURS => {
+                        return Err(error(
+                            "settings.link_ttl_hours",
+                            format!("must be 1 to {} (30 days)", crate::links::MAX_TTL_HOURS),
+                        ))
                     }
                     other => other,
                 },
@@ -755,6 +823,18 @@ services:
     }
 
     #[test]
+    fn the_slack_signing_secret_is_kept_secret_and_never_empty() {
+        let yaml = |settings: &str| format!("settings:\n{settings}");
+        let catalog = Catalog::from_yaml(&yaml("  slack_signing_secret: \" 8f742231b10e \"\n"), "t.yaml").unwrap();
+        assert_eq!(catalog.settings.slack_signing_secret, Some(Secret::new("8f742231b10e")));
+        assert!(!format!("{:?}", catalog.settings).contains("8f742231b10e"));
+        let without = Catalog::from_yaml(GOOD, "t.yaml").unwrap();
+        assert_eq!(without.settings.slack_signing_secret, None);
+        let e = refused(&yaml("  slack_signing_secret: \"  \"\n"));
+        assert_eq!(e.field, "settings.slack_signing_secret");
+    }
+
+    #[test]
     fn errors_name_the_file_the_field_and_the_reason() {
         let e = refused(&GOOD.replace("+15555550123", "555-0123"));
         assert_eq!(e.file, "bad.yaml");
@@ -989,5 +1069,44 @@ settings:
         assert_eq!(e.field, "services[0].integrations[0].secret");
         assert!(e.reason.contains("tocsin/"), "{}", e.reason);
         assert!(Catalog::from_yaml(&yaml("{vault: x}"), "t.yaml").is_err());
+    }
+
+    #[test]
+    fn the_link_signing_secret_is_a_value_or_a_reference_and_long_enough() {
+        let yaml = |settings: &str| format!("settings:\n{settings}");
+        let catalog = Catalog::from_yaml(
+            &yaml("  link_signing_secret: 0123456789abcdef0123456789abcdef\n  link_ttl_hours: 4\n"),
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            catalog.settings.link_signing_secret,
+            Some(ConfiguredSecret::Value(Secret::new("0123456789abcdef0123456789abcdef")))
+        );
+        assert_eq!(catalog.settings.link_ttl_hours, Some(4));
+        let catalog =
+            Catalog::from_yaml(&yaml("  link_signing_secret: {env: TOCSIN_LINK_SECRET}\n"), "t.yaml").unwrap();
+        assert_eq!(
+            catalog.settings.link_signing_secret,
+            Some(ConfiguredSecret::Reference(SecretRef::Env("TOCSIN_LINK_SECRET".into())))
+        );
+        assert_eq!(catalog.settings.link_ttl_hours, None);
+        assert_eq!(
+            Catalog::from_yaml(GOOD, "t.yaml").unwrap().settings.link_signing_secret,
+            None
+        );
+
+        let e = refused(&yaml("  link_signing_secret: short\n"));
+        assert_eq!(e.field, "settings.link_signing_secret");
+        assert!(e.reason.contains("32"), "{e}");
+        assert!(!e.reason.contains("short"), "the value is never echoed: {e}");
+        let e = refused(&yaml("  link_signing_secret: {secrets_manager: prod/links}\n"));
+        assert_eq!(e.field, "settings.link_signing_secret");
+        for hours in ["0", "721"] {
+            let e = refused(&yaml(&format!(
+                "  link_signing_secret: 0123456789abcdef0123456789abcdef\n  link_ttl_hours: {hours}\n"
+            )));
+            assert_eq!(e.field, "settings.link_ttl_hours");
+        }
     }
 }

@@ -219,11 +219,11 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(request: &IngestRequest<'_>) -> Self {
+    fn new(provider: ProviderKind, at: DateTime<Utc>) -> Self {
         Self {
             started: Instant::now(),
-            at: request.received_at,
-            provider: request.provider,
+            at,
+            provider,
             identified: OnceLock::new(),
             counted: AtomicU8::new(Tally::NOT_YET),
         }
@@ -328,15 +328,21 @@ impl IngestService {
         if mode == Mode::Preview || self.stats.is_none() {
             return self.run_counted(request, mode, None).await;
         }
-        let tally = Tally::new(&request);
+        let tally = Tally::new(request.provider, request.received_at);
         let result = self.run_counted(request, mode, Some(&tally)).await;
-        self.count_result(&request, &tally, &result).await;
+        self.count_result(Some(&request), &tally, &result).await;
         result
     }
 
     /// Counts what a request came to, unless its success was already
-    /// counted beside its enqueue.
-    async fn count_result(&self, request: &IngestRequest<'_>, tally: &Tally, result: &Result<Answer, IngestError>) {
+    /// counted beside its enqueue. `request` is the HTTP request, if there
+    /// was one: its key may name the integration of an early refusal.
+    async fn count_result(
+        &self,
+        request: Option<&IngestRequest<'_>>,
+        tally: &Tally,
+        result: &Result<Answer, IngestError>,
+    ) {
         let latency_ms = tally.elapsed_ms();
         // Once tried beside the enqueue, a success is never retried here: a
         // store that failed once would only slow the answer down.
@@ -363,12 +369,13 @@ impl IngestService {
         };
         // Refused before the key was looked at (size, media type, nesting):
         // a key in the headers or query still names whose request it was.
-        if tally.identified.get().is_none()
-            && matches!(
-                result,
-                Err(IngestError::TooLarge { .. } | IngestError::MediaType(_) | IngestError::Payload(_))
-            )
-        {
+        if let Some(request) = request.filter(|_| {
+            tally.identified.get().is_none()
+                && matches!(
+                    result,
+                    Err(IngestError::TooLarge { .. } | IngestError::MediaType(_) | IngestError::Payload(_))
+                )
+        }) {
             if let Some(integration) = self.identify(request).await {
                 tally.identify(&integration);
             }
@@ -533,6 +540,15 @@ impl IngestService {
         integration: &Integration,
         notification: SnsNotification<'_>,
     ) -> Result<Answer, IngestError> {
+        self.sns_notification(integration, notification, None).await
+    }
+
+    async fn sns_notification(
+        &self,
+        integration: &Integration,
+        notification: SnsNotification<'_>,
+        tally: Option<&Tally>,
+    ) -> Result<Answer, IngestError> {
         let provider = provider(integration.provider);
         if provider.delivery() != Delivery::Sns {
             return Err(IngestError::WrongProvider {
@@ -542,6 +558,9 @@ impl IngestService {
         }
         if !integration.enabled {
             return Err(IngestError::Disabled(integration.id.clone()));
+        }
+        if let Some(tally) = tally {
+            tally.identify(integration);
         }
         check_topic(&integration.cloudwatch.topics, notification.topic_arn)?;
         let headers = HeaderMap::new();
@@ -560,7 +579,7 @@ impl IngestService {
             alerts,
             Some(notification.message_id),
             Mode::Enqueue,
-            None,
+            tally,
         )
         .await
     }
@@ -568,7 +587,22 @@ impl IngestService {
     /// Ingests an SNS notification that AWS invoked a function with
     /// directly (topic → Lambda, no HTTPS endpoint, no key): the topic names
     /// the cloudwatch integration that lists it.
+    /// Counted for the health report as the HTTP endpoints' requests are.
     pub async fn ingest_sns_direct(&self, notification: SnsNotification<'_>) -> Result<Answer, IngestError> {
+        if self.stats.is_none() {
+            return self.sns_direct(notification, None).await;
+        }
+        let tally = Tally::new(ProviderKind::CloudWatch, notification.received_at);
+        let result = self.sns_direct(notification, Some(&tally)).await;
+        self.count_result(None, &tally, &result).await;
+        result
+    }
+
+    async fn sns_direct(
+        &self,
+        notification: SnsNotification<'_>,
+        tally: Option<&Tally>,
+    ) -> Result<Answer, IngestError> {
         let topic = crate::sns::TopicArn::parse(notification.topic_arn)
             .map_err(|e| IngestError::Payload(InvalidPayload::new(e.to_string(), vec![e])))?;
         let integration = self
@@ -577,19 +611,37 @@ impl IngestService {
             .await
             .map_err(IngestError::Unavailable)?
             .ok_or_else(|| IngestError::UnknownTopic(topic.as_str().to_owned()))?;
-        self.ingest_sns_notification(&integration, notification).await
+        self.sns_notification(&integration, notification, tally).await
     }
 
     /// Ingests a message that SES received for `recipient` (the receipt
     /// rule → Lambda path): the address names the integration, as over
     /// HTTP, and the event ids derive from SES's message id, so a retried
-    /// invocation is the same events.
+    /// invocation is the same events. Counted for the health report as the
+    /// HTTP endpoints' requests are.
     pub async fn ingest_email(
         &self,
         raw: &[u8],
         recipient: &str,
         message_id: &str,
         received_at: DateTime<Utc>,
+    ) -> Result<Answer, IngestError> {
+        if self.stats.is_none() {
+            return self.email(raw, recipient, message_id, received_at, None).await;
+        }
+        let tally = Tally::new(ProviderKind::Email, received_at);
+        let result = self.email(raw, recipient, message_id, received_at, Some(&tally)).await;
+        self.count_result(None, &tally, &result).await;
+        result
+    }
+
+    async fn email(
+        &self,
+        raw: &[u8],
+        recipient: &str,
+        message_id: &str,
+        received_at: DateTime<Utc>,
+        tally: Option<&Tally>,
     ) -> Result<Answer, IngestError> {
         let provider = provider(ProviderKind::Email);
         if raw.len() > provider.max_body_bytes() {
@@ -600,6 +652,9 @@ impl IngestService {
         }
         let email = crate::providers::email::read_email(raw, recipient).map_err(|e| IngestError::Payload(e.into()))?;
         let integration = self.integration_for(&email.key, ProviderKind::Email).await?;
+        if let Some(tally) = tally {
+            tally.identify(&integration);
+        }
         let headers = HeaderMap::new();
         let inbound = Inbound {
             headers: &headers,
@@ -614,7 +669,7 @@ impl IngestService {
             email.alerts,
             Some(message_id),
             Mode::Enqueue,
-            None,
+            tally,
         )
         .await
     }
@@ -969,6 +1024,82 @@ services:
             let ingest = service(store.clone(), Arc::new(DownStats));
             assert_eq!(send(&ingest, &trigger(10), false), StatusCode::ACCEPTED);
             assert_eq!(store.queued_events().len(), 1);
+        }
+
+        /// A cloudwatch integration fed by an SNS topic (the Lambda
+        /// subscription) and an email integration (the SES receipt rule).
+        const AWS_DELIVERED: &str = r#"
+services:
+  - id: checkout
+    integrations:
+      - id: alarms
+        type: cloudwatch
+        key: 33333333333333333333333333333333
+        cloudwatch:
+          topics: ["arn:aws:sns:us-east-1:427809481713:if-sim-app-AWSCloudWatchDiagnostics"]
+      - {id: mail, type: email, key: 0123456789abcdef0123456789abcdef}
+"#;
+
+        fn aws_delivered(store: &Arc<MemoryStore>) -> IngestService {
+            let catalog = Catalog::from_yaml(AWS_DELIVERED, "test.yaml").unwrap();
+            IngestService::new(Arc::new(catalog), store.clone(), store.clone()).with_stats(store.clone())
+        }
+
+        fn stats_of<'a>(all: &'a [IntegrationStats], id: &str) -> &'a IntegrationStats {
+            all.iter()
+                .find(|s| s.integration.as_str() == id)
+                .unwrap_or_else(|| panic!("{id} counted: {all:?}"))
+        }
+
+        #[test]
+        fn sns_records_delivered_to_the_function_are_counted() {
+            let store = Arc::new(MemoryStore::new());
+            let ingest = aws_delivered(&store);
+            let envelope: serde_json::Value = serde_json::from_str(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../events/cloudwatch/alarm.json"
+            )))
+            .unwrap();
+            let topic = "arn:aws:sns:us-east-1:427809481713:if-sim-app-AWSCloudWatchDiagnostics";
+            let send = |topic_arn: &str, message: &str| {
+                block_on(ingest.ingest_sns_direct(SnsNotification {
+                    message_id: "57c992bc-21f6-5a74-bda5-c8b9155571ca",
+                    topic_arn,
+                    message,
+                    received_at: Utc::now(),
+                }))
+            };
+            let alarm = envelope["Message"].as_str().unwrap();
+            assert!(send(topic, alarm).is_ok());
+            assert!(send(topic, "not an alarm").is_err());
+            assert!(send("arn:aws:sns:eu-west-1:123456789012:nobody", alarm).is_err());
+
+            let all = counted(&store);
+            assert_eq!(all.len(), 1, "a topic nobody lists names no integration: {all:?}");
+            let alarms = stats_of(&all, "alarms");
+            assert_eq!(alarms.provider, ProviderKind::CloudWatch);
+            assert_eq!((alarms.received, alarms.success, alarms.errors), (2, 1, 1));
+            assert_eq!(alarms.last_error.as_ref().map(|e| e.status), Some(400));
+        }
+
+        #[test]
+        fn mail_received_by_ses_is_counted() {
+            let store = Arc::new(MemoryStore::new());
+            let ingest = aws_delivered(&store);
+            let raw = include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../events/email/nagios-problem.eml"
+            ));
+            let recipient = "0123456789abcdef0123456789abcdef@alerts.example.com";
+            assert!(block_on(ingest.ingest_email(raw, recipient, "ses-1", Utc::now())).is_ok());
+            let unknown = "99999999999999999999999999999999@alerts.example.com";
+            assert!(block_on(ingest.ingest_email(raw, unknown, "ses-2", Utc::now())).is_err());
+
+            let all = counted(&store);
+            assert_eq!(all.len(), 1, "{all:?}");
+            let mail = stats_of(&all, "mail");
+            assert_eq!(mail.provider, ProviderKind::Email);
+            assert_eq!((mail.received, mail.success, mail.errors), (1, 1, 0));
         }
 
         #[test]

@@ -4,7 +4,7 @@
 //! call on the request path and no permission beyond writing logs.
 //!
 //! Dimensions are few and of low cardinality (function role, provider,
-//! channel, outcome, refusal reason): every distinct combination is a
+//! channel, outcome, refusal reason, action): every distinct combination is a
 //! metric that is billed. Integration ids travel as properties, searchable
 //! in Logs Insights; keys, incident ids, dedup keys and recipients never
 //! appear at all.
@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::event::Action;
+use crate::maintenance::Released;
 use crate::notify::Channel;
 use crate::process::Applied;
 
@@ -45,8 +47,24 @@ pub mod name {
     /// Notify: failed attempts the provider throttled (SNS SMS spend and
     /// rate limits above all); also counted in NotificationsFailed.
     pub const NOTIFICATIONS_THROTTLED: &str = "NotificationsThrottled";
+    /// Dispatch: notification jobs sent to the channel queues.
+    pub const NOTIFICATIONS_QUEUED: &str = "NotificationsQueued";
+    /// Dispatch: transitions whose notifications a maintenance window held.
+    pub const NOTIFICATIONS_HELD: &str = "NotificationsHeld";
+    /// Dispatch: stream batches answered with a failure (retried from the
+    /// failed record).
+    pub const DISPATCH_FAILURES: &str = "DispatchFailures";
+    /// Scheduler: heartbeats overdue at a check, newly or still missed.
+    pub const HEARTBEATS_MISSED: &str = "HeartbeatsMissed";
+    /// Scheduler: ended maintenance windows marked released.
+    pub const MAINTENANCE_RELEASED: &str = "MaintenanceReleased";
+    /// Scheduler: incidents still open when their maintenance ended, and
+    /// notified then.
+    pub const INCIDENTS_RELEASED: &str = "IncidentsReleased";
+    /// API: incidents acknowledged or resolved.
+    pub const INCIDENT_ACTIONS: &str = "IncidentActions";
 
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 16] = [
         REQUESTS,
         EVENTS_ACCEPTED,
         REQUESTS_REJECTED,
@@ -56,12 +74,20 @@ pub mod name {
         NOTIFICATIONS_SENT,
         NOTIFICATIONS_FAILED,
         NOTIFICATIONS_THROTTLED,
+        NOTIFICATIONS_QUEUED,
+        NOTIFICATIONS_HELD,
+        DISPATCH_FAILURES,
+        HEARTBEATS_MISSED,
+        MAINTENANCE_RELEASED,
+        INCIDENTS_RELEASED,
+        INCIDENT_ACTIONS,
     ];
 }
 
 /// The dimension names: the only ones a document may declare.
 pub mod dimension {
-    /// The function's role: `ingest`, `processor` or `notify`.
+    /// The function's role: `ingest`, `processor`, `notify`, `dispatch`,
+    /// `scheduler` or `api`.
     pub const FUNCTION: &str = "Function";
     pub const PROVIDER: &str = "Provider";
     /// Why ingest refused a request, from its status (`unauthorized`, …).
@@ -69,8 +95,10 @@ pub mod dimension {
     /// What applying an event did (`opened`, `repeated`, …).
     pub const OUTCOME: &str = "Outcome";
     pub const CHANNEL: &str = "Channel";
+    /// What the API did to an incident (`acknowledge`, `resolve`).
+    pub const ACTION: &str = "Action";
 
-    pub const ALL: [&str; 5] = [FUNCTION, PROVIDER, REASON, OUTCOME, CHANNEL];
+    pub const ALL: [&str; 6] = [FUNCTION, PROVIDER, REASON, OUTCOME, CHANNEL, ACTION];
 }
 
 /// The `Function` dimension's values.
@@ -78,6 +106,9 @@ pub mod function {
     pub const INGEST: &str = "ingest";
     pub const PROCESSOR: &str = "processor";
     pub const NOTIFY: &str = "notify";
+    pub const DISPATCH: &str = "dispatch";
+    pub const SCHEDULER: &str = "scheduler";
+    pub const API: &str = "api";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +210,7 @@ const BY_PROVIDER: DimensionSets = &[&[], &[dimension::PROVIDER]];
 const BY_PROVIDER_AND_REASON: DimensionSets = &[&[], &[dimension::PROVIDER], &[dimension::REASON]];
 const BY_OUTCOME: DimensionSets = &[&[], &[dimension::OUTCOME]];
 const BY_CHANNEL: DimensionSets = &[&[], &[dimension::CHANNEL]];
+const BY_ACTION: DimensionSets = &[&[], &[dimension::ACTION]];
 
 impl Metrics {
     pub fn new(function: &'static str, sink: Arc<dyn MetricsSink>) -> Self {
@@ -253,6 +285,64 @@ impl Metrics {
                 }
             }
         }
+        self.emit(document);
+    }
+
+    /// The jobs one dispatched batch sent to `channel`'s queue.
+    pub fn notifications_queued(&self, at: DateTime<Utc>, channel: Channel, jobs: usize) {
+        let mut document = Document::new(at);
+        document.dimension(dimension::CHANNEL, channel.as_str());
+        document.metric(name::NOTIFICATIONS_QUEUED, Unit::Count, jobs as f64, BY_CHANNEL);
+        self.emit(document);
+    }
+
+    /// One batch of the table's stream: how many of its transitions a
+    /// maintenance window held, and whether it was answered with a failure.
+    pub fn dispatched(&self, at: DateTime<Utc>, held: usize, failed: bool) {
+        let mut document = Document::new(at);
+        document.metric(name::NOTIFICATIONS_HELD, Unit::Count, held as f64, BY_FUNCTION);
+        document.metric(
+            name::DISPATCH_FAILURES,
+            Unit::Count,
+            u8::from(failed).into(),
+            BY_FUNCTION,
+        );
+        self.emit(document);
+    }
+
+    /// One check of the heartbeats: how many were overdue. A heartbeat
+    /// missed for an hour counts in every check of that hour.
+    pub fn heartbeats_checked(&self, at: DateTime<Utc>, missed: usize) {
+        let mut document = Document::new(at);
+        document.metric(name::HEARTBEATS_MISSED, Unit::Count, missed as f64, BY_FUNCTION);
+        self.emit(document);
+    }
+
+    /// One release run of ended maintenance windows.
+    pub fn maintenance_released(&self, at: DateTime<Utc>, released: &Released) {
+        let mut document = Document::new(at);
+        document.metric(
+            name::MAINTENANCE_RELEASED,
+            Unit::Count,
+            released.windows as f64,
+            BY_FUNCTION,
+        );
+        document.metric(
+            name::INCIDENTS_RELEASED,
+            Unit::Count,
+            released.incidents as f64,
+            BY_FUNCTION,
+        );
+        self.emit(document);
+    }
+
+    /// One incident acknowledged or resolved through the API; its id only
+    /// as a property.
+    pub fn incident_action(&self, at: DateTime<Utc>, action: Action, incident: &str) {
+        let mut document = Document::new(at);
+        document.dimension(dimension::ACTION, action.as_str());
+        document.property("incident", Value::from(incident));
+        document.metric(name::INCIDENT_ACTIONS, Unit::Count, 1.0, BY_ACTION);
         self.emit(document);
     }
 
@@ -603,12 +693,96 @@ mod tests {
     }
 
     #[test]
+    fn dispatch_counts_jobs_by_channel_held_transitions_and_failures() {
+        let (metrics, sink) = collecting(function::DISPATCH);
+        metrics.notifications_queued(at(), Channel::Slack, 4);
+        metrics.dispatched(at(), 2, false);
+        metrics.dispatched(at(), 0, true);
+        let documents = sink.documents();
+        assert_eq!(documents.len(), 3);
+        for document in &documents {
+            check_emf(document).unwrap();
+            assert_eq!(document["Function"], "dispatch");
+        }
+        assert_eq!(documents[0]["Channel"], "slack");
+        assert_eq!(documents[0]["NotificationsQueued"], 4.0);
+        let declared0 = declared(&documents[0]);
+        assert!(declared0.contains(&pair(&["Function"], "NotificationsQueued")));
+        assert!(declared0.contains(&pair(&["Function", "Channel"], "NotificationsQueued")));
+        assert_eq!(documents[1]["NotificationsHeld"], 2.0);
+        assert_eq!(documents[1]["DispatchFailures"], 0.0);
+        assert_eq!(
+            declared(&documents[1]),
+            [
+                pair(&["Function"], "NotificationsHeld"),
+                pair(&["Function"], "DispatchFailures")
+            ]
+        );
+        assert_eq!(documents[2]["NotificationsHeld"], 0.0);
+        assert_eq!(documents[2]["DispatchFailures"], 1.0);
+    }
+
+    #[test]
+    fn the_scheduler_counts_missed_heartbeats_and_released_maintenance() {
+        let (metrics, sink) = collecting(function::SCHEDULER);
+        metrics.heartbeats_checked(at(), 3);
+        metrics.maintenance_released(
+            at(),
+            &Released {
+                windows: 2,
+                incidents: 5,
+                jobs: 15,
+            },
+        );
+        let documents = sink.documents();
+        assert_eq!(documents.len(), 2);
+        for document in &documents {
+            check_emf(document).unwrap();
+            assert_eq!(document["Function"], "scheduler");
+        }
+        assert_eq!(documents[0]["HeartbeatsMissed"], 3.0);
+        assert_eq!(declared(&documents[0]), [pair(&["Function"], "HeartbeatsMissed")]);
+        assert_eq!(documents[1]["MaintenanceReleased"], 2.0);
+        assert_eq!(documents[1]["IncidentsReleased"], 5.0);
+        assert!(
+            documents[1].get("jobs").is_none() && documents[1].get("NotificationsQueued").is_none(),
+            "the release's jobs are not counted here"
+        );
+    }
+
+    #[test]
+    fn incident_actions_are_counted_by_action_with_the_incident_as_a_property() {
+        let (metrics, sink) = collecting(function::API);
+        metrics.incident_action(at(), Action::Acknowledge, "inc_0e87094c381efc1ba49c");
+        metrics.incident_action(at(), Action::Resolve, "inc_0e87094c381efc1ba49c");
+        let documents = sink.documents();
+        for document in &documents {
+            check_emf(document).unwrap();
+        }
+        assert_eq!(documents[0]["Action"], "acknowledge");
+        assert_eq!(documents[0]["IncidentActions"], 1.0);
+        assert_eq!(documents[0]["incident"], "inc_0e87094c381efc1ba49c");
+        assert_eq!(documents[1]["Action"], "resolve");
+        let declared = declared(&documents[1]);
+        assert!(declared.contains(&pair(&["Function", "Action"], "IncidentActions")));
+        assert!(
+            declared.iter().all(|(set, _)| !set.iter().any(|d| d == "incident")),
+            "the incident id is never a dimension"
+        );
+    }
+
+    #[test]
     fn only_the_known_low_cardinality_dimensions_are_declared() {
         let (metrics, sink) = collecting(function::INGEST);
         metrics.ingest(at(), "webhook", 202, 1, Some("shop"));
         metrics.ingest(at(), "webhook", 429, 0, Some("shop"));
         metrics.applied(at(), &Applied::Duplicate, at());
         metrics.notification(at(), Channel::Sms, DeliveryOutcome::Sent);
+        metrics.notifications_queued(at(), Channel::Email, 1);
+        metrics.dispatched(at(), 1, true);
+        metrics.heartbeats_checked(at(), 1);
+        metrics.maintenance_released(at(), &Released::default());
+        metrics.incident_action(at(), Action::Resolve, "inc_1");
         for document in sink.documents() {
             for (set, metric) in declared(&document) {
                 assert!(name::ALL.contains(&metric.as_str()), "{metric} is not in name::ALL");

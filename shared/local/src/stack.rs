@@ -69,6 +69,10 @@ pub enum StackError {
     Serve(#[source] std::io::Error),
     #[error("cannot build the HTTPS client for SNS certificates and confirmations")]
     SnsClient(#[source] reqwest::Error),
+    #[error("cannot read settings.link_signing_secret")]
+    LinkSecret(#[source] tocsin_core::secrets::SecretError),
+    #[error("settings.link_signing_secret is unusable")]
+    ShortLinkSecret(#[source] tocsin_core::links::ShortSecret),
 }
 
 /// A started stack: its address, and a handle to stop it.
@@ -115,8 +119,22 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
             })?,
         );
 
+    // One-click acknowledge and resolve links (tocsin_core::links): signed
+    // in emails and SMS, verified by /act/{token}.
+    let action_links = match &options.catalog.settings.link_signing_secret {
+        None => None,
+        Some(configured) => {
+            let secret = configured.read_locally().map_err(StackError::LinkSecret)?;
+            let signer = tocsin_core::links::ActionSigner::new(secret).map_err(StackError::ShortLinkSecret)?;
+            Some(match options.catalog.settings.link_ttl_hours {
+                Some(hours) => signer.with_ttl_hours(hours),
+                None => signer,
+            })
+        }
+    };
     let context = RenderContext {
         public_url: options.catalog.settings.public_url.clone(),
+        action_links: action_links.clone(),
     };
     // CloudWatch through SNS: certificates from settings.sns_certificates,
     // or fetched from SNS (and subscriptions confirmed) over HTTPS.
@@ -154,6 +172,11 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
             .await
             .map_err(StackError::Store)?;
     }
+    // The Slack app's buttons and slash command, once its signing secret is
+    // given.
+    let slack_answers = options.catalog.settings.slack_signing_secret.clone().map(|secret| {
+        tocsin_core::slack::SlackInteractions::new(Arc::new(store.clone()), Arc::new(store.clone()), secret)
+    });
     // The config file, then the integrations `tocsin integrations --data`
     // stores, read per request so that a change shows without a restart.
     let config: Arc<dyn ConfigStore> = Arc::new(crate::layered::LayeredConfig::new(options.catalog, store.clone()));
@@ -202,6 +225,14 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
         tasks.spawn(async move {
             let app = tocsin_api::with_ingest_health(router(ingest, api), health);
             let app = tocsin_api::with_maintenance(app, windows);
+            let app = match action_links {
+                Some(signer) => tocsin_api::with_action_links(app, signer),
+                None => app,
+            };
+            let app = match slack_answers {
+                Some(slack) => tocsin_api::with_slack(app, slack),
+                None => app,
+            };
             axum::serve(listener, tocsin_api::with_heartbeats(app, heartbeats_api))
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|stop| *stop).await;

@@ -3,9 +3,10 @@
 //! `<style>` blocks, and escapes everything the alert sent.
 
 use super::{
-    color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title, status_title, summary,
-    timestamp, transition_title, truncate_chars, RenderContext,
+    action_links, color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title, status_title,
+    summary, timestamp, transition_title, truncate_chars, ActionLink, RenderContext,
 };
+use crate::links::LinkAction;
 use crate::notify::{Message, NotificationJob};
 
 /// Subjects longer than this are cut in the summary.
@@ -34,6 +35,8 @@ struct Body<'a> {
     /// (text, href); only web links.
     links: Vec<(String, String)>,
     incident_url: Option<String>,
+    /// One-click acknowledge and resolve, signed for this recipient.
+    actions: Vec<ActionLink>,
 }
 
 impl<'a> Body<'a> {
@@ -82,6 +85,7 @@ impl<'a> Body<'a> {
             hidden_details,
             links,
             incident_url: incident_url(ctx, incident),
+            actions: action_links(job, ctx, &[LinkAction::Acknowledge, LinkAction::Resolve], Some(&job.to)),
         }
     }
 
@@ -92,6 +96,15 @@ impl<'a> Body<'a> {
             self.job.incident.severity.as_str().to_uppercase(),
             transition_title(self.job.transition).to_uppercase()
         )
+    }
+
+    /// What the one-click links do and until when.
+    fn actions_note(&self) -> Option<String> {
+        let expires = self.actions.first()?.expires_at;
+        Some(format!(
+            "Each link asks you to confirm before it changes anything, and works until {}.",
+            timestamp(expires)
+        ))
     }
 
     fn text(&self) -> String {
@@ -131,8 +144,24 @@ impl<'a> Body<'a> {
             }
         }
 
+        if !self.actions.is_empty() {
+            out.push('\n');
+            let width = self.actions.iter().map(|a| a.action.title().len()).max().unwrap_or(0) + 2;
+            for link in &self.actions {
+                out.push_str(&format!(
+                    "{:<width$}{}\n",
+                    format!("{}:", link.action.title()),
+                    link.url
+                ));
+            }
+        }
+
         if let Some(url) = &self.incident_url {
             out.push_str(&format!("\nOpen the incident: {url}\n"));
+        }
+
+        if let Some(note) = self.actions_note() {
+            out.push_str(&format!("\n{note}\n"));
         }
 
         out.push_str(&format!(
@@ -228,13 +257,29 @@ impl<'a> Body<'a> {
             out.push_str("</td></tr>\n");
         }
 
-        if let Some(url) = &self.incident_url {
+        if !self.actions.is_empty() || self.incident_url.is_some() {
             out.push_str("<tr><td style=\"padding:16px 24px 8px\">\n");
-            out.push_str(&format!(
-                "<a href=\"{}\" style=\"display:inline-block;padding:10px 18px;background:{color};color:#ffffff;\
-                 font-size:14px;font-weight:bold;text-decoration:none;border-radius:4px\">Open the incident</a>\n",
-                escape(url)
-            ));
+            for link in &self.actions {
+                out.push_str(&format!(
+                    "<a href=\"{}\" style=\"display:inline-block;margin:0 8px 8px 0;padding:10px 18px;background:#1f2328;\
+                     color:#ffffff;font-size:14px;font-weight:bold;text-decoration:none;border-radius:4px\">{}</a>\n",
+                    escape(&link.url),
+                    link.action.title()
+                ));
+            }
+            if let Some(url) = &self.incident_url {
+                out.push_str(&format!(
+                    "<a href=\"{}\" style=\"display:inline-block;padding:10px 18px;background:{color};color:#ffffff;\
+                     font-size:14px;font-weight:bold;text-decoration:none;border-radius:4px\">Open the incident</a>\n",
+                    escape(url)
+                ));
+            }
+            if let Some(note) = self.actions_note() {
+                out.push_str(&format!(
+                    "<p style=\"margin:4px 0 0;font-size:12px;color:#57606a\">{}</p>\n",
+                    escape(&note)
+                ));
+            }
             out.push_str("</td></tr>\n");
         }
 
@@ -290,6 +335,62 @@ mod tests {
     #[test]
     fn triggered() {
         assert_snapshot!(snapshot(TransitionKind::Triggered));
+    }
+
+    fn snapshot_with_links(kind: TransitionKind) -> String {
+        let (subject, text, html) = rendered(&fixtures::job(Channel::Email, kind), &fixtures::context_with_links());
+        format!("Subject: {subject}\n\n===== text =====\n{text}\n===== html =====\n{html}")
+    }
+
+    #[test]
+    fn triggered_with_action_links() {
+        assert_snapshot!(snapshot_with_links(TransitionKind::Triggered));
+    }
+
+    #[test]
+    fn acknowledged_with_action_links() {
+        assert_snapshot!(snapshot_with_links(TransitionKind::Acknowledged));
+    }
+
+    #[test]
+    fn action_links_follow_the_incident_and_verify() {
+        let ctx = fixtures::context_with_links();
+        let signer = ctx.action_links.clone().unwrap();
+        let urls = |kind| {
+            let (_, text, _) = rendered(&fixtures::job(Channel::Email, kind), &ctx);
+            text.lines()
+                .filter_map(|line| {
+                    line.split_once("https://tocsin.example.com/act/")
+                        .map(|(_, t)| t.to_owned())
+                })
+                .map(|token| signer.verify(&token, fixtures::opened_at()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let open = urls(TransitionKind::Triggered);
+        let actions: Vec<_> = open.iter().map(|c| c.action).collect();
+        assert_eq!(actions, [LinkAction::Acknowledge, LinkAction::Resolve]);
+        assert!(open
+            .iter()
+            .all(|c| c.recipient.as_deref() == Some("oncall@example.com")));
+        assert!(open.iter().all(|c| c.incident.as_str() == "inc_3f9a1c07d2e84b6a90c1"));
+        let acknowledged: Vec<_> = urls(TransitionKind::Acknowledged).iter().map(|c| c.action).collect();
+        assert_eq!(acknowledged, [LinkAction::Resolve]);
+        assert!(urls(TransitionKind::Resolved).is_empty());
+    }
+
+    #[test]
+    fn action_links_need_a_public_url_and_a_secret() {
+        let job = fixtures::job(Channel::Email, TransitionKind::Triggered);
+        let without_url = RenderContext {
+            public_url: None,
+            ..fixtures::context_with_links()
+        };
+        for ctx in [fixtures::context(), without_url] {
+            let (_, text, html) = rendered(&job, &ctx);
+            assert!(!text.contains("/act/"), "{text}");
+            assert!(!html.contains("/act/"), "{html}");
+            assert!(!text.contains("Acknowledge:"), "{text}");
+        }
     }
 
     #[test]

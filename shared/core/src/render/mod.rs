@@ -19,6 +19,9 @@ pub struct RenderContext {
     /// Base URL of the API (links to the incident); none locally configured
     /// means no links.
     pub public_url: Option<String>,
+    /// Signs the one-click acknowledge and resolve links of emails and SMS;
+    /// with a public URL only (crate::links).
+    pub action_links: Option<crate::links::ActionSigner>,
 }
 
 pub fn render(job: &NotificationJob, ctx: &RenderContext) -> Message {
@@ -33,8 +36,50 @@ pub fn render(job: &NotificationJob, ctx: &RenderContext) -> Message {
 
 /// The page of an incident, when a public URL is configured.
 fn incident_url(ctx: &RenderContext, incident: &Incident) -> Option<String> {
+    let base = public_base(ctx)?;
+    Some(format!("{base}/incidents/{}", incident.id))
+}
+
+fn public_base(ctx: &RenderContext) -> Option<&str> {
     let base = ctx.public_url.as_deref()?.trim().trim_end_matches('/');
-    (!base.is_empty()).then(|| format!("{base}/incidents/{}", incident.id))
+    (!base.is_empty()).then_some(base)
+}
+
+/// A signed one-click link: what it does, where, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ActionLink {
+    action: crate::links::LinkAction,
+    url: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// The one-click links of `actions` that still apply to the incident as
+/// the job saw it (acknowledge while open, resolve until resolved), when
+/// a public URL and a signing secret are configured. Issued at the job's
+/// planned time, so a redelivered job renders the same message.
+fn action_links(
+    job: &NotificationJob,
+    ctx: &RenderContext,
+    actions: &[crate::links::LinkAction],
+    recipient: Option<&str>,
+) -> Vec<ActionLink> {
+    use crate::links::LinkAction;
+    let (Some(base), Some(signer)) = (public_base(ctx), ctx.action_links.as_ref()) else {
+        return Vec::new();
+    };
+    let status = job.incident.status;
+    actions
+        .iter()
+        .filter(|action| match action {
+            LinkAction::Acknowledge => status == IncidentStatus::Open,
+            LinkAction::Resolve => status != IncidentStatus::Resolved,
+        })
+        .map(|&action| ActionLink {
+            action,
+            url: crate::links::action_url(base, &signer.token(&job.incident.id, action, recipient, job.planned_at)),
+            expires_at: signer.expiry(job.planned_at),
+        })
+        .collect()
 }
 
 /// `[CRITICAL] Triggered: <summary> (<service>)`, or `[RESOLVED] <summary>
@@ -107,7 +152,7 @@ fn timestamp(at: DateTime<Utc>) -> String {
 }
 
 /// `45s`, `7m 21s`, `3h 5m`, `2d 4h`: how long between two moments.
-fn duration(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+pub(crate) fn duration(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
     let secs = (to - from).num_seconds().max(0);
     let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3_600, secs % 3_600 / 60, secs % 60);
     match (d, h, m) {
@@ -209,6 +254,18 @@ pub(crate) mod fixtures {
     pub(crate) fn context() -> RenderContext {
         RenderContext {
             public_url: Some("https://tocsin.example.com/".to_owned()),
+            action_links: None,
+        }
+    }
+
+    /// As [`context`], with one-click action links signed by a fixed secret.
+    pub(crate) fn context_with_links() -> RenderContext {
+        RenderContext {
+            action_links: Some(
+                crate::links::ActionSigner::new(crate::config::Secret::new("render-fixture-secret-0123456789abcdef"))
+                    .expect("a long enough secret"),
+            ),
+            ..context()
         }
     }
 

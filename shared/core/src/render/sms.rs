@@ -1,5 +1,8 @@
 //! SMS: one line, `CRIT Checkout: <summary> [triggered] inc_…`, fitted into a
-//! single segment by shortening the summary.
+//! single segment by shortening the summary. With action links configured,
+//! an open incident's SMS ends in `Ack: <url>` instead of the incident id
+//! (the link's page names it); the link is never cut: when even a short
+//! summary leaves it no room in one segment, the message takes more.
 //!
 //! A segment holds 160 GSM-7 septets, or 70 UCS-2 code units once any
 //! character falls outside GSM-7; a message of several segments loses room to
@@ -8,8 +11,9 @@
 
 use std::fmt;
 
-use super::{one_line, summary, RenderContext};
+use super::{action_links, one_line, summary, RenderContext};
 use crate::event::Severity;
+use crate::links::LinkAction;
 use crate::notify::{Message, NotificationJob};
 
 /// Which alphabet a text needs.
@@ -129,11 +133,33 @@ pub fn segments(text: &str) -> u32 {
     count
 }
 
-pub fn render(job: &NotificationJob, _ctx: &RenderContext) -> Message {
+/// The service name's share of an SMS that carries a link.
+const SERVICE_CHARS_WITH_LINK: usize = 30;
+/// The summary's share of an SMS whose link takes more than one segment.
+const SUMMARY_UNITS_WITH_LINK: usize = 40;
+
+pub fn render(job: &NotificationJob, ctx: &RenderContext) -> Message {
     let incident = &job.incident;
-    let head = format!("{} {}: ", severity_tag(incident.severity), one_line(&job.service_name));
-    let tail = format!(" [{}] {}", job.transition, incident.id);
-    let text = fit(&head, &summary(incident), &tail);
+    // SMS tokens name no recipient: a phone number would cost 16 characters.
+    let link = action_links(job, ctx, &[LinkAction::Acknowledge], None).pop();
+    let text = match link {
+        None => {
+            let head = format!("{} {}: ", severity_tag(incident.severity), one_line(&job.service_name));
+            let tail = format!(" [{}] {}", job.transition, incident.id);
+            fit(&head, &summary(incident), &tail)
+        }
+        Some(link) => {
+            let mut service = one_line(&job.service_name);
+            if service.chars().count() > SERVICE_CHARS_WITH_LINK {
+                // `...`, not `…`: the ellipsis must not make the text UCS-2.
+                let kept: String = service.chars().take(SERVICE_CHARS_WITH_LINK - 3).collect();
+                service = format!("{}...", kept.trim_end());
+            }
+            let head = format!("{} {service}: ", severity_tag(incident.severity));
+            let tail = format!(" [{}] Ack: {}", job.transition, link.url);
+            fit_keeping_tail(&head, &summary(incident), &tail)
+        }
+    };
     Message::Sms {
         encoding: encoding(&text).as_str().to_owned(),
         segments: segments(&text),
@@ -167,6 +193,27 @@ fn fit(head: &str, summary: &str, tail: &str) -> String {
         // A service name too long to leave room for any summary.
         prefix_within(&full, limit, encoding).to_owned()
     }
+}
+
+/// As [`fit`], but the tail (a link) is never cut: when it leaves no room
+/// in one segment, the summary keeps [`SUMMARY_UNITS_WITH_LINK`] units and
+/// the message takes more segments.
+fn fit_keeping_tail(head: &str, summary: &str, tail: &str) -> String {
+    let full = format!("{head}{summary}{tail}");
+    let encoding = encoding(&full);
+    let ellipsis = encoding.ellipsis();
+    let fixed = encoding.length(head) + encoding.length(tail) + encoding.length(ellipsis);
+    if encoding.length(&full) <= encoding.single_segment() {
+        return full;
+    }
+    if fixed < encoding.single_segment() {
+        return fit(head, summary, tail);
+    }
+    if encoding.length(summary) <= SUMMARY_UNITS_WITH_LINK {
+        return full;
+    }
+    let kept = prefix_within(summary, SUMMARY_UNITS_WITH_LINK - encoding.length(ellipsis), encoding).trim_end();
+    format!("{head}{kept}{ellipsis}{tail}")
 }
 
 /// The longest prefix of whole characters that takes at most `budget` units.
@@ -222,6 +269,83 @@ mod tests {
     #[test]
     fn triggered() {
         assert_snapshot!(snapshot(TransitionKind::Triggered));
+    }
+
+    fn rendered_with_links(job: &NotificationJob) -> (String, String, u32) {
+        match render(job, &fixtures::context_with_links()) {
+            Message::Sms {
+                text,
+                encoding,
+                segments,
+            } => (text, encoding, segments),
+            other => panic!("not an SMS: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn triggered_with_an_acknowledge_link() {
+        let (text, encoding, segments) = rendered_with_links(&fixtures::job(Channel::Sms, TransitionKind::Triggered));
+        assert_snapshot!(format!(
+            "{text}\n---\nencoding: {encoding}\nsegments: {segments}\nlength: {}",
+            encoding_length(&text)
+        ));
+    }
+
+    /// The token at the end of an SMS, verified.
+    fn claim_of(text: &str) -> crate::links::ActionClaim {
+        let token = text.rsplit_once("/act/").map(|(_, t)| t).expect("a link");
+        let signer = fixtures::context_with_links().action_links.unwrap();
+        signer.verify(token, fixtures::opened_at()).unwrap()
+    }
+
+    #[test]
+    fn the_link_acknowledges_and_names_no_recipient() {
+        let (text, _, _) = rendered_with_links(&fixtures::job(Channel::Sms, TransitionKind::Triggered));
+        let claim = claim_of(&text);
+        assert_eq!(claim.action, LinkAction::Acknowledge);
+        assert_eq!(claim.recipient, None);
+        assert_eq!(claim.incident.as_str(), "inc_3f9a1c07d2e84b6a90c1");
+        // Acknowledged and resolved incidents get no link.
+        for kind in [TransitionKind::Acknowledged, TransitionKind::Resolved] {
+            let (text, _, _) = rendered_with_links(&fixtures::job(Channel::Sms, kind));
+            assert!(!text.contains("/act/"), "{text}");
+            assert!(text.ends_with("inc_3f9a1c07d2e84b6a90c1"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_long_summary_gives_way_to_the_link_within_one_segment() {
+        let mut job = job_with_summary(&"0123456789".repeat(30));
+        job.service_name = "A service with a very long name indeed, longer than thirty".to_owned();
+        let (text, encoding, segments) = rendered_with_links(&job);
+        assert_eq!((encoding.as_str(), segments), ("gsm7", 1), "{text}");
+        assert_eq!(gsm7_length(&text), Some(160), "{text}");
+        assert!(
+            text.contains("... [triggered] Ack: https://tocsin.example.com/act/"),
+            "{text}"
+        );
+        claim_of(&text);
+    }
+
+    #[test]
+    fn the_link_is_never_cut_even_when_it_needs_two_segments() {
+        // UCS-2 leaves 70 units: not enough for the link alone.
+        let job = job_with_summary(&"🔥 database on fire ".repeat(10));
+        let (text, encoding, segments) = rendered_with_links(&job);
+        assert_eq!(encoding, "ucs2");
+        assert!(segments > 1, "{text}");
+        claim_of(&text);
+        assert!(text.starts_with("CRIT Checkout: 🔥"), "{text}");
+        assert!(text.contains("… [triggered] Ack: "), "{text}");
+        // So does a huge public URL.
+        let mut ctx = fixtures::context_with_links();
+        ctx.public_url = Some(format!("https://{}.example.com", "x".repeat(150)));
+        let Message::Sms { text, segments, .. } = render(&job_with_summary("Disk full"), &ctx) else {
+            panic!("an SMS")
+        };
+        assert!(segments > 1, "{text}");
+        assert!(text.contains("Disk full [triggered] Ack: https://"), "{text}");
+        claim_of(&text);
     }
 
     #[test]
