@@ -223,6 +223,8 @@ fn describe(entry: &Value) -> String {
                         ""
                     }
                 ),
+                // Held by the recipient's throttle for one bundle message.
+                Some("bundled") => format!("throttled (bundled): {head}"),
                 _ => format!("notified: {head}"),
             }
         }

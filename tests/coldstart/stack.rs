@@ -229,6 +229,7 @@ impl Stack {
             email: vec![email_address("oncall@example.com")?],
             sms: vec![phone_number("+15550100123")?],
             slack: Some("#checkout-oncall".into()),
+            webhooks: Vec::new(),
             on: vec![TransitionKind::Triggered],
             min_severity: Severity::Info,
         };

@@ -42,6 +42,7 @@ async fn a_throttled_sms_is_explained_by_the_timeline_in_the_table() {
         email: Vec::new(),
         sms: vec![PhoneNumber::parse(&phone).unwrap()],
         slack: None,
+        webhooks: Vec::new(),
         on: vec![TransitionKind::Triggered],
         min_severity: Severity::Info,
     };

@@ -128,6 +128,7 @@ async fn configure(stack: &Stack) {
                 email: vec![EmailAddress::parse(&format!("oncall-{}@example.com", stack.run)).unwrap()],
                 sms: vec![PhoneNumber::parse("+15555550123").unwrap()],
                 slack: None,
+                webhooks: Vec::new(),
                 on: vec![TransitionKind::Triggered, TransitionKind::Resolved],
                 min_severity: Severity::Info,
             },

@@ -212,6 +212,7 @@ async fn configure(stack: &Stack, recipient: &str, topic: &str) {
                 email: vec![EmailAddress::parse(recipient).unwrap()],
                 sms: Vec::new(),
                 slack: None,
+                webhooks: Vec::new(),
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
             },

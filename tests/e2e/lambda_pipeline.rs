@@ -2,7 +2,7 @@
 //! with API Gateway events from events/, the processor with the SQS
 //! messages that actually landed in the AWS API server (moto), and the
 //! incidents read back from the table the processor wrote, then the
-//! dispatcher and the email, SMS and Slack notifiers.
+//! dispatcher and the email, SMS, Slack and webhook notifiers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,6 +160,32 @@ async fn fake_slack_api() -> (String, SlackPosts) {
     (format!("http://{address}/api"), posts)
 }
 
+/// Every webhook POST received: its headers and raw body.
+type WebhookPosts = Arc<Mutex<Vec<(axum::http::HeaderMap, axum::body::Bytes)>>>;
+
+/// A webhook receiver on 127.0.0.1; returns its URL.
+async fn webhook_receiver() -> (String, WebhookPosts) {
+    use axum::extract::State;
+
+    async fn receive(
+        State(posts): State<WebhookPosts>,
+        headers: axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        posts.lock().unwrap().push((headers, body));
+        axum::http::StatusCode::NO_CONTENT
+    }
+
+    let posts = WebhookPosts::default();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(posts.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/hook"), posts)
+}
+
 #[tokio::test]
 async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
     let moto = moto_url();
@@ -178,6 +204,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let email = format!("oncall-{run}@example.com");
     let phone = format!("+1555{:07}", u32::from_str_radix(&run[..6], 16).unwrap() % 10_000_000);
+    let (webhook_url, webhook_posts) = webhook_receiver().await;
     store
         .put_service(&Service {
             id: service.clone(),
@@ -186,6 +213,11 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
                 email: vec![EmailAddress::parse(&email).unwrap()],
                 sms: vec![PhoneNumber::parse(&phone).unwrap()],
                 slack: Some("#checkout-oncall".into()),
+                webhooks: vec![tocsin_core::config::Webhook {
+                    url: tocsin_core::config::WebhookUrl::parse(&webhook_url).unwrap(),
+                    format: tocsin_core::config::WebhookFormat::Generic,
+                    secret: Some(tocsin_core::config::Secret::new("whsec-pipeline")),
+                }],
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
             },
@@ -212,6 +244,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
     let email_queue = fifo_queue(&sqs, "email").await;
     let sms_queue = fifo_queue(&sqs, "sms").await;
     let slack_queue = fifo_queue(&sqs, "slack").await;
+    let webhook_queue = fifo_queue(&sqs, "webhook").await;
     let sender = format!("tocsin-{run}@example.com");
     aws_sdk_sesv2::Client::new(&config)
         .create_email_identity()
@@ -242,6 +275,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         ("TOCSIN_EMAIL_QUEUE_URL", email_queue.0.as_str()),
         ("TOCSIN_SMS_QUEUE_URL", sms_queue.0.as_str()),
         ("TOCSIN_SLACK_QUEUE_URL", slack_queue.0.as_str()),
+        ("TOCSIN_WEBHOOK_QUEUE_URL", webhook_queue.0.as_str()),
         ("TOCSIN_EMAIL_FROM", sender.as_str()),
         ("TOCSIN_PUBLIC_URL", "https://tocsin.example.com"),
         ("TOCSIN_SLACK_SECRET_ARN", slack_secret.as_str()),
@@ -315,6 +349,7 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         ("notify-email", &email_queue),
         ("notify-sms", &sms_queue),
         ("notify-slack", &slack_queue),
+        ("notify-webhook", &webhook_queue),
     ] {
         let (batch, _) = take_sqs_event(&sqs, &queue.0, &queue.1).await;
         assert_eq!(
@@ -353,6 +388,18 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         assert_eq!(authorization, "Bearer xoxb-pipeline-test-token");
         assert_eq!(body["channel"], "#checkout-oncall");
         assert!(body["attachments"][0]["blocks"].is_array(), "{body}");
+    }
+    // The webhook's URL and secret came from the service's item in the table.
+    let hooks = webhook_posts.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 2, "one webhook POST per incident");
+    for (headers, body) in &hooks {
+        assert_eq!(headers["x-webhook-event"], "incident.triggered");
+        assert_eq!(
+            headers["x-webhook-signature"].to_str().unwrap(),
+            crate::app::signature("whsec-pipeline", body)
+        );
+        let body: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(body["incident"]["service"], "checkout");
     }
 
     let fired: Value = serde_json::from_slice(&fixture("events/prometheus/firing.json")).unwrap();

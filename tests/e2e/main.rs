@@ -32,5 +32,7 @@ mod runtime_api;
 mod secrets;
 mod slack_interactions;
 mod template;
+mod throttle;
 mod timeline;
 mod webhook;
+mod webhooks;

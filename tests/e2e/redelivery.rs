@@ -43,6 +43,7 @@ async fn redeliveries_and_duplicate_messages_make_the_incidents_and_notification
                 email: vec![EmailAddress::parse(&email).unwrap()],
                 sms: vec![PhoneNumber::parse(&phone).unwrap()],
                 slack: None,
+                webhooks: Vec::new(),
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
             },

@@ -492,6 +492,9 @@ struct ServiceRecord {
     email: Vec<String>,
     sms: Vec<String>,
     slack: Option<String>,
+    /// Absent from items written before webhooks existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    webhooks: Vec<tocsin_core::records::WebhookRecord>,
     on: Vec<TransitionKind>,
     min_severity: Severity,
 }
@@ -513,6 +516,7 @@ impl From<&Service> for ServiceRecord {
             email: policy.email.iter().map(|e| e.as_str().to_owned()).collect(),
             sms: policy.sms.iter().map(|p| p.as_str().to_owned()).collect(),
             slack: policy.slack.clone(),
+            webhooks: policy.webhooks.iter().map(Into::into).collect(),
             on: policy.on.clone(),
             min_severity: policy.min_severity,
         }
@@ -538,6 +542,11 @@ impl TryFrom<ServiceRecord> for Service {
                     .map(|p| PhoneNumber::parse(p))
                     .collect::<Result<_, _>>()?,
                 slack: record.slack,
+                webhooks: record
+                    .webhooks
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<Result<_, _>>()?,
                 on: record.on,
                 min_severity: record.min_severity,
             },
@@ -1383,6 +1392,171 @@ impl Timeline for DynamoStore {
         }
         entries.sort_by_cached_key(TimelineEntry::sort_key);
         Ok(entries)
+    }
+}
+
+/// The notification throttle (tocsin_core::throttle). Counters: one item
+/// per recipient and window, `THROTTLE#<channel>#<recipient>` /
+/// `<seconds>#<window>`, an atomic ADD conditioned on the limit, expiring
+/// (TTL) a minute after the window ends. Bundles: one item per held
+/// incident in the channel's partition `THROTTLE#BUNDLE#<channel>` /
+/// `<recipient>#<incident>`, which the scheduler's one Query lists.
+const THROTTLE_WINDOW_KIND: &str = "throttle_window";
+const THROTTLE_BUNDLE_KIND: &str = "throttle_bundle";
+/// A bundle that could not be sent for this long is dropped (TTL).
+const THROTTLE_BUNDLE_RETENTION: TimeDelta = TimeDelta::days(2);
+const THROTTLE_AT: &str = "at";
+
+pub fn throttle_window_key(
+    channel: tocsin_core::notify::Channel,
+    to: &str,
+    slot: &tocsin_core::throttle::Slot,
+) -> Item {
+    key(
+        format!("THROTTLE#{channel}#{to}"),
+        format!("{}#{}", slot.seconds, slot.index),
+    )
+}
+
+pub fn throttle_bundle_key(channel: tocsin_core::notify::Channel, to: &str, incident: &IncidentId) -> Item {
+    key(format!("THROTTLE#BUNDLE#{channel}"), format!("{to}#{incident}"))
+}
+
+impl DynamoStore {
+    /// Adds `delta` to one window's count: only while under the limit, or
+    /// in any case with `limit` none. False when the limit stopped it.
+    async fn add_to_window(
+        &self,
+        channel: tocsin_core::notify::Channel,
+        to: &str,
+        slot: &tocsin_core::throttle::Slot,
+        delta: i64,
+        limit: Option<u32>,
+    ) -> Result<bool, BackendError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(throttle_window_key(channel, to, slot)))
+            .update_expression("ADD #count :delta SET #type = :kind, #expires_at = :expires_at")
+            .expression_attribute_names("#count", attr::COUNT)
+            .expression_attribute_names("#type", attr::TYPE)
+            .expression_attribute_names("#expires_at", attr::EXPIRES_AT)
+            .expression_attribute_values(":delta", n(delta))
+            .expression_attribute_values(":kind", s(THROTTLE_WINDOW_KIND))
+            .expression_attribute_values(":expires_at", n(slot.ends_at() + 60));
+        if let Some(limit) = limit {
+            update = update
+                .condition_expression("attribute_not_exists(#count) OR #count < :limit")
+                .expression_attribute_values(":limit", n(limit));
+        }
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(false),
+            Err(error) => Err(BackendError::new("dynamodb UpdateItem (throttle window)", error)),
+        }
+    }
+}
+
+#[async_trait]
+impl tocsin_core::throttle::ThrottleStore for DynamoStore {
+    /// One conditional ADD per window, shortest first; when one is full,
+    /// the ones already counted are given back. Each count is atomic, so no
+    /// window ever lets more than its limit through; a send racing a
+    /// give-back may be held that would have fit (fewer SMS, never more).
+    async fn take(
+        &self,
+        channel: tocsin_core::notify::Channel,
+        to: &str,
+        slots: &[tocsin_core::throttle::Slot],
+        force: bool,
+    ) -> Result<bool, BackendError> {
+        for (done, slot) in slots.iter().enumerate() {
+            let limit = (!force).then_some(slot.limit);
+            if !self.add_to_window(channel, to, slot, 1, limit).await? {
+                for counted in &slots[..done] {
+                    self.add_to_window(channel, to, counted, -1, None).await?;
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn suppress(&self, held: &tocsin_core::throttle::Suppressed) -> Result<(), BackendError> {
+        let data = serde_json::to_string(held).map_err(|e| BackendError::new("dynamodb encode a bundle entry", e))?;
+        let mut item = throttle_bundle_key(held.channel, &held.to, &held.incident);
+        item.insert(attr::TYPE.to_owned(), s(THROTTLE_BUNDLE_KIND));
+        item.insert(attr::DATA.to_owned(), s(data));
+        item.insert(THROTTLE_AT.to_owned(), n(held.at.timestamp_micros()));
+        item.insert(
+            attr::EXPIRES_AT.to_owned(),
+            n((held.at + THROTTLE_BUNDLE_RETENTION).timestamp()),
+        );
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            // One entry per incident: a redelivered job keeps the first.
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(()),
+            Err(error) => Err(BackendError::new("dynamodb PutItem (throttle bundle)", error)),
+        }
+    }
+
+    async fn bundled(
+        &self,
+        channel: tocsin_core::notify::Channel,
+    ) -> Result<Vec<tocsin_core::throttle::Suppressed>, BackendError> {
+        let mut held: Vec<(i64, tocsin_core::throttle::Suppressed)> = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_values(":pk", s(format!("THROTTLE#BUNDLE#{channel}")))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Query (throttle bundles)", e))?;
+            for item in page.items() {
+                let data =
+                    string(item, attr::DATA).map_err(|e| BackendError::new("dynamodb read a bundle entry", e))?;
+                let at = number(item, THROTTLE_AT).map_err(|e| BackendError::new("dynamodb read a bundle entry", e))?;
+                let entry =
+                    serde_json::from_str(data).map_err(|e| BackendError::new("dynamodb decode a bundle entry", e))?;
+                held.push((at, entry));
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        held.sort_by(|a, b| (a.0, &a.1.to, &a.1.incident).cmp(&(b.0, &b.1.to, &b.1.incident)));
+        Ok(held.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    async fn clear(&self, items: &[tocsin_core::throttle::Suppressed]) -> Result<(), BackendError> {
+        for held in items {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(throttle_bundle_key(held.channel, &held.to, &held.incident)))
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb DeleteItem (throttle bundle)", e))?;
+        }
+        Ok(())
     }
 }
 

@@ -20,6 +20,23 @@ use crate::sqs::SqsEventQueue;
 #[error("the environment variable {0} must be set (template.yaml sets it)")]
 pub struct MissingVariable(pub &'static str);
 
+/// The notification throttle's settings, refused at init when malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct BadThrottle {
+    pub variable: String,
+    pub reason: String,
+}
+
+/// TOCSIN_THROTTLE_SMS and TOCSIN_THROTTLE_SMS_CRITICAL_BYPASS
+/// (tocsin_core::throttle::settings_from_env).
+pub fn throttle_settings_from_env() -> Result<tocsin_core::throttle::ThrottleSettings, BadThrottle> {
+    let sms = std::env::var("TOCSIN_THROTTLE_SMS").ok();
+    let bypass = std::env::var("TOCSIN_THROTTLE_SMS_CRITICAL_BYPASS").ok();
+    tocsin_core::throttle::settings_from_env(sms.as_deref(), bypass.as_deref())
+        .map_err(|(variable, reason)| BadThrottle { variable, reason })
+}
+
 fn required(name: &'static str) -> Result<String, MissingVariable> {
     std::env::var(name)
         .ok()
@@ -343,16 +360,31 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
     let sdk = crate::trust::function_sdk_config().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
     let heartbeats = HeartbeatService::new(store.clone(), Arc::new(events_queue(&sdk)?));
+    let bundles = throttle_bundles(&sdk, store.clone())?;
     let maintenance = maintenance_release(&sdk, store)?;
     let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::SCHEDULER);
     lambda_runtime::run(lambda_runtime::service_fn(|_: LambdaEvent<serde_json::Value>| {
-        let (heartbeats, maintenance, metrics) = (heartbeats.clone(), maintenance.clone(), metrics.clone());
+        let (heartbeats, maintenance, metrics, bundles) = (
+            heartbeats.clone(),
+            maintenance.clone(),
+            metrics.clone(),
+            bundles.clone(),
+        );
         async move {
             // A failed check is retried by the next minute's run anyway; one
             // failing does not keep the other from running.
             let now = Utc::now();
             let missed = heartbeats.check(now).await;
             let released = maintenance.release_ended(now).await;
+            // Throttled SMS (tocsin_core::throttle): one bundle per recipient
+            // whose limits have room; what fails waits for the next run.
+            let bundles_sent = match &bundles {
+                Some(notify) => notify.send_bundles(now).await.unwrap_or_else(|error| {
+                    tracing::error!(error = %error, "sending throttle bundles failed; retried next minute");
+                    0
+                }),
+                None => 0,
+            };
             // What succeeded is counted; a failure shows as the function's Errors.
             if let Ok(missed) = &missed {
                 metrics.heartbeats_checked(Utc::now(), *missed);
@@ -365,10 +397,33 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
                 "heartbeats_missed": missed,
                 "maintenance_windows_released": released.windows,
                 "maintenance_incidents_notified": released.incidents,
+                "throttle_bundles_sent": bundles_sent,
             }))
         }
     }))
     .await
+}
+
+/// The sender of throttle bundles, when TOCSIN_THROTTLE_SMS throttles SMS:
+/// SNS Publish, as notify-sms.
+fn throttle_bundles(
+    sdk: &aws_config::SdkConfig,
+    store: Arc<DynamoStore>,
+) -> Result<Option<tocsin_core::dispatch::NotifyService>, BadThrottle> {
+    let settings = throttle_settings_from_env()?;
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let notifier = Arc::new(crate::notify::SnsSmsNotifier::new(
+        aws_sdk_sns::Client::new(sdk),
+        optional("TOCSIN_SMS_SENDER_ID"),
+    ));
+    let throttle = tocsin_core::throttle::Throttle::new(store.clone(), settings);
+    Ok(Some(
+        tocsin_core::dispatch::NotifyService::new(vec![notifier], Default::default())
+            .with_timeline(store)
+            .with_throttle(throttle),
+    ))
 }
 
 /// The release of ended maintenance windows (tocsin_core::maintenance):
@@ -424,7 +479,9 @@ pub struct DispatchConfig {
     /// TOCSIN_TABLE: the DynamoDB table.
     pub table: String,
     /// TOCSIN_EMAIL_QUEUE_URL, TOCSIN_SMS_QUEUE_URL, TOCSIN_SLACK_QUEUE_URL:
-    /// the per-channel SQS FIFO queues.
+    /// the per-channel SQS FIFO queues; TOCSIN_WEBHOOK_QUEUE_URL, optional
+    /// for stacks deployed before webhooks (their webhook jobs then fail
+    /// dispatch until it is set).
     pub queue_urls: std::collections::HashMap<tocsin_core::notify::Channel, String>,
 }
 
@@ -437,7 +494,10 @@ impl DispatchConfig {
                 (Channel::Email, required("TOCSIN_EMAIL_QUEUE_URL")?),
                 (Channel::Sms, required("TOCSIN_SMS_QUEUE_URL")?),
                 (Channel::Slack, required("TOCSIN_SLACK_QUEUE_URL")?),
-            ]),
+            ])
+            .into_iter()
+            .chain(optional("TOCSIN_WEBHOOK_QUEUE_URL").map(|url| (Channel::Webhook, url)))
+            .collect(),
         })
     }
 }
@@ -549,13 +609,23 @@ async fn run_notify(
 ) -> Result<(), lambda_runtime::Error> {
     let mut context = render_context_from_env();
     context.action_links = action_signer(sdk).await?;
+    let notify_channel = notifier.channel();
     let mut notify = tocsin_core::dispatch::NotifyService::new(vec![notifier], context);
     // Every attempt is written to its incident's timeline (TOCSIN_TABLE is
     // set for every function by the template's globals).
-    if let Some(table) = optional("TOCSIN_TABLE") {
-        notify = notify.with_timeline(Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table)));
-    }
     let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::NOTIFY);
+    if let Some(table) = optional("TOCSIN_TABLE") {
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table));
+        // The channel's throttle (tocsin_core::throttle), when configured:
+        // what goes over the limits waits for the scheduler's bundle.
+        let throttle = throttle_settings_from_env()?;
+        if throttle.for_channel(notify_channel).is_some() {
+            notify = notify
+                .with_throttle(tocsin_core::throttle::Throttle::new(store.clone(), throttle))
+                .with_metrics(metrics.clone());
+        }
+        notify = notify.with_timeline(store);
+    }
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
             let (notify, metrics) = (notify.clone(), metrics.clone());
@@ -617,6 +687,17 @@ pub async fn run_notify_slack() -> Result<(), lambda_runtime::Error> {
         &sdk,
     )
     .await
+}
+
+/// The outgoing webhook notifier: each job's URL and secret are read from
+/// its service's record in the table (TOCSIN_TABLE), so a `tocsin apply`
+/// takes effect without a deployment.
+pub async fn run_notify_webhook() -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let table = required("TOCSIN_TABLE")?;
+    let sdk = crate::trust::function_sdk_config().await;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
+    run_notify(Arc::new(tocsin_outbound::webhook::WebhookNotifier::new(store)), &sdk).await
 }
 
 /// Why the Slack credential could not be had at init. Neither variant

@@ -125,6 +125,7 @@ async fn the_contract_suite_passes() {
     tocsin_core::contract::heartbeats(&store, &heartbeat).await;
     tocsin_core::contract::ingest_stats(&store).await;
     tocsin_core::contract::maintenance_store(&store).await;
+    tocsin_core::contract::throttle_store(&store).await;
 }
 
 #[tokio::test]
@@ -479,6 +480,18 @@ async fn config_records_round_trip() {
             email: vec![EmailAddress::parse("oncall@example.com").unwrap()],
             sms: vec![PhoneNumber::parse("+15555550123").unwrap()],
             slack: Some("#checkout".into()),
+            webhooks: vec![
+                tocsin_core::config::Webhook {
+                    url: tocsin_core::config::WebhookUrl::parse("https://hooks.example.com/tocsin").unwrap(),
+                    format: tocsin_core::config::WebhookFormat::Generic,
+                    secret: Some(tocsin_core::config::Secret::new("whsec-checkout")),
+                },
+                tocsin_core::config::Webhook {
+                    url: tocsin_core::config::WebhookUrl::parse("https://discord.com/api/webhooks/1/t").unwrap(),
+                    format: tocsin_core::config::WebhookFormat::Discord,
+                    secret: None,
+                },
+            ],
             on: vec![TransitionKind::Triggered, TransitionKind::Resolved],
             min_severity: Severity::Warning,
         },

@@ -180,12 +180,150 @@ impl EmailAddress {
     }
 }
 
+/// The body an outgoing webhook is posted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookFormat {
+    /// Tocsin's own JSON, signed with the webhook's secret when it has one.
+    Generic,
+    Teams,
+    Discord,
+    GoogleChat,
+}
+
+impl WebhookFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Generic => "generic",
+            WebhookFormat::Teams => "teams",
+            WebhookFormat::Discord => "discord",
+            WebhookFormat::GoogleChat => "google-chat",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Generic, Self::Teams, Self::Discord, Self::GoogleChat]
+            .into_iter()
+            .find(|f| f.as_str() == value)
+    }
+}
+
+/// Where an outgoing webhook posts: https, or http to this machine only.
+/// Chat webhooks carry their credential in the path, so Debug shows the
+/// scheme and host only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    url: String,
+    host: String,
+}
+
+impl WebhookUrl {
+    pub fn parse(value: &str) -> Result<Self, FieldError> {
+        let invalid = |reason: &str| FieldError::new("url", reason.to_owned());
+        let lower = value.to_ascii_lowercase();
+        let (https, rest) = if lower.starts_with("https://") {
+            (true, &value["https://".len()..])
+        } else if lower.starts_with("http://") {
+            (false, &value["http://".len()..])
+        } else {
+            return Err(invalid("must be an https:// URL (http:// for localhost only)"));
+        };
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("must not contain spaces or control characters"));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(invalid("must not carry a user name or password"));
+        }
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or("")),
+            None => authority.split(':').next().unwrap_or("").to_ascii_lowercase(),
+        };
+        if host.is_empty() || host == "[]" {
+            return Err(invalid("must name a host"));
+        }
+        if !https && !matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]") {
+            return Err(invalid(
+                "must use https:// (http:// is for localhost and 127.0.0.1 only)",
+            ));
+        }
+        Ok(WebhookUrl {
+            url: value.to_owned(),
+            host,
+        })
+    }
+
+    /// The whole URL, credential path included: for the request only.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookUrl({}/…)", self.host)
+    }
+}
+
+/// An outgoing webhook of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    pub url: WebhookUrl,
+    pub format: WebhookFormat,
+    /// Generic only: signs each body (`X-Webhook-Signature: sha256=…`).
+    pub secret: Option<Secret>,
+}
+
+impl Webhook {
+    /// The job recipient of the service's `index`th webhook.
+    pub fn target(&self, index: usize) -> WebhookTarget {
+        WebhookTarget {
+            format: self.format,
+            host: self.url.host().to_owned(),
+            index,
+        }
+    }
+}
+
+/// A webhook as a notification job names it: `<format>:<host>#<index>`,
+/// never the URL, whose path is a credential for Teams, Discord and Google
+/// Chat. The notifier finds the URL in the service's config by index and
+/// checks format and host still match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    pub format: WebhookFormat,
+    pub host: String,
+    pub index: usize,
+}
+
+impl WebhookTarget {
+    pub fn recipient(&self) -> String {
+        format!("{}:{}#{}", self.format.as_str(), self.host, self.index)
+    }
+
+    pub fn parse(recipient: &str) -> Option<Self> {
+        let (format, rest) = recipient.split_once(':')?;
+        let (host, index) = rest.rsplit_once('#')?;
+        Some(WebhookTarget {
+            format: WebhookFormat::parse(format)?,
+            host: host.to_owned(),
+            index: index.parse().ok()?,
+        })
+    }
+}
+
 /// Who hears about a service's incidents, and when.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NotificationPolicy {
     pub email: Vec<EmailAddress>,
     pub sms: Vec<PhoneNumber>,
     pub slack: Option<String>,
+    /// Outgoing webhooks, each sent every notifying transition.
+    pub webhooks: Vec<Webhook>,
     /// Which transitions notify at all.
     pub on: Vec<TransitionKind>,
     /// Incidents below this severity notify no one.
@@ -232,6 +370,8 @@ pub struct Settings {
     pub link_signing_secret: Option<ConfiguredSecret>,
     /// How long those links work; none: crate::links::DEFAULT_TTL_HOURS.
     pub link_ttl_hours: Option<u32>,
+    /// Notification throttling per contact method (crate::throttle).
+    pub throttle: crate::throttle::ThrottleSettings,
 }
 
 /// A secret of the settings: its value, or where to find it (read where
@@ -428,9 +568,25 @@ struct NotifyEntry {
     #[serde(default)]
     slack: Option<String>,
     #[serde(default)]
+    webhooks: Vec<WebhookEntry>,
+    #[serde(default)]
     on: Option<Vec<TransitionKind>>,
     #[serde(default)]
     min_severity: Option<Severity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookEntry {
+    url: String,
+    #[serde(default = "generic_format")]
+    format: WebhookFormat,
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+fn generic_format() -> WebhookFormat {
+    WebhookFormat::Generic
 }
 
 #[derive(Deserialize, Default)]
@@ -455,6 +611,8 @@ struct SettingsEntry {
     link_signing_secret: Option<SecretEntry>,
     #[serde(default)]
     link_ttl_hours: Option<u32>,
+    #[serde(default)]
+    throttle: Option<crate::throttle::ThrottleEntry>,
 }
 
 impl Catalog {
@@ -481,6 +639,8 @@ impl Catalog {
         let default_rate_limit = parsed.settings.rate_limit_per_minute;
         let mut catalog = Catalog {
             settings: Settings {
+                throttle: crate::throttle::ThrottleSettings::parse(parsed.settings.throttle)
+                    .map_err(|(field, reason)| error(&field, reason))?,
                 email_from: parsed.settings.email_from,
                 public_url: parsed.settings.public_url,
                 slack: match (parsed.settings.slack_webhook_url, parsed.settings.slack_bot_token) {
@@ -721,6 +881,33 @@ impl Catalog {
                     ));
                 }
             }
+            let webhooks = notify
+                .webhooks
+                .into_iter()
+                .enumerate()
+                .map(|(i, hook)| {
+                    let at = |field: &str| at(&format!("notify.webhooks[{i}].{field}"));
+                    let url = WebhookUrl::parse(&hook.url).map_err(|e| error(&at("url"), e.reason))?;
+                    let secret = match hook.secret {
+                        None => None,
+                        Some(_) if hook.format != WebhookFormat::Generic => {
+                            return Err(error(
+                                &at("secret"),
+                                format!("only generic webhooks are signed, not {}", hook.format.as_str()),
+                            ))
+                        }
+                        Some(secret) if secret.trim().is_empty() => {
+                            return Err(error(&at("secret"), "must not be empty".into()))
+                        }
+                        Some(secret) => Some(Secret::new(secret.trim())),
+                    };
+                    Ok(Webhook {
+                        url,
+                        format: hook.format,
+                        secret,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let on = notify.on.unwrap_or_else(|| {
                 vec![
                     TransitionKind::Triggered,
@@ -735,6 +922,7 @@ impl Catalog {
                     email,
                     sms,
                     slack: notify.slack,
+                    webhooks,
                     on,
                     min_severity: notify.min_severity.unwrap_or(Severity::Info),
                 },
@@ -820,6 +1008,87 @@ services:
 
     fn refused(text: &str) -> ConfigError {
         Catalog::from_yaml(text, "bad.yaml").unwrap_err()
+    }
+
+    fn with_webhooks(hooks: &str) -> String {
+        GOOD.replace(
+            "      slack: \"#checkout\"\n",
+            &format!("      slack: \"#checkout\"\n      webhooks:\n{hooks}"),
+        )
+    }
+
+    #[test]
+    fn webhooks_are_parsed_with_their_format_and_secret() {
+        let text = with_webhooks(
+            "        - {url: \"https://hooks.example.com/tocsin\", secret: \" s3cret-value \"}\n        \
+             - {url: \"https://discord.com/api/webhooks/1/tok\", format: discord}\n        \
+             - {url: \"http://127.0.0.1:8080/hook\", format: google-chat}\n",
+        );
+        let catalog = Catalog::from_yaml(&text, "t.yaml").unwrap();
+        let hooks = &catalog.services[0].policy.webhooks;
+        assert_eq!(hooks.len(), 3);
+        assert_eq!(hooks[0].format, WebhookFormat::Generic);
+        assert_eq!(hooks[0].secret, Some(Secret::new("s3cret-value")));
+        assert_eq!(hooks[1].format, WebhookFormat::Discord);
+        assert_eq!(hooks[1].url.host(), "discord.com");
+        assert_eq!(hooks[1].url.expose(), "https://discord.com/api/webhooks/1/tok");
+        assert_eq!(hooks[2].format, WebhookFormat::GoogleChat);
+        assert_eq!(hooks[2].url.host(), "127.0.0.1");
+        let debug = format!("{hooks:?}");
+        assert!(!debug.contains("s3cret-value") && !debug.contains("/tok"), "{debug}");
+    }
+
+    #[test]
+    fn webhook_urls_must_be_https_or_local_http() {
+        for (url, ok) in [
+            ("https://hooks.example.com/x", true),
+            ("HTTPS://hooks.example.com", true),
+            ("http://localhost:9000/x", true),
+            ("http://127.0.0.1/x", true),
+            ("http://[::1]:80/x", true),
+            ("http://hooks.example.com/x", false),
+            ("http://127.0.0.1.example.com/x", false),
+            ("ftp://hooks.example.com/x", false),
+            ("https://user:pw@hooks.example.com/x", false),
+            ("https:///x", false),
+            ("https://hooks.example.com/a b", false),
+        ] {
+            assert_eq!(WebhookUrl::parse(url).is_ok(), ok, "{url}");
+        }
+        let e = refused(&with_webhooks(
+            "        - {url: \"http://hooks.example.com/secret-path\"}\n",
+        ));
+        assert_eq!(e.field, "services[0].notify.webhooks[0].url");
+        assert!(!e.to_string().contains("secret-path"), "{e}");
+    }
+
+    #[test]
+    fn only_generic_webhooks_take_a_secret_and_never_an_empty_one() {
+        let e = refused(&with_webhooks(
+            "        - {url: \"https://x.example.com\", format: teams, secret: abc}\n",
+        ));
+        assert_eq!(e.field, "services[0].notify.webhooks[0].secret");
+        let e = refused(&with_webhooks(
+            "        - {url: \"https://x.example.com\", secret: \" \"}\n",
+        ));
+        assert_eq!(e.field, "services[0].notify.webhooks[0].secret");
+        let e = refused(&with_webhooks(
+            "        - {url: \"https://x.example.com\", format: slack}\n",
+        ));
+        assert!(e.field.contains("services"), "{e}");
+    }
+
+    #[test]
+    fn a_webhook_target_round_trips_through_its_recipient() {
+        let target = WebhookTarget {
+            format: WebhookFormat::GoogleChat,
+            host: "chat.googleapis.com".into(),
+            index: 3,
+        };
+        assert_eq!(target.recipient(), "google-chat:chat.googleapis.com#3");
+        assert_eq!(WebhookTarget::parse(&target.recipient()), Some(target));
+        assert_eq!(WebhookTarget::parse("#checkout"), None);
+        assert_eq!(WebhookTarget::parse("slack:x#1"), None);
     }
 
     #[test]

@@ -582,6 +582,7 @@ pub fn sample_job(channel: Channel, summary: &str) -> NotificationJob {
         Channel::Email => "oncall@example.com",
         Channel::Sms => "+15555550123",
         Channel::Slack => "#checkout",
+        Channel::Webhook => "generic:127.0.0.1#0",
     };
     NotificationJob {
         id: format!("{}:1:{channel}:{to}", incident.id),
@@ -928,6 +929,122 @@ async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F:
     outputs.into_iter().flatten().collect()
 }
 
+/// Runs every throttle case (crate::throttle).
+pub async fn throttle_store(store: &dyn crate::throttle::ThrottleStore) {
+    a_throttle_counts_each_window_up_to_its_limit(store).await;
+    a_throttle_counts_concurrent_sends_exactly(store).await;
+    a_bundle_keeps_one_entry_per_incident_until_cleared(store).await;
+}
+
+/// A recipient of its own for one case, and the slots of "now".
+fn throttle_case(name: &str) -> (String, DateTime<Utc>) {
+    let case = Case::new(name);
+    (
+        format!("+1555{}", &case.service.as_str()[case.service.as_str().len() - 12..]),
+        case.start,
+    )
+}
+
+fn throttle_slots(at: DateTime<Utc>, minute: u32, quarter: u32) -> Vec<crate::throttle::Slot> {
+    [(60u32, minute), (900, quarter)]
+        .into_iter()
+        .map(|(seconds, limit)| crate::throttle::Slot {
+            seconds,
+            index: at.timestamp().div_euclid(i64::from(seconds)),
+            limit,
+        })
+        .collect()
+}
+
+pub async fn a_throttle_counts_each_window_up_to_its_limit(store: &dyn crate::throttle::ThrottleStore) {
+    let (to, now) = throttle_case("throttle-take");
+    let slots = throttle_slots(now, 2, 3);
+    let take = |force: bool, slots: Vec<crate::throttle::Slot>| {
+        let to = to.clone();
+        async move { store.take(Channel::Sms, &to, &slots, force).await.expect("take") }
+    };
+    assert!(take(false, slots.clone()).await, "the first send is counted");
+    assert!(take(false, slots.clone()).await, "the second send is counted");
+    assert!(!take(false, slots.clone()).await, "the minute is full at 2");
+    assert!(take(true, slots.clone()).await, "a forced send is counted anyway");
+    // The next minute has room, but the quarter counted 3 (2 + 1 forced).
+    let mut next = slots.clone();
+    next[0].index += 1;
+    assert!(!take(false, next.clone()).await, "the quarter is full at 3");
+    // A refused send counted nothing: a larger quarter limit lets exactly one more through.
+    next[1].limit = 4;
+    assert!(take(false, next.clone()).await, "one more fits the quarter of 4");
+    assert!(!take(false, next).await);
+    // Other recipients and channels have counts of their own.
+    assert!(store
+        .take(Channel::Sms, &format!("{to}9"), &slots, false)
+        .await
+        .expect("take"));
+    assert!(store.take(Channel::Email, &to, &slots, false).await.expect("take"));
+}
+
+pub async fn a_throttle_counts_concurrent_sends_exactly(store: &dyn crate::throttle::ThrottleStore) {
+    let (to, now) = throttle_case("throttle-race");
+    let slots = throttle_slots(now, 5, 5);
+    // All at once: one after another would hide a read-modify-write race.
+    let pending: Vec<_> = (0..12).map(|_| store.take(Channel::Sms, &to, &slots, false)).collect();
+    let allowed = join_all(pending)
+        .await
+        .into_iter()
+        .map(|r| r.expect("take"))
+        .filter(|counted| *counted)
+        .count();
+    assert_eq!(allowed, 5, "exactly the limit is let through");
+}
+
+pub async fn a_bundle_keeps_one_entry_per_incident_until_cleared(store: &dyn crate::throttle::ThrottleStore) {
+    let (to, now) = throttle_case("throttle-bundle");
+    let item = |n: i64, service: &str| {
+        let mut job = sample_job(Channel::Sms, "held");
+        job.to = to.clone();
+        job.service_name = service.to_owned();
+        job.incident.id = IncidentId::for_opening(
+            &job.incident.service,
+            &job.incident.dedup_key,
+            &EventId::new(format!("{to}-{n}")),
+        );
+        crate::throttle::Suppressed {
+            channel: Channel::Sms,
+            to: to.clone(),
+            incident: job.incident.id.clone(),
+            service_name: service.to_owned(),
+            at: now + TimeDelta::seconds(n),
+            job,
+        }
+    };
+    let items = [item(0, "Checkout"), item(1, "Payments"), item(2, "Checkout")];
+    for held in &items {
+        store.suppress(held).await.expect("suppress");
+    }
+    // A redelivered job is one entry, its first.
+    let mut again = items[1].clone();
+    again.at = now + TimeDelta::seconds(9);
+    store.suppress(&again).await.expect("suppress");
+
+    let mine = |all: Vec<crate::throttle::Suppressed>| -> Vec<crate::throttle::Suppressed> {
+        all.into_iter().filter(|i| i.to == to).collect()
+    };
+    let bundled = mine(store.bundled(Channel::Sms).await.expect("bundled"));
+    assert_eq!(bundled, items.to_vec(), "entries read back as written, oldest first");
+    assert!(mine(store.bundled(Channel::Email).await.expect("bundled")).is_empty());
+
+    // Clearing what was sent keeps what came since.
+    let later = item(3, "Search");
+    store.suppress(&later).await.expect("suppress");
+    store.clear(&bundled).await.expect("clear");
+    assert_eq!(
+        mine(store.bundled(Channel::Sms).await.expect("bundled")),
+        vec![later.clone()]
+    );
+    store.clear(&[later]).await.expect("clear");
+    assert!(mine(store.bundled(Channel::Sms).await.expect("bundled")).is_empty());
+}
+
 #[cfg(test)]
 mod tests {
     use crate::memory::MemoryStore;
@@ -954,5 +1071,10 @@ mod tests {
             super::ingest_stats_count_concurrent_requests_exactly(&store).await;
             super::maintenance_store(&store).await;
         });
+    }
+
+    #[test]
+    fn the_memory_throttle_passes_the_contract() {
+        block_on(super::throttle_store(&crate::throttle::MemoryThrottle::new()));
     }
 }

@@ -130,6 +130,8 @@ pub struct NotifyService {
     notifiers: HashMap<Channel, Arc<dyn Notifier>>,
     context: RenderContext,
     timeline: Option<Arc<dyn Timeline>>,
+    throttle: Option<crate::throttle::Throttle>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +148,22 @@ impl NotifyService {
             notifiers: notifiers.into_iter().map(|n| (n.channel(), n)).collect(),
             context,
             timeline: None,
+            throttle: None,
+            metrics: None,
         }
+    }
+
+    /// Holds what goes over a recipient's limits for one bundle message
+    /// (crate::throttle); [`NotifyService::send_bundles`] sends them.
+    pub fn with_throttle(mut self, throttle: crate::throttle::Throttle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// Counts throttled jobs (NotificationsThrottled).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Records every delivery attempt in its incident's timeline.
@@ -158,6 +175,29 @@ impl NotifyService {
     /// Delivers `job`; `attempt` counts from 1 (the queue's receive count).
     #[tracing::instrument(skip_all, fields(incident = %job.incident.id, channel = %job.channel, attempt = attempt))]
     pub async fn deliver(&self, job: &NotificationJob, attempt: u32) -> Result<Receipt, DeliveryError> {
+        self.deliver_at(job, attempt, Utc::now()).await
+    }
+
+    /// As [`NotifyService::deliver`], with the throttle's clock given. A job
+    /// the throttle holds is not sent, and reported delivered: its bundle
+    /// will tell. Retries are not counted again: their first attempt was.
+    pub async fn deliver_at(
+        &self,
+        job: &NotificationJob,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Receipt, DeliveryError> {
+        if let Some(throttle) = self.throttle.as_ref().filter(|_| attempt <= 1) {
+            if throttle.admit(job, now).await == crate::throttle::Verdict::Suppress {
+                tracing::info!("throttled: held for the recipient's bundle");
+                if let Some(metrics) = &self.metrics {
+                    metrics.notification_throttled(now, job.channel);
+                }
+                let entry = TimelineEntry::of_delivery(job, attempt, DeliveryResult::Bundled, now);
+                self.write(&entry).await;
+                return Ok(Receipt { reference: None });
+            }
+        }
         let result = match self.notifiers.get(&job.channel) {
             Some(notifier) => notifier
                 .deliver(job, &render(job, &self.context))
@@ -186,5 +226,53 @@ impl NotifyService {
         if let Err(error) = timeline.record(&entry).await {
             tracing::warn!(error = %error, "the delivery attempt was not recorded in the timeline");
         }
+    }
+
+    async fn write(&self, entry: &TimelineEntry) {
+        let Some(timeline) = &self.timeline else { return };
+        if let Err(error) = timeline.record(entry).await {
+            tracing::warn!(error = %error, "the throttle entry was not recorded in the timeline");
+        }
+    }
+
+    /// Sends, for every recipient whose windows have room at `now`, ONE
+    /// message for everything its throttle held, then forgets those; the
+    /// scheduler calls it every tick. Returns how many bundles were sent. A
+    /// bundle that fails stays for the next tick.
+    #[tracing::instrument(skip_all)]
+    pub async fn send_bundles(&self, now: DateTime<Utc>) -> Result<usize, BackendError> {
+        let Some(throttle) = &self.throttle else { return Ok(0) };
+        let mut sent = 0;
+        for bundle in throttle.due_bundles(now).await? {
+            let (Some(job), Some(notifier)) = (bundle.job(now), self.notifiers.get(&bundle.channel)) else {
+                continue;
+            };
+            let message = match bundle.channel {
+                Channel::Sms => crate::render::sms::render_bundle(&bundle.counts()),
+                other => {
+                    tracing::warn!(channel = %other, "no bundle message for this channel");
+                    continue;
+                }
+            };
+            match notifier.deliver(&job, &message).await {
+                Ok(receipt) => {
+                    throttle.sent(&bundle).await?;
+                    sent += 1;
+                    let mut seen = std::collections::HashSet::new();
+                    for item in bundle.items.iter().filter(|i| seen.insert(i.incident.clone())) {
+                        let mut each = item.job.clone();
+                        each.id = format!("{}:{}", job.id, item.incident);
+                        let outcome = DeliveryResult::Delivered {
+                            reference: receipt.reference.clone(),
+                        };
+                        self.write(&TimelineEntry::of_delivery(&each, 1, outcome, now)).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(channel = %bundle.channel, error = %error, "the bundle was not sent; retried at the next tick");
+                }
+            }
+        }
+        Ok(sent)
     }
 }

@@ -31,4 +31,5 @@ pub mod secrets;
 pub mod signature;
 pub mod slack;
 pub mod sns;
+pub mod throttle;
 pub mod timeline;

@@ -45,7 +45,8 @@ pub mod name {
     /// Notify: delivery attempts that failed (retried or dead-lettered).
     pub const NOTIFICATIONS_FAILED: &str = "NotificationsFailed";
     /// Notify: failed attempts the provider throttled (SNS SMS spend and
-    /// rate limits above all); also counted in NotificationsFailed.
+    /// rate limits above all); also counted in NotificationsFailed. Also
+    /// the jobs Tocsin's own throttle held for a bundle (crate::throttle).
     pub const NOTIFICATIONS_THROTTLED: &str = "NotificationsThrottled";
     /// Dispatch: notification jobs sent to the channel queues.
     pub const NOTIFICATIONS_QUEUED: &str = "NotificationsQueued";
@@ -285,6 +286,14 @@ impl Metrics {
                 }
             }
         }
+        self.emit(document);
+    }
+
+    /// One job the recipient's throttle held for a bundle (crate::throttle).
+    pub fn notification_throttled(&self, at: DateTime<Utc>, channel: Channel) {
+        let mut document = Document::new(at);
+        document.dimension(dimension::CHANNEL, channel.as_str());
+        document.metric(name::NOTIFICATIONS_THROTTLED, Unit::Count, 1.0, BY_CHANNEL);
         self.emit(document);
     }
 

@@ -16,16 +16,19 @@ pub enum Channel {
     Email,
     Sms,
     Slack,
+    /// Outgoing webhooks: generic JSON, Teams, Discord, Google Chat.
+    Webhook,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Slack];
+    pub const ALL: [Channel; 4] = [Channel::Email, Channel::Sms, Channel::Slack, Channel::Webhook];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Email => "email",
             Channel::Sms => "sms",
             Channel::Slack => "slack",
+            Channel::Webhook => "webhook",
         }
     }
 }
@@ -42,7 +45,8 @@ impl fmt::Display for Channel {
 pub struct NotificationJob {
     pub id: String,
     pub channel: Channel,
-    /// An email address, an E.164 number, or a Slack channel.
+    /// An email address, an E.164 number, a Slack channel, or a webhook as
+    /// `<format>:<host>#<index>` (crate::config::WebhookTarget).
     pub to: String,
     pub transition: TransitionKind,
     pub service_name: String,
@@ -63,7 +67,14 @@ pub fn plan(transition: &Transition, service: &Service, now: DateTime<Utc>) -> V
         .iter()
         .map(|e| (Channel::Email, e.as_str().to_owned()))
         .chain(policy.sms.iter().map(|n| (Channel::Sms, n.as_str().to_owned())))
-        .chain(policy.slack.iter().map(|c| (Channel::Slack, c.clone())));
+        .chain(policy.slack.iter().map(|c| (Channel::Slack, c.clone())))
+        .chain(
+            policy
+                .webhooks
+                .iter()
+                .enumerate()
+                .map(|(i, hook)| (Channel::Webhook, hook.target(i).recipient())),
+        );
     recipients
         .map(|(channel, to)| NotificationJob {
             id: format!("{}:{}:{}", transition.id(), channel, to),
@@ -99,6 +110,14 @@ pub enum Message {
         /// Block Kit attachments, colored by severity.
         attachments: serde_json::Value,
     },
+    Webhook {
+        format: crate::config::WebhookFormat,
+        /// `incident.triggered`, `incident.acknowledged`, `incident.resolved`:
+        /// the X-Webhook-Event header.
+        event: String,
+        /// The JSON posted, in the format's shape.
+        body: serde_json::Value,
+    },
 }
 
 impl Message {
@@ -108,6 +127,7 @@ impl Message {
             Message::Email { .. } => Channel::Email,
             Message::Sms { .. } => Channel::Sms,
             Message::Slack { .. } => Channel::Slack,
+            Message::Webhook { .. } => Channel::Webhook,
         }
     }
 }
@@ -163,6 +183,59 @@ pub trait Notifier: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_webhook_gets_one_job_named_without_its_url() {
+        use crate::config::{NotificationPolicy, Webhook, WebhookFormat, WebhookUrl};
+        use crate::event::Severity;
+        use crate::incident::Transition;
+
+        let job = crate::render::fixtures::job(Channel::Email, TransitionKind::Triggered);
+        let hook = |url: &str, format| Webhook {
+            url: WebhookUrl::parse(url).expect("a valid url"),
+            format,
+            secret: None,
+        };
+        let service = Service {
+            id: job.incident.service.clone(),
+            name: "Checkout".into(),
+            policy: NotificationPolicy {
+                email: Vec::new(),
+                sms: Vec::new(),
+                slack: None,
+                webhooks: vec![
+                    hook("https://hooks.example.com/tocsin?token=abc", WebhookFormat::Generic),
+                    hook(
+                        "https://discord.com/api/webhooks/1/secret-token",
+                        WebhookFormat::Discord,
+                    ),
+                ],
+                on: vec![TransitionKind::Triggered],
+                min_severity: Severity::Info,
+            },
+        };
+        let transition = Transition {
+            kind: TransitionKind::Triggered,
+            incident: job.incident.clone(),
+            event_id: crate::event::EventId::new("e1"),
+        };
+        let jobs = plan(&transition, &service, job.planned_at);
+        let to: Vec<_> = jobs.iter().map(|j| (j.channel, j.to.as_str())).collect();
+        assert_eq!(
+            to,
+            [
+                (Channel::Webhook, "generic:hooks.example.com#0"),
+                (Channel::Webhook, "discord:discord.com#1"),
+            ]
+        );
+        assert!(jobs.iter().all(|j| !j.id.contains("token")), "{jobs:?}");
+
+        let resolved = Transition {
+            kind: TransitionKind::Resolved,
+            ..transition
+        };
+        assert!(plan(&resolved, &service, job.planned_at).is_empty());
+    }
 
     #[test]
     fn a_message_for_another_channel_is_refused_for_good_naming_both() {

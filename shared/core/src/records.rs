@@ -60,6 +60,50 @@ impl std::fmt::Debug for IntegrationRecord {
     }
 }
 
+/// A service's outgoing webhook as stored. The URL and secret are kept
+/// like an integration's secret given as a value (the table is encrypted at
+/// rest); its `Debug` shows the host only.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub url: String,
+    pub format: crate::config::WebhookFormat,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = crate::config::WebhookUrl::parse(&self.url);
+        f.debug_struct("WebhookRecord")
+            .field("host", &url.as_ref().map(|u| u.host()).unwrap_or("<invalid>"))
+            .field("format", &self.format)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl From<&crate::config::Webhook> for WebhookRecord {
+    fn from(hook: &crate::config::Webhook) -> Self {
+        WebhookRecord {
+            url: hook.url.expose().to_owned(),
+            format: hook.format,
+            secret: hook.secret.as_ref().map(|s| s.expose().to_owned()),
+        }
+    }
+}
+
+impl TryFrom<WebhookRecord> for crate::config::Webhook {
+    type Error = crate::event::FieldError;
+
+    fn try_from(record: WebhookRecord) -> Result<Self, Self::Error> {
+        Ok(crate::config::Webhook {
+            url: crate::config::WebhookUrl::parse(&record.url)?,
+            format: record.format,
+            secret: record.secret.map(Secret::new),
+        })
+    }
+}
+
 fn default_rate_limit() -> u32 {
     crate::ratelimit::DEFAULT_PER_MINUTE
 }

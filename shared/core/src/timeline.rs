@@ -133,6 +133,9 @@ pub enum DeliveryResult {
         /// to the dead-letter queue once the attempts run out).
         will_retry: bool,
     },
+    /// Not sent: the recipient's throttle (crate::throttle) held it for the
+    /// one message that bundles what it held.
+    Bundled,
 }
 
 impl TimelineEntry {
@@ -231,6 +234,9 @@ impl TimelineEntry {
                     "notification failed: {transition} by {channel} to {recipient} (attempt {attempt}, {}): {reason}",
                     if *will_retry { "will retry" } else { "dead-lettered" }
                 ),
+                DeliveryResult::Bundled => {
+                    format!("throttled (bundled): {transition} by {channel} to {recipient}")
+                }
             },
             Happened::Held { window, until, .. } => format!(
                 "notifications held: maintenance window {window} until {}",
@@ -284,7 +290,7 @@ pub fn recipient_for_display(channel: Channel, to: &str) -> String {
                 })
                 .collect()
         }
-        Channel::Email | Channel::Slack => to.to_owned(),
+        Channel::Email | Channel::Slack | Channel::Webhook => to.to_owned(),
     }
 }
 

@@ -151,7 +151,7 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
         )),
         None => Arc::new(OutboxNotifier::new(Channel::Slack, outbox.clone())),
     };
-    let notifiers: Vec<Arc<dyn Notifier>> = vec![
+    let mut notifiers: Vec<Arc<dyn Notifier>> = vec![
         Arc::new(OutboxNotifier::new(Channel::Email, outbox.clone())),
         Arc::new(OutboxNotifier::new(Channel::Sms, outbox.clone())),
         slack,
@@ -179,7 +179,14 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     });
     // The config file, then the integrations `tocsin integrations --data`
     // stores, read per request so that a change shows without a restart.
+    let throttle = options.catalog.settings.throttle.clone();
     let config: Arc<dyn ConfigStore> = Arc::new(crate::layered::LayeredConfig::new(options.catalog, store.clone()));
+    // Outgoing webhooks are posted for real, to the URLs of the services'
+    // config, and listed in the outbox like every other message.
+    notifiers.push(Arc::new(RecordedNotifier::new(
+        Arc::new(tocsin_outbound::webhook::WebhookNotifier::new(config.clone())),
+        outbox.clone(),
+    )));
     let incidents: Arc<dyn IncidentStore> = Arc::new(store.clone());
     let process = ProcessService::new(incidents.clone());
     let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()))
@@ -191,7 +198,11 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
         incidents.clone(),
         DispatchService::new(config.clone(), Arc::new(store.clone())).with_timeline(Arc::new(store.clone())),
     );
-    let notify = NotifyService::new(notifiers, context).with_timeline(Arc::new(store.clone()));
+    let mut notify = NotifyService::new(notifiers, context).with_timeline(Arc::new(store.clone()));
+    // settings.throttle (tocsin_core::throttle): bundles go out on the scheduler's tick.
+    if !throttle.is_empty() {
+        notify = notify.with_throttle(tocsin_core::throttle::Throttle::new(Arc::new(store.clone()), throttle));
+    }
     let ingest = IngestService::new(config.clone(), Arc::new(store.clone()), incidents.clone())
         .with_sns(sns)
         .with_rate_limiter(Arc::new(store.clone()))
@@ -217,7 +228,13 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
 
     let (shutdown, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(scheduler(heartbeats.clone(), maintenance, schedule, stopped.clone()));
+    tasks.spawn(scheduler(
+        heartbeats.clone(),
+        maintenance,
+        notify.clone(),
+        schedule,
+        stopped.clone(),
+    ));
     let heartbeats_api = heartbeats;
     let windows: Arc<dyn tocsin_core::ports::MaintenanceStore> = Arc::new(store.clone());
     {
@@ -284,6 +301,7 @@ fn scheduler_period(shortest_heartbeat_seconds: Option<u32>) -> Duration {
 async fn scheduler(
     heartbeats: HeartbeatService,
     maintenance: tocsin_core::maintenance::MaintenanceService,
+    notify: NotifyService,
     period: Duration,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), StackError> {
@@ -298,6 +316,10 @@ async fn scheduler(
         // Ended maintenance windows: their still-open incidents notified once.
         if let Err(error) = maintenance.release_ended(Utc::now()).await {
             tracing::error!(error = %error_chain(&error), "maintenance release failed; retried at the next tick");
+        }
+        // Throttled notifications: one bundle per recipient whose limits have room.
+        if let Err(error) = notify.send_bundles(Utc::now()).await {
+            tracing::error!(error = %error_chain(&error), "sending throttle bundles failed; retried at the next tick");
         }
     }
 }

@@ -228,6 +228,27 @@ CREATE TABLE integrations (
     body     TEXT NOT NULL  -- tocsin_core::records::IntegrationRecord as JSON
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Notification throttling (tocsin_core::throttle): sends per recipient per
+-- window, and the jobs held for each recipient's bundle message.
+CREATE TABLE throttle_windows (
+    channel   TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    seconds   INTEGER NOT NULL,  -- the window's length
+    window    INTEGER NOT NULL,  -- windows of that length since the Unix epoch
+    count     INTEGER NOT NULL,
+    ends_at   INTEGER NOT NULL,  -- seconds since the Unix epoch; deleted after
+    PRIMARY KEY (channel, recipient, seconds, window)
+) WITHOUT ROWID;
+CREATE TABLE throttle_bundles (
+    channel     TEXT NOT NULL,
+    recipient   TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    at_micros   INTEGER NOT NULL,
+    body        TEXT NOT NULL,  -- tocsin_core::throttle::Suppressed as JSON
+    PRIMARY KEY (channel, recipient, incident_id)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The queues of the local stack.
@@ -1195,6 +1216,112 @@ impl RateCounter for Store {
     }
 }
 
+/// Counters and bundles of the notification throttle, in one transaction
+/// per call (the connection is shared, so a take is atomic).
+#[async_trait]
+impl tocsin_core::throttle::ThrottleStore for Store {
+    async fn take(
+        &self,
+        channel: tocsin_core::notify::Channel,
+        to: &str,
+        slots: &[tocsin_core::throttle::Slot],
+        force: bool,
+    ) -> Result<bool, BackendError> {
+        let (channel, to, slots) = (channel.as_str(), to.to_owned(), slots.to_vec());
+        self.run("count a notification", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !force {
+                for slot in &slots {
+                    let count: i64 = tx
+                        .prepare_cached(
+                            "SELECT count FROM throttle_windows \
+                             WHERE channel = ?1 AND recipient = ?2 AND seconds = ?3 AND window = ?4",
+                        )?
+                        .query_row(params![channel, to, slot.seconds, slot.index], |row| row.get(0))
+                        .optional()?
+                        .unwrap_or(0);
+                    if count >= i64::from(slot.limit) {
+                        return Ok(false);
+                    }
+                }
+            }
+            for slot in &slots {
+                tx.prepare_cached(
+                    "INSERT INTO throttle_windows (channel, recipient, seconds, window, count, ends_at) \
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5) \
+                     ON CONFLICT (channel, recipient, seconds, window) DO UPDATE SET count = count + 1",
+                )?
+                .execute(params![channel, to, slot.seconds, slot.index, slot.ends_at()])?;
+            }
+            // Ended windows are done with.
+            let now = slots.iter().map(|s| s.index * i64::from(s.seconds)).min().unwrap_or(0);
+            tx.prepare_cached("DELETE FROM throttle_windows WHERE channel = ?1 AND recipient = ?2 AND ends_at <= ?3")?
+                .execute(params![channel, to, now])?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn suppress(&self, item: &tocsin_core::throttle::Suppressed) -> Result<(), BackendError> {
+        let body = serde_json::to_string(item).map_err(|e| BackendError::new("bundle a notification", e))?;
+        let (channel, to, incident, at) = (
+            item.channel.as_str(),
+            item.to.clone(),
+            item.incident.as_str().to_owned(),
+            item.at.timestamp_micros(),
+        );
+        self.run("bundle a notification", move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO throttle_bundles (channel, recipient, incident_id, at_micros, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![channel, to, incident, at, body])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bundled(
+        &self,
+        channel: tocsin_core::notify::Channel,
+    ) -> Result<Vec<tocsin_core::throttle::Suppressed>, BackendError> {
+        let channel = channel.as_str();
+        self.run("read the bundles", move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT body FROM throttle_bundles WHERE channel = ?1 ORDER BY at_micros, recipient, incident_id",
+            )?;
+            let bodies = statement
+                .query_map(params![channel], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(bodies
+                .iter()
+                .map(|body| serde_json::from_str(body))
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn clear(&self, items: &[tocsin_core::throttle::Suppressed]) -> Result<(), BackendError> {
+        let keys: Vec<(&'static str, String, String)> = items
+            .iter()
+            .map(|i| (i.channel.as_str(), i.to.clone(), i.incident.as_str().to_owned()))
+            .collect();
+        self.run("clear a bundle", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (channel, to, incident) in &keys {
+                tx.prepare_cached(
+                    "DELETE FROM throttle_bundles WHERE channel = ?1 AND recipient = ?2 AND incident_id = ?3",
+                )?
+                .execute(params![channel, to, incident])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 /// One upsert per request, following `IntegrationStats::apply`.
 #[async_trait]
 impl tocsin_core::ports::IngestStats for Store {
@@ -1813,6 +1940,7 @@ mod tests {
         tocsin_core::contract::ingest_stats(&store).await;
         tocsin_core::contract::ingest_stats_count_concurrent_requests_exactly(&store).await;
         tocsin_core::contract::maintenance_store(&store).await;
+        tocsin_core::contract::throttle_store(&store).await;
     }
 
     #[tokio::test]

@@ -3,3 +3,4 @@
 
 pub mod slack;
 pub mod sns;
+pub mod webhook;

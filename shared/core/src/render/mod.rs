@@ -12,6 +12,7 @@ use crate::notify::{Channel, Message, NotificationJob};
 pub mod email;
 pub mod slack;
 pub mod sms;
+pub mod webhook;
 
 /// What rendering needs beyond the job.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +30,7 @@ pub fn render(job: &NotificationJob, ctx: &RenderContext) -> Message {
         Channel::Email => email::render(job, ctx),
         Channel::Sms => sms::render(job, ctx),
         Channel::Slack => slack::render(job, ctx),
+        Channel::Webhook => webhook::render(job, ctx),
     }
 }
 
@@ -339,6 +341,7 @@ pub(crate) mod fixtures {
             Channel::Email => "oncall@example.com",
             Channel::Sms => "+15555550123",
             Channel::Slack => "#checkout",
+            Channel::Webhook => "generic:hooks.example.com#0",
         };
         NotificationJob {
             id: format!("{}:{}:{}:{}", incident.id, incident.version, channel, to),
@@ -437,6 +440,7 @@ mod tests {
                 (Channel::Email, Message::Email { .. })
                     | (Channel::Sms, Message::Sms { .. })
                     | (Channel::Slack, Message::Slack { .. })
+                    | (Channel::Webhook, Message::Webhook { .. })
             );
             assert!(matches, "{channel}: {message:?}");
         }

@@ -167,6 +167,56 @@ pub fn render(job: &NotificationJob, ctx: &RenderContext) -> Message {
     }
 }
 
+/// The one SMS that stands for a recipient's throttled notifications
+/// (crate::throttle): `counts` are (service name, incidents), most first.
+/// Always one segment: the services that do not fit are counted together.
+pub fn render_bundle(counts: &[(String, usize)]) -> Message {
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    let noun = |n: usize| if n == 1 { "incident" } else { "incidents" };
+    let tail = " held back by the SMS limit";
+    let text = match counts.split_first() {
+        None => format!("Tocsin: no more incidents{tail}"),
+        Some(((first, n), rest)) => {
+            let head = format!("Tocsin: {n} more {} on {}", noun(*n), one_line(first));
+            let mut others: Vec<String> = Vec::new();
+            let mut shown = *n;
+            for (service, count) in rest {
+                let candidate = format!("{count} on {}", one_line(service));
+                let mut trial = others.clone();
+                trial.push(candidate);
+                let left = total - shown - count;
+                let text = bundle_text(&head, &trial, left, tail);
+                if encoding(&text).length(&text) > encoding(&text).single_segment() {
+                    break;
+                }
+                others = trial;
+                shown += count;
+            }
+            let text = bundle_text(&head, &others, total - shown, tail);
+            // A service name too long for any of this: cut, never a second segment.
+            let limit = encoding(&text).single_segment();
+            prefix_within(&text, limit, encoding(&text)).to_owned()
+        }
+    };
+    Message::Sms {
+        encoding: encoding(&text).as_str().to_owned(),
+        segments: segments(&text),
+        text,
+    }
+}
+
+fn bundle_text(head: &str, others: &[String], left: usize, tail: &str) -> String {
+    let mut parts = others.to_vec();
+    if left > 0 {
+        parts.push(format!("{left} on other services"));
+    }
+    if parts.is_empty() {
+        format!("{head}{tail}")
+    } else {
+        format!("{head} (and {}){tail}", parts.join(", "))
+    }
+}
+
 fn severity_tag(severity: Severity) -> &'static str {
     match severity {
         Severity::Critical => "CRIT",
@@ -269,6 +319,61 @@ mod tests {
     #[test]
     fn triggered() {
         assert_snapshot!(snapshot(TransitionKind::Triggered));
+    }
+
+    fn bundle_snapshot(counts: &[(&str, usize)]) -> String {
+        let counts: Vec<(String, usize)> = counts.iter().map(|(s, n)| ((*s).to_owned(), *n)).collect();
+        let Message::Sms {
+            text,
+            encoding,
+            segments,
+        } = render_bundle(&counts)
+        else {
+            panic!("not an SMS")
+        };
+        format!(
+            "{text}\n---\nencoding: {encoding}\nsegments: {segments}\nlength: {}",
+            encoding_length(&text)
+        )
+    }
+
+    #[test]
+    fn bundle() {
+        assert_snapshot!(bundle_snapshot(&[("Checkout", 9), ("Payments", 2), ("Search", 1)]));
+    }
+
+    #[test]
+    fn bundle_of_one() {
+        assert_snapshot!(bundle_snapshot(&[("Checkout", 1)]));
+    }
+
+    #[test]
+    fn a_bundle_of_many_services_stays_in_one_segment_and_counts_them_all() {
+        let names: Vec<(String, usize)> = (0..40).map(|i| (format!("Service number {i}"), 40 - i)).collect();
+        let Message::Sms { text, segments, .. } = render_bundle(&names) else {
+            panic!("not an SMS")
+        };
+        assert_eq!(segments, 1, "{text}");
+        assert!(
+            text.starts_with("Tocsin: 40 more incidents on Service number 0 (and 39 on Service number 1"),
+            "{text}"
+        );
+        assert!(text.contains(" on other services)"), "{text}");
+        // Every incident is counted: the numbers before " on " add up.
+        let sum: usize = text
+            .replacen(" more incidents", "", 1)
+            .split(" on ")
+            .filter_map(|part| part.rsplit([' ', '(']).next())
+            .filter_map(|n| n.parse::<usize>().ok())
+            .sum();
+        let total: usize = names.iter().map(|(_, n)| n).sum();
+        assert_eq!(sum, total, "{text}");
+
+        let long = vec![("x".repeat(300), 3)];
+        let Message::Sms { segments, .. } = render_bundle(&long) else {
+            panic!("not an SMS")
+        };
+        assert_eq!(segments, 1);
     }
 
     fn rendered_with_links(job: &NotificationJob) -> (String, String, u32) {
