@@ -179,9 +179,7 @@ impl Notifier for SesEmailNotifier {
             .send()
             .await
             .map_err(|e| classify("ses SendEmail", e))?;
-        Ok(Receipt {
-            reference: output.message_id().map(str::to_owned),
-        })
+        Ok(Receipt::sent(output.message_id().map(str::to_owned)))
     }
 }
 
@@ -233,9 +231,7 @@ impl Notifier for SnsSmsNotifier {
             publish = publish.message_attributes("AWS.SNS.SMS.SenderID", string_attribute(sender_id)?);
         }
         let output = publish.send().await.map_err(|e| classify("sns Publish", e))?;
-        Ok(Receipt {
-            reference: output.message_id().map(str::to_owned),
-        })
+        Ok(Receipt::sent(output.message_id().map(str::to_owned)))
     }
 }
 
@@ -272,6 +268,8 @@ pub async fn deliver_batch_measured(notify: &NotifyService, metrics: &Metrics, b
             let delivered = deliver(notify, &message).instrument(span).await;
             if let Some(channel) = job_channel(&message) {
                 let outcome = match &delivered {
+                    // Held by the throttle: NotifyService counted it as throttled.
+                    Ok(receipt) if receipt.held => DeliveryOutcome::Held,
                     Ok(_) => DeliveryOutcome::Sent,
                     Err(JobError::Delivery(DeliveryError::Notify(error))) => DeliveryOutcome::Failed {
                         throttled: throttled(error),
@@ -431,7 +429,7 @@ mod tests {
                     retry_after_secs: None,
                     source: None,
                 }),
-                _ => Ok(Receipt { reference: None }),
+                _ => Ok(Receipt::sent(None)),
             }
         }
     }

@@ -195,7 +195,7 @@ impl NotifyService {
                 }
                 let entry = TimelineEntry::of_delivery(job, attempt, DeliveryResult::Bundled, now);
                 self.write(&entry).await;
-                return Ok(Receipt { reference: None });
+                return Ok(Receipt::held());
             }
         }
         let result = match self.notifiers.get(&job.channel) {

@@ -187,7 +187,12 @@ pub fn emf_enabled(lambda_function_name: Option<&str>, switch: Option<&str>) -> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryOutcome {
     Sent,
-    Failed { throttled: bool },
+    Failed {
+        throttled: bool,
+    },
+    /// Held for a bundle by the recipient's throttle: counted where it was
+    /// held (`notification_throttled`), nothing here.
+    Held,
 }
 
 /// Emits the metrics of one function role.
@@ -285,6 +290,7 @@ impl Metrics {
                     document.metric(name::NOTIFICATIONS_THROTTLED, Unit::Count, 1.0, BY_CHANNEL);
                 }
             }
+            DeliveryOutcome::Held => return,
         }
         self.emit(document);
     }
@@ -699,6 +705,14 @@ mod tests {
         assert_eq!(documents[1]["NotificationsThrottled"], 1.0);
         assert!(declared(&documents[1]).contains(&pair(&["Function", "Channel"], "NotificationsThrottled")));
         assert!(documents[2].get("NotificationsThrottled").is_none());
+    }
+
+    #[test]
+    fn a_held_delivery_is_not_counted_as_sent() {
+        // The throttle counted it where it held it (notification_throttled).
+        let (metrics, sink) = collecting(function::NOTIFY);
+        metrics.notification(at(), Channel::Sms, DeliveryOutcome::Held);
+        assert!(sink.documents().is_empty());
     }
 
     #[test]

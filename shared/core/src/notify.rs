@@ -138,6 +138,25 @@ pub struct Receipt {
     /// The provider's id of the message (SES MessageId, SNS MessageId,
     /// Slack ts), or the local outbox line.
     pub reference: Option<String>,
+    /// Not sent: the recipient's throttle held it for a bundle
+    /// (crate::throttle). Counted as throttled, not as sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+}
+
+impl Receipt {
+    /// Handed over to the provider.
+    pub fn sent(reference: Option<String>) -> Self {
+        Receipt { reference, held: false }
+    }
+
+    /// Held by the throttle, not sent.
+    pub fn held() -> Self {
+        Receipt {
+            reference: None,
+            held: true,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -628,7 +628,7 @@ mod tests {
             message: &crate::notify::Message,
         ) -> Result<crate::notify::Receipt, crate::notify::NotifyError> {
             self.sent.lock().expect("lock").push((job.to.clone(), message.clone()));
-            Ok(crate::notify::Receipt { reference: None })
+            Ok(crate::notify::Receipt::sent(None))
         }
     }
 

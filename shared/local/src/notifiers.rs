@@ -187,7 +187,7 @@ impl Notifier for OutboxNotifier {
             })?;
         // No reference: the outbox line is found by the job id, which names
         // the recipient, and a receipt ends up in the incident's timeline.
-        Ok(Receipt { reference: None })
+        Ok(Receipt::sent(None))
     }
 }
 
@@ -256,9 +256,7 @@ mod tests {
                     source: None,
                 })
             } else {
-                Ok(Receipt {
-                    reference: Some("1718000000.000100".to_owned()),
-                })
+                Ok(Receipt::sent(Some("1718000000.000100".to_owned())))
             }
         }
     }

@@ -241,7 +241,7 @@ impl Notifier for SlackNotifier {
             }
         };
         tracing::debug!(ts = reference.as_deref(), "Slack took the message");
-        Ok(Receipt { reference })
+        Ok(Receipt::sent(reference))
     }
 }
 

@@ -113,9 +113,7 @@ impl WebhookNotifier {
         let response = request.body(bytes).send().await.map_err(|e| request_failed(e, host))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(Receipt {
-                reference: Some(format!("{host} HTTP {}", status.as_u16())),
-            });
+            return Ok(Receipt::sent(Some(format!("{host} HTTP {}", status.as_u16()))));
         }
         Err(refusal(host, status, response.headers()))
     }
