@@ -232,6 +232,8 @@ impl Stack {
             webhooks: Vec::new(),
             on: vec![TransitionKind::Triggered],
             min_severity: Severity::Info,
+            min_severity_by_channel: Default::default(),
+            escalation: Vec::new(),
         };
         self.store
             .put_service(&service(SERVICE, every_channel.clone())?)

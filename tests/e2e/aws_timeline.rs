@@ -45,6 +45,8 @@ async fn a_throttled_sms_is_explained_by_the_timeline_in_the_table() {
         webhooks: Vec::new(),
         on: vec![TransitionKind::Triggered],
         min_severity: Severity::Info,
+        min_severity_by_channel: Default::default(),
+        escalation: Vec::new(),
     };
     let checkout = Service {
         id: service.clone(),

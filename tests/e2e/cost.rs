@@ -131,6 +131,8 @@ async fn configure(stack: &Stack) {
                 webhooks: Vec::new(),
                 on: vec![TransitionKind::Triggered, TransitionKind::Resolved],
                 min_severity: Severity::Info,
+                min_severity_by_channel: Default::default(),
+                escalation: Vec::new(),
             },
         })
         .await

@@ -215,6 +215,8 @@ async fn configure(stack: &Stack, recipient: &str, topic: &str) {
                 webhooks: Vec::new(),
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
+                min_severity_by_channel: Default::default(),
+                escalation: Vec::new(),
             },
         })
         .await

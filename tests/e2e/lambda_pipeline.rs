@@ -220,6 +220,8 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
                 }],
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
+                min_severity_by_channel: Default::default(),
+                escalation: Vec::new(),
             },
         })
         .await

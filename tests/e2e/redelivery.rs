@@ -46,6 +46,8 @@ async fn redeliveries_and_duplicate_messages_make_the_incidents_and_notification
                 webhooks: Vec::new(),
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
+                min_severity_by_channel: Default::default(),
+                escalation: Vec::new(),
             },
         })
         .await

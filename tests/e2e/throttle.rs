@@ -208,6 +208,8 @@ async fn on_aws_notify_sms_holds_the_burst_and_the_scheduler_sends_the_bundle() 
             webhooks: Vec::new(),
             on: vec![TransitionKind::Triggered],
             min_severity: Severity::Info,
+            min_severity_by_channel: Default::default(),
+            escalation: Vec::new(),
         },
     };
     let store = Arc::new(stack.store.clone());

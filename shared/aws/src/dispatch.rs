@@ -74,6 +74,9 @@ pub async fn dispatch_batch(
 pub struct Hold {
     pub maintenance: Arc<dyn tocsin_core::ports::MaintenanceStore>,
     pub timeline: Arc<dyn tocsin_core::ports::Timeline>,
+    /// Where the first escalation level of each triggered transition is
+    /// recorded (tocsin_core::escalation); none: no escalation.
+    pub escalations: Option<Arc<dyn tocsin_core::escalation::Escalations>>,
 }
 
 /// [`dispatch_batch`], holding the notifications of services in a
@@ -92,6 +95,9 @@ pub async fn dispatch_batch_holding(
         dispatch = dispatch
             .with_maintenance(Arc::new(WindowsOfBatch::new(hold.maintenance)))
             .with_timeline(hold.timeline);
+        if let Some(escalations) = hold.escalations {
+            dispatch = dispatch.with_escalations(escalations);
+        }
     }
     let mut response = DynamoDbEventResponse::default();
     let mut first_with_jobs: Option<Option<String>> = None;

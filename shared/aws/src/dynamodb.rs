@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use tocsin_core::auth::{ApiKey, KeyHash, Scope};
-use tocsin_core::config::{EmailAddress, Integration, NotificationPolicy, PhoneNumber, Service};
+use tocsin_core::config::{EmailAddress, EscalationLevel, Integration, NotificationPolicy, PhoneNumber, Service};
 use tocsin_core::event::{DedupKey, EventId, FieldError, HeartbeatId, IntegrationId, ServiceId, Severity};
 use tocsin_core::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
 use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
@@ -497,6 +497,56 @@ struct ServiceRecord {
     webhooks: Vec<tocsin_core::records::WebhookRecord>,
     on: Vec<TransitionKind>,
     min_severity: Severity,
+    /// Absent from items written before per-channel minimums existed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    min_severity_by_channel: std::collections::BTreeMap<tocsin_core::notify::Channel, Severity>,
+    /// Absent from items written before escalation existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    escalation: Vec<EscalationLevelRecord>,
+}
+
+/// One level of `notify.escalation` (tocsin_core::escalation) as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct EscalationLevelRecord {
+    after_seconds: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    email: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slack: Option<String>,
+}
+
+impl From<&EscalationLevel> for EscalationLevelRecord {
+    fn from(level: &EscalationLevel) -> Self {
+        EscalationLevelRecord {
+            after_seconds: level.after_seconds,
+            email: level.email.iter().map(|e| e.as_str().to_owned()).collect(),
+            sms: level.sms.iter().map(|p| p.as_str().to_owned()).collect(),
+            slack: level.slack.clone(),
+        }
+    }
+}
+
+impl TryFrom<EscalationLevelRecord> for EscalationLevel {
+    type Error = FieldError;
+
+    fn try_from(record: EscalationLevelRecord) -> Result<Self, Self::Error> {
+        Ok(EscalationLevel {
+            after_seconds: record.after_seconds,
+            email: record
+                .email
+                .iter()
+                .map(|e| EmailAddress::parse(e))
+                .collect::<Result<_, _>>()?,
+            sms: record
+                .sms
+                .iter()
+                .map(|p| PhoneNumber::parse(p))
+                .collect::<Result<_, _>>()?,
+            slack: record.slack,
+        })
+    }
 }
 
 impl Record for ServiceRecord {
@@ -519,6 +569,8 @@ impl From<&Service> for ServiceRecord {
             webhooks: policy.webhooks.iter().map(Into::into).collect(),
             on: policy.on.clone(),
             min_severity: policy.min_severity,
+            min_severity_by_channel: policy.min_severity_by_channel.clone(),
+            escalation: policy.escalation.iter().map(Into::into).collect(),
         }
     }
 }
@@ -549,6 +601,12 @@ impl TryFrom<ServiceRecord> for Service {
                     .collect::<Result<_, _>>()?,
                 on: record.on,
                 min_severity: record.min_severity,
+                min_severity_by_channel: record.min_severity_by_channel,
+                escalation: record
+                    .escalation
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<Result<_, _>>()?,
             },
         })
     }
@@ -1872,6 +1930,95 @@ pub async fn create_table(client: &Client, name: &str) -> Result<(), BackendErro
     Ok(())
 }
 
+/// The partition of pending escalations (tocsin_core::escalation), sorted
+/// by due time: the scheduler Queries `sk <= <now>#~` for the due ones.
+pub const ESCALATION_PK: &str = "ESCALATION";
+const ESCALATION_KIND: &str = "escalation";
+
+/// A pending escalation's key: [`PendingEscalation::sort_key`], due time
+/// first.
+///
+/// [`PendingEscalation::sort_key`]: tocsin_core::escalation::PendingEscalation::sort_key
+pub fn escalation_key(pending: &tocsin_core::escalation::PendingEscalation) -> Item {
+    key(ESCALATION_PK.to_owned(), pending.sort_key())
+}
+
+fn pending_escalation(item: &Item) -> Result<tocsin_core::escalation::PendingEscalation, ItemError> {
+    expect_kind(item, ESCALATION_KIND)?;
+    let pending: tocsin_core::escalation::PendingEscalation =
+        serde_json::from_str(string(item, attr::DATA)?).map_err(ItemError::Data)?;
+    if escalation_key(&pending) != key_of(item)? {
+        return Err(ItemError::Disagrees(attr::SK));
+    }
+    Ok(pending)
+}
+
+#[async_trait]
+impl tocsin_core::escalation::Escalations for DynamoStore {
+    async fn schedule(&self, pending: &tocsin_core::escalation::PendingEscalation) -> Result<(), BackendError> {
+        let data = serde_json::to_string(pending).map_err(|e| BackendError::new("dynamodb encode an escalation", e))?;
+        let mut item = escalation_key(pending);
+        item.insert(attr::TYPE.to_owned(), s(ESCALATION_KIND));
+        item.insert(attr::DATA.to_owned(), s(data));
+        // The same key always holds the same escalation: a plain put is idempotent.
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb PutItem (escalation)", e))?;
+        Ok(())
+    }
+
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<tocsin_core::escalation::PendingEscalation>, BackendError> {
+        let bound = tocsin_core::escalation::PendingEscalation::due_bound(now);
+        let mut due = Vec::new();
+        let mut start = None;
+        while due.len() < limit {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND #sk <= :bound")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_names("#sk", attr::SK)
+                .expression_attribute_values(":pk", s(ESCALATION_PK))
+                .expression_attribute_values(":bound", s(bound.clone()))
+                .limit(i32::try_from(limit - due.len()).unwrap_or(i32::MAX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Query (due escalations)", e))?;
+            for item in page.items() {
+                due.push(pending_escalation(item).map_err(|e| BackendError::new("dynamodb read an escalation", e))?);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn remove(&self, pending: &tocsin_core::escalation::PendingEscalation) -> Result<(), BackendError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(escalation_key(pending)))
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb DeleteItem (escalation)", e))?;
+        Ok(())
+    }
+}
+
 /// The partition of every maintenance window: one Query lists them all,
 /// or one service's with `begins_with(sk, "<service>#")`.
 pub const MAINTENANCE_PK: &str = "MAINTENANCE";
@@ -2083,6 +2230,35 @@ impl tocsin_core::ports::MaintenanceStore for DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_services_channel_minimums_survive_its_stored_form() {
+        let yaml = "services:\n  - id: checkout\n    notify:\n      email: [oncall@example.com]\n      \
+                    sms: [\"+15555550123\"]\n      min_severity_by_channel: {sms: critical}\n";
+        let catalog = tocsin_core::config::Catalog::from_yaml(yaml, "tocsin.yaml").expect("a valid config");
+        let service = &catalog.services[0];
+        let stored = serde_json::to_string(&ServiceRecord::from(service)).expect("serializes");
+        let record: ServiceRecord = serde_json::from_str(&stored).expect("reads back");
+        let back = Service::try_from(record).expect("a valid service");
+        assert_eq!(&back, service);
+        assert_eq!(
+            back.policy.min_severity_of(tocsin_core::notify::Channel::Sms),
+            Severity::Critical
+        );
+    }
+
+    #[test]
+    fn a_service_item_from_before_channel_minimums_reads_with_none() {
+        let old = r#"{"id":"checkout","name":"Checkout","email":["oncall@example.com"],"sms":["+15555550123"],
+                      "slack":null,"on":["triggered"],"min_severity":"warning"}"#;
+        let record: ServiceRecord = serde_json::from_str(old).expect("an old item reads");
+        let service = Service::try_from(record).expect("a valid service");
+        assert!(service.policy.min_severity_by_channel.is_empty());
+        assert_eq!(
+            service.policy.min_severity_of(tocsin_core::notify::Channel::Sms),
+            Severity::Warning
+        );
+    }
 
     fn reason(code: &str) -> CancellationReason {
         CancellationReason::builder().code(code).build()

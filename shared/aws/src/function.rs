@@ -361,14 +361,16 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table));
     let heartbeats = HeartbeatService::new(store.clone(), Arc::new(events_queue(&sdk)?));
     let bundles = throttle_bundles(&sdk, store.clone())?;
+    let escalation = escalation_service(&sdk, store.clone())?;
     let maintenance = maintenance_release(&sdk, store)?;
     let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::SCHEDULER);
     lambda_runtime::run(lambda_runtime::service_fn(|_: LambdaEvent<serde_json::Value>| {
-        let (heartbeats, maintenance, metrics, bundles) = (
+        let (heartbeats, maintenance, metrics, bundles, escalation) = (
             heartbeats.clone(),
             maintenance.clone(),
             metrics.clone(),
             bundles.clone(),
+            escalation.clone(),
         );
         async move {
             // A failed check is retried by the next minute's run anyway; one
@@ -376,6 +378,8 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
             let now = Utc::now();
             let missed = heartbeats.check(now).await;
             let released = maintenance.release_ended(now).await;
+            // Unacknowledged incidents whose escalation level is due.
+            let escalated = escalation.run_due(now).await;
             // Throttled SMS (tocsin_core::throttle): one bundle per recipient
             // whose limits have room; what fails waits for the next run.
             let bundles_sent = match &bundles {
@@ -392,11 +396,13 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
             if let Ok(released) = &released {
                 metrics.maintenance_released(Utc::now(), released);
             }
-            let (missed, released) = (missed?, released?);
+            let (missed, released, escalated) = (missed?, released?, escalated?);
             Ok::<_, lambda_runtime::Error>(serde_json::json!({
                 "heartbeats_missed": missed,
                 "maintenance_windows_released": released.windows,
                 "maintenance_incidents_notified": released.incidents,
+                "escalations_notified": escalated.escalated,
+                "escalations_cancelled": escalated.cancelled,
                 "throttle_bundles_sent": bundles_sent,
             }))
         }
@@ -444,6 +450,24 @@ fn maintenance_release(
         store,
         dispatch,
     ))
+}
+
+/// The scheduler's escalation (tocsin_core::escalation): due levels read
+/// from the table, their jobs sent to the channel queues as the dispatcher's.
+fn escalation_service(
+    sdk: &aws_config::SdkConfig,
+    store: Arc<DynamoStore>,
+) -> Result<tocsin_core::escalation::EscalationService, MissingVariable> {
+    let config = DispatchConfig::from_env()?;
+    let queues = Arc::new(crate::sqs::SqsNotificationQueues::new(
+        aws_sdk_sqs::Client::new(sdk),
+        config.queue_urls,
+    ));
+    Ok(
+        tocsin_core::escalation::EscalationService::new(store.clone(), store.clone(), store.clone(), queues)
+            .with_timeline(store.clone())
+            .with_maintenance(store),
+    )
 }
 
 /// The processor function: batches from the events queue, failures
@@ -587,7 +611,8 @@ pub async fn run_dispatch() -> Result<(), lambda_runtime::Error> {
                         queues,
                         Some(crate::dispatch::Hold {
                             maintenance: store.clone(),
-                            timeline: store,
+                            timeline: store.clone(),
+                            escalations: Some(store),
                         }),
                         &metrics,
                         event.payload,

@@ -127,6 +127,7 @@ pub async fn dispatch_batch_measured(
             crate::dispatch::Hold {
                 maintenance: hold.maintenance,
                 timeline: timeline.clone(),
+                escalations: hold.escalations,
             },
             timeline,
         )
@@ -330,6 +331,7 @@ mod tests {
         let hold = crate::dispatch::Hold {
             maintenance: store.clone(),
             timeline: store.clone(),
+            escalations: None,
         };
         let now = time("2026-11-23T11:08:00Z");
         let response =
@@ -371,6 +373,7 @@ mod tests {
         let hold = crate::dispatch::Hold {
             maintenance: store.clone(),
             timeline: store.clone(),
+            escalations: None,
         };
         let now = time("2026-11-23T11:30:00Z");
         let response =

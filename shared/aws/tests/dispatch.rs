@@ -256,6 +256,7 @@ async fn a_maintenance_window_holds_the_batch_and_its_release_queues_the_jobs() 
     let hold = tocsin_aws::dispatch::Hold {
         maintenance: store.clone(),
         timeline: store.clone(),
+        escalations: None,
     };
     let response =
         tocsin_aws::dispatch::dispatch_batch_holding(store.clone(), queues.clone(), Some(hold), batch, now).await;

@@ -125,6 +125,7 @@ async fn the_contract_suite_passes() {
     tocsin_core::contract::heartbeats(&store, &heartbeat).await;
     tocsin_core::contract::ingest_stats(&store).await;
     tocsin_core::contract::maintenance_store(&store).await;
+    tocsin_core::contract::escalations(&store).await;
     tocsin_core::contract::throttle_store(&store).await;
 }
 
@@ -494,6 +495,21 @@ async fn config_records_round_trip() {
             ],
             on: vec![TransitionKind::Triggered, TransitionKind::Resolved],
             min_severity: Severity::Warning,
+            min_severity_by_channel: [(tocsin_core::notify::Channel::Sms, Severity::Critical)].into(),
+            escalation: vec![
+                tocsin_core::config::EscalationLevel {
+                    after_seconds: 300,
+                    email: Vec::new(),
+                    sms: vec![PhoneNumber::parse("+15555550100").unwrap()],
+                    slack: None,
+                },
+                tocsin_core::config::EscalationLevel {
+                    after_seconds: 600,
+                    email: vec![EmailAddress::parse("lead@example.com").unwrap()],
+                    sms: Vec::new(),
+                    slack: Some("#incidents".into()),
+                },
+            ],
         },
     };
     assert_eq!(store.service(&checkout.id).await.unwrap(), None);
@@ -688,4 +704,103 @@ async fn health_items_share_one_partition_and_say_what_they_are() {
     assert_eq!(number(&item, "errors"), Some(1));
     assert_eq!(number(&item, "latency_ms"), Some(4));
     assert!(!item.contains_key("success"), "only what changed is written: {item:?}");
+}
+
+/// Escalation on DynamoDB: the dispatcher records the first level in the
+/// ESCALATION partition; the scheduler fires it once due for the incident
+/// nobody acknowledged, and drops it (with a timeline entry) for the one
+/// acknowledged in time.
+#[tokio::test]
+async fn an_escalation_recorded_by_the_dispatcher_fires_when_due_unless_acknowledged() {
+    use std::sync::Arc;
+    use tocsin_core::escalation::{EscalationService, Escalations, PendingEscalation};
+    use tocsin_core::incident::Transition;
+    use tocsin_core::ports::Timeline;
+
+    let (client, store) = table().await;
+    let store = Arc::new(store);
+    let checkout = Service {
+        id: service("checkout"),
+        name: "Checkout".into(),
+        policy: NotificationPolicy {
+            email: vec![EmailAddress::parse("oncall@example.com").unwrap()],
+            sms: Vec::new(),
+            slack: None,
+            webhooks: Vec::new(),
+            on: vec![TransitionKind::Triggered, TransitionKind::Acknowledged],
+            min_severity: Severity::Info,
+            min_severity_by_channel: Default::default(),
+            escalation: vec![tocsin_core::config::EscalationLevel {
+                after_seconds: 300,
+                email: Vec::new(),
+                sms: vec![PhoneNumber::parse("+15555550100").unwrap()],
+                slack: None,
+            }],
+        },
+    };
+    store.put_service(&checkout).await.unwrap();
+    let queue = Arc::new(tocsin_core::memory::MemoryStore::new());
+    let dispatch =
+        tocsin_core::dispatch::DispatchService::new(store.clone(), queue.clone()).with_escalations(store.clone());
+    let t0 = now();
+    let mut opened = Vec::new();
+    for key in ["ignored", "handled"] {
+        let (decision, _) = apply(&store, &event(&checkout.id, key, Action::Trigger, t0)).await;
+        let incident = incident_of(decision);
+        let transition = Transition {
+            kind: TransitionKind::Triggered,
+            incident: incident.clone(),
+            event_id: EventId::new(key),
+        };
+        dispatch.dispatch(&transition, t0).await.unwrap();
+        let pending = PendingEscalation {
+            incident: incident.id.clone(),
+            service: checkout.id.clone(),
+            level: 1,
+            due: incident.updated_at + TimeDelta::seconds(300),
+        };
+        let item = raw(&client, &store, dynamodb::escalation_key(&pending))
+            .await
+            .expect("the pending escalation item");
+        assert_eq!(text(&item, attr::TYPE), Some("escalation"));
+        opened.push(incident);
+    }
+    let handled_at = t0 + TimeDelta::seconds(60);
+    apply(&store, &event(&checkout.id, "handled", Action::Acknowledge, handled_at)).await;
+
+    let escalation =
+        EscalationService::new(store.clone(), store.clone(), store.clone(), queue.clone()).with_timeline(store.clone());
+    let before = escalation.run_due(t0 + TimeDelta::seconds(299)).await.unwrap();
+    assert_eq!(before, Default::default(), "nothing before the delay");
+    let done = escalation.run_due(t0 + TimeDelta::seconds(300)).await.unwrap();
+    assert_eq!((done.escalated, done.jobs, done.cancelled), (1, 1, 1));
+    let escalated: Vec<_> = queue
+        .queued_jobs()
+        .into_iter()
+        .filter(|j| j.transition == TransitionKind::Escalated)
+        .collect();
+    assert_eq!(escalated.len(), 1);
+    assert_eq!(
+        (escalated[0].incident.id.clone(), escalated[0].to.as_str()),
+        (opened[0].id.clone(), "+15555550100")
+    );
+    assert!(
+        store.due(t0 + TimeDelta::days(1), 10).await.unwrap().is_empty(),
+        "nothing left pending"
+    );
+    let described = |entries: Vec<tocsin_core::timeline::TimelineEntry>| -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e.describe())
+            .filter(|d| d.contains("escalat"))
+            .collect()
+    };
+    assert_eq!(
+        described(store.timeline(&opened[0].id).await.unwrap()),
+        ["escalated to level 1 (1 notification)"]
+    );
+    assert_eq!(
+        described(store.timeline(&opened[1].id).await.unwrap()),
+        ["escalation to level 1 cancelled (acknowledged)"]
+    );
 }

@@ -175,6 +175,72 @@ async fn an_email_and_an_sms_reach_ses_and_sns() {
     assert_eq!(texts[0]["phone_number"], "+15555550123");
 }
 
+/// The bodies of the requests an SNS client sent, as the server got them:
+/// moto keeps an SMS's number and text but not its message attributes.
+#[derive(Debug, Default, Clone)]
+struct SentBodies(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl aws_sdk_sns::config::Intercept for SentBodies {
+    fn name(&self) -> &'static str {
+        "SentBodies"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_sns::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_sns::config::RuntimeComponents,
+        _: &mut aws_sdk_sns::config::ConfigBag,
+    ) -> Result<(), aws_sdk_sns::error::BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        self.0
+            .lock()
+            .map_err(|_| "a poisoned lock")?
+            .push(String::from_utf8_lossy(body).into_owned());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_sms_is_published_as_transactional() {
+    let sdk = moto::sdk_config().await;
+    let sent = SentBodies::default();
+    let sns = aws_sdk_sns::Client::from_conf(
+        aws_sdk_sns::config::Builder::from(&sdk)
+            .interceptor(sent.clone())
+            .build(),
+    );
+    let summary = moto::unique("queue-depth");
+    let jobs = jobs(&summary).await;
+    let sms = job(&jobs, Channel::Sms);
+    SnsSmsNotifier::new(sns, None)
+        .deliver(&sms, &render(&sms, &RenderContext::default()))
+        .await
+        .expect("published");
+
+    let data = moto_data().await;
+    assert!(
+        records(&data, "sns", "SMS")
+            .iter()
+            .any(|m| m["message"].as_str().is_some_and(|s| s.contains(&summary))),
+        "the SMS about {summary} in {:#}",
+        data["sns"]
+    );
+    let bodies = sent.0.lock().expect("the bodies").clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let form: std::collections::HashMap<&str, &str> =
+        bodies[0].split('&').filter_map(|pair| pair.split_once('=')).collect();
+    let entry = form
+        .iter()
+        .find(|(key, value)| key.starts_with("MessageAttributes.entry.") && **value == "AWS.SNS.SMS.SMSType")
+        .and_then(|(key, _)| key.strip_suffix(".Name"))
+        .unwrap_or_else(|| panic!("no SMSType attribute in {}", bodies[0]));
+    assert_eq!(
+        form.get(format!("{entry}.Value.StringValue").as_str()),
+        Some(&"Transactional")
+    );
+    assert_eq!(form.get(format!("{entry}.Value.DataType").as_str()), Some(&"String"));
+}
+
 #[tokio::test]
 async fn the_receipt_names_the_providers_message_id() {
     let sdk = moto::sdk_config().await;

@@ -2,7 +2,7 @@
 //! API keys. Parsed from YAML into a [`Catalog`] that is valid as a whole or
 //! refused with the file, the field and the reason.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -13,6 +13,7 @@ use crate::dedup::DedupTemplate;
 use crate::event::{FieldError, HeartbeatId, IntegrationId, ServiceId, Severity};
 use crate::heartbeat::Heartbeat;
 use crate::incident::TransitionKind;
+use crate::notify::Channel;
 use crate::providers::ProviderKind;
 use crate::secrets::SecretRef;
 use crate::sns::TopicArn;
@@ -326,13 +327,56 @@ pub struct NotificationPolicy {
     pub webhooks: Vec<Webhook>,
     /// Which transitions notify at all.
     pub on: Vec<TransitionKind>,
-    /// Incidents below this severity notify no one.
+    /// Incidents below this severity notify no one, unless a channel has
+    /// its own minimum in `min_severity_by_channel`.
     pub min_severity: Severity,
+    /// Channels whose minimum differs from `min_severity` (SMS only for
+    /// critical incidents, say).
+    pub min_severity_by_channel: BTreeMap<Channel, Severity>,
+    /// Who is notified next, level by level, while an incident stays
+    /// unacknowledged (crate::escalation); the recipients above are level 0.
+    pub escalation: Vec<EscalationLevel>,
+}
+
+/// One escalation level: notified when the incident is still open (not
+/// acknowledged, not resolved) `after_seconds` after the previous level was
+/// (level 1: after the incident opened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EscalationLevel {
+    pub after_seconds: u32,
+    pub email: Vec<EmailAddress>,
+    pub sms: Vec<PhoneNumber>,
+    pub slack: Option<String>,
+}
+
+/// The longest delay of one escalation level: a day.
+pub const MAX_ESCALATION_DELAY_SECONDS: u32 = 86_400;
+
+/// A Slack `#channel` name or channel id such as C0123ABCD.
+fn is_slack_channel(channel: &str) -> bool {
+    channel.starts_with('#') && channel.len() > 1
+        || channel.starts_with('C') && channel.len() > 1 && channel.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 impl NotificationPolicy {
+    /// Whether a transition of this severity notifies any channel.
     pub fn notifies(&self, kind: TransitionKind, severity: Severity) -> bool {
-        self.on.contains(&kind) && severity >= self.min_severity
+        Channel::ALL
+            .iter()
+            .any(|&channel| self.notifies_on(channel, kind, severity))
+    }
+
+    /// Whether a transition of this severity notifies the channel's recipients.
+    pub fn notifies_on(&self, channel: Channel, kind: TransitionKind, severity: Severity) -> bool {
+        self.on.contains(&kind) && severity >= self.min_severity_of(channel)
+    }
+
+    /// The channel's own minimum, else the policy's.
+    pub fn min_severity_of(&self, channel: Channel) -> Severity {
+        self.min_severity_by_channel
+            .get(&channel)
+            .copied()
+            .unwrap_or(self.min_severity)
     }
 }
 
@@ -505,8 +549,9 @@ struct ServiceEntry {
     name: Option<String>,
     #[serde(default)]
     integrations: Vec<IntegrationEntry>,
+    /// Absent: `settings.default_notify`; `notify: {}` notifies no one.
     #[serde(default)]
-    notify: NotifyEntry,
+    notify: Option<NotifyEntry>,
     #[serde(default)]
     maintenance: Vec<MaintenanceEntry>,
 }
@@ -573,6 +618,27 @@ struct NotifyEntry {
     on: Option<Vec<TransitionKind>>,
     #[serde(default)]
     min_severity: Option<Severity>,
+    #[serde(default)]
+    min_severity_by_channel: BTreeMap<Channel, Severity>,
+    #[serde(default)]
+    escalation: Vec<EscalationEntry>,
+}
+
+/// `after_minutes`, or `after_seconds` (tests and demos: the local
+/// scheduler ticks at least every second, the AWS one every minute).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationEntry {
+    #[serde(default)]
+    after_minutes: Option<u32>,
+    #[serde(default)]
+    after_seconds: Option<u32>,
+    #[serde(default)]
+    email: Vec<String>,
+    #[serde(default)]
+    sms: Vec<String>,
+    #[serde(default)]
+    slack: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -613,6 +679,9 @@ struct SettingsEntry {
     link_ttl_hours: Option<u32>,
     #[serde(default)]
     throttle: Option<crate::throttle::ThrottleEntry>,
+    /// The policy of services that declare no `notify`.
+    #[serde(default)]
+    default_notify: Option<NotifyEntry>,
 }
 
 impl Catalog {
@@ -637,6 +706,11 @@ impl Catalog {
         })?;
 
         let default_rate_limit = parsed.settings.rate_limit_per_minute;
+        let default_notify = parsed
+            .settings
+            .default_notify
+            .map(|notify| notification_policy(notify, "settings.default_notify", file))
+            .transpose()?;
         let mut catalog = Catalog {
             settings: Settings {
                 throttle: crate::throttle::ThrottleSettings::parse(parsed.settings.throttle)
@@ -856,76 +930,19 @@ impl Catalog {
                 catalog.maintenance.push(window);
             }
 
-            let notify = entry.notify;
-            let email = notify
-                .email
-                .iter()
-                .enumerate()
-                .map(|(i, v)| EmailAddress::parse(v).map_err(|e| error(&at(&format!("notify.email[{i}]")), e.reason)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let sms = notify
-                .sms
-                .iter()
-                .enumerate()
-                .map(|(i, v)| PhoneNumber::parse(v).map_err(|e| error(&at(&format!("notify.sms[{i}]")), e.reason)))
-                .collect::<Result<Vec<_>, _>>()?;
-            if let Some(channel) = &notify.slack {
-                let valid = channel.starts_with('#') && channel.len() > 1
-                    || channel.starts_with('C')
-                        && channel.len() > 1
-                        && channel.bytes().all(|b| b.is_ascii_alphanumeric());
-                if !valid {
-                    return Err(error(
-                        &at("notify.slack"),
-                        format!("'{channel}' is neither a #channel name nor a channel id such as C0123ABCD"),
-                    ));
-                }
-            }
-            let webhooks = notify
-                .webhooks
-                .into_iter()
-                .enumerate()
-                .map(|(i, hook)| {
-                    let at = |field: &str| at(&format!("notify.webhooks[{i}].{field}"));
-                    let url = WebhookUrl::parse(&hook.url).map_err(|e| error(&at("url"), e.reason))?;
-                    let secret = match hook.secret {
-                        None => None,
-                        Some(_) if hook.format != WebhookFormat::Generic => {
-                            return Err(error(
-                                &at("secret"),
-                                format!("only generic webhooks are signed, not {}", hook.format.as_str()),
-                            ))
-                        }
-                        Some(secret) if secret.trim().is_empty() => {
-                            return Err(error(&at("secret"), "must not be empty".into()))
-                        }
-                        Some(secret) => Some(Secret::new(secret.trim())),
-                    };
-                    Ok(Webhook {
-                        url,
-                        format: hook.format,
-                        secret,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let on = notify.on.unwrap_or_else(|| {
-                vec![
-                    TransitionKind::Triggered,
-                    TransitionKind::Acknowledged,
-                    TransitionKind::Resolved,
-                ]
-            });
+            // The effective policy: the stored service carries it, so the
+            // functions never need the settings' default.
+            let policy = match entry.notify {
+                Some(notify) => notification_policy(notify, &at("notify"), file)?,
+                None => match &default_notify {
+                    Some(policy) => policy.clone(),
+                    None => notification_policy(NotifyEntry::default(), &at("notify"), file)?,
+                },
+            };
             catalog.services.push(Service {
                 name: entry.name.unwrap_or_else(|| id.to_string()),
                 id,
-                policy: NotificationPolicy {
-                    email,
-                    sms,
-                    slack: notify.slack,
-                    webhooks,
-                    on,
-                    min_severity: notify.min_severity.unwrap_or(Severity::Info),
-                },
+                policy,
             });
         }
 
@@ -963,6 +980,134 @@ impl Catalog {
         }
         Ok(catalog)
     }
+}
+
+/// A `notify` block as a policy; `prefix` names the block in errors
+/// (`services[0].notify`, `settings.default_notify`).
+fn notification_policy(notify: NotifyEntry, prefix: &str, file: &str) -> Result<NotificationPolicy, ConfigError> {
+    let at = |field: &str| format!("{prefix}.{field}");
+    let error = |field: &str, reason: String| ConfigError {
+        file: file.to_owned(),
+        field: field.to_owned(),
+        reason,
+    };
+    let email = notify
+        .email
+        .iter()
+        .enumerate()
+        .map(|(i, v)| EmailAddress::parse(v).map_err(|e| error(&at(&format!("email[{i}]")), e.reason)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sms = notify
+        .sms
+        .iter()
+        .enumerate()
+        .map(|(i, v)| PhoneNumber::parse(v).map_err(|e| error(&at(&format!("sms[{i}]")), e.reason)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(channel) = &notify.slack {
+        let valid = channel.starts_with('#') && channel.len() > 1
+            || channel.starts_with('C') && channel.len() > 1 && channel.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !valid {
+            return Err(error(
+                &at("slack"),
+                format!("'{channel}' is neither a #channel name nor a channel id such as C0123ABCD"),
+            ));
+        }
+    }
+    let webhooks = notify
+        .webhooks
+        .into_iter()
+        .enumerate()
+        .map(|(i, hook)| {
+            let at = |field: &str| at(&format!("webhooks[{i}].{field}"));
+            let url = WebhookUrl::parse(&hook.url).map_err(|e| error(&at("url"), e.reason))?;
+            let secret = match hook.secret {
+                None => None,
+                Some(_) if hook.format != WebhookFormat::Generic => {
+                    return Err(error(
+                        &at("secret"),
+                        format!("only generic webhooks are signed, not {}", hook.format.as_str()),
+                    ))
+                }
+                Some(secret) if secret.trim().is_empty() => {
+                    return Err(error(&at("secret"), "must not be empty".into()))
+                }
+                Some(secret) => Some(Secret::new(secret.trim())),
+            };
+            Ok(Webhook {
+                url,
+                format: hook.format,
+                secret,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let escalation = notify
+        .escalation
+        .into_iter()
+        .enumerate()
+        .map(|(l, level)| {
+            let at = |field: &str| at(&format!("escalation[{l}].{field}"));
+            let after_seconds = match (level.after_minutes, level.after_seconds) {
+                (Some(minutes), None) => minutes.saturating_mul(60),
+                (None, Some(seconds)) => seconds,
+                _ => {
+                    return Err(error(
+                        &at("after_minutes"),
+                        "give exactly one of after_minutes and after_seconds".into(),
+                    ))
+                }
+            };
+            if after_seconds == 0 || after_seconds > MAX_ESCALATION_DELAY_SECONDS {
+                return Err(error(
+                    &at("after_minutes"),
+                    "must be 1 second to a day (1440 minutes)".into(),
+                ));
+            }
+            let email = level
+                .email
+                .iter()
+                .enumerate()
+                .map(|(i, v)| EmailAddress::parse(v).map_err(|e| error(&at(&format!("email[{i}]")), e.reason)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sms = level
+                .sms
+                .iter()
+                .enumerate()
+                .map(|(i, v)| PhoneNumber::parse(v).map_err(|e| error(&at(&format!("sms[{i}]")), e.reason)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(channel) = level.slack.as_deref().filter(|c| !is_slack_channel(c)) {
+                return Err(error(
+                    &at("slack"),
+                    format!("'{channel}' is neither a #channel name nor a channel id such as C0123ABCD"),
+                ));
+            }
+            if email.is_empty() && sms.is_empty() && level.slack.is_none() {
+                return Err(error(&at("email"), "a level needs at least one recipient".into()));
+            }
+            Ok(EscalationLevel {
+                after_seconds,
+                email,
+                sms,
+                slack: level.slack,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let on = notify.on.unwrap_or_else(|| {
+        vec![
+            TransitionKind::Triggered,
+            TransitionKind::Acknowledged,
+            TransitionKind::Resolved,
+        ]
+    });
+    Ok(NotificationPolicy {
+        email,
+        sms,
+        slack: notify.slack,
+        webhooks,
+        on,
+        min_severity: notify.min_severity.unwrap_or(Severity::Info),
+        escalation,
+        min_severity_by_channel: notify.min_severity_by_channel,
+    })
 }
 
 #[cfg(test)]
@@ -1008,6 +1153,91 @@ services:
 
     fn refused(text: &str) -> ConfigError {
         Catalog::from_yaml(text, "bad.yaml").unwrap_err()
+    }
+
+    /// A default policy, per-channel minimums, a service without `notify`
+    /// and one that opts out with `notify: {}`.
+    const ROUTED: &str = r##"
+settings:
+  default_notify:
+    email: [platform@example.com]
+    sms: ["+15555550199"]
+    min_severity: critical
+    min_severity_by_channel: {email: warning}
+services:
+  - id: checkout
+    notify:
+      email: [oncall@example.com]
+      sms: ["+15555550123"]
+      min_severity_by_channel: {sms: critical, email: info}
+  - id: search
+  - id: quiet
+    notify: {}
+"##;
+
+    #[test]
+    fn a_channel_can_have_its_own_minimum_severity() {
+        let catalog = Catalog::from_yaml(ROUTED, "tocsin.yaml").unwrap();
+        let policy = &catalog.services[0].policy;
+        assert_eq!(policy.min_severity, Severity::Info);
+        assert_eq!(policy.min_severity_of(Channel::Sms), Severity::Critical);
+        assert_eq!(
+            policy.min_severity_of(Channel::Slack),
+            Severity::Info,
+            "no override: the policy's"
+        );
+        let triggered = TransitionKind::Triggered;
+        assert!(policy.notifies_on(Channel::Email, triggered, Severity::Warning));
+        assert!(!policy.notifies_on(Channel::Sms, triggered, Severity::Warning));
+        assert!(policy.notifies_on(Channel::Sms, triggered, Severity::Critical));
+        assert!(
+            !policy.notifies_on(Channel::Sms, TransitionKind::Escalated, Severity::Critical),
+            "the transitions still apply"
+        );
+    }
+
+    #[test]
+    fn a_service_without_notify_gets_the_default_and_an_empty_notify_opts_out() {
+        let catalog = Catalog::from_yaml(ROUTED, "tocsin.yaml").unwrap();
+        let search = &catalog.services[1].policy;
+        assert_eq!(search.email, [EmailAddress::parse("platform@example.com").unwrap()]);
+        assert_eq!(search.sms, [PhoneNumber::parse("+15555550199").unwrap()]);
+        assert_eq!(search.min_severity, Severity::Critical);
+        assert!(
+            search.notifies(TransitionKind::Triggered, Severity::Warning),
+            "email's minimum is lower"
+        );
+        assert!(!search.notifies_on(Channel::Sms, TransitionKind::Triggered, Severity::Warning));
+        assert!(!search.notifies(TransitionKind::Triggered, Severity::Info));
+
+        let quiet = &catalog.services[2].policy;
+        assert!(quiet.email.is_empty() && quiet.sms.is_empty() && quiet.slack.is_none());
+
+        let plain = Catalog::from_yaml("services:\n  - id: search\n", "t.yaml").unwrap();
+        let policy = &plain.services[0].policy;
+        assert!(policy.email.is_empty() && policy.sms.is_empty(), "no default: no one");
+        assert_eq!(policy.min_severity, Severity::Info);
+    }
+
+    #[test]
+    fn unknown_channels_and_severities_in_routing_name_their_field() {
+        let e = refused(&ROUTED.replace("{sms: critical, email: info}", "{pager: critical}"));
+        assert!(e.field.starts_with("services[0].notify.min_severity_by_channel"), "{e}");
+        assert!(e.reason.contains("pager"), "{e}");
+        let e = refused(&ROUTED.replace("{sms: critical, email: info}", "{sms: sev1}"));
+        assert!(e.field.starts_with("services[0].notify.min_severity_by_channel"), "{e}");
+        assert!(e.reason.contains("sev1"), "{e}");
+        let e = refused(&ROUTED.replace("{email: warning}", "{fax: warning}"));
+        assert!(
+            e.field.starts_with("settings.default_notify.min_severity_by_channel"),
+            "{e}"
+        );
+        let e = refused(&ROUTED.replace("    min_severity: critical\n", "    min_severity: loud\n"));
+        assert_eq!(e.field, "settings.default_notify.min_severity", "{e}");
+        let e = refused(&ROUTED.replace("\"+15555550199\"", "\"5555550199\""));
+        assert_eq!(e.field, "settings.default_notify.sms[0]", "{e}");
+        let e = refused(&ROUTED.replace("    email: [platform@example.com]\n", "    pager: [platform]\n"));
+        assert!(e.field.starts_with("settings.default_notify"), "{e}");
     }
 
     fn with_webhooks(hooks: &str) -> String {

@@ -796,6 +796,55 @@ pub async fn ingest_stats_count_concurrent_requests_exactly(stats: &dyn crate::p
     );
 }
 
+/// Pending escalations (crate::escalation): taken in due order, due ones
+/// only (one due exactly now included), each kept once, removed for good.
+/// The store may hold other suites' escalations: only this case's count.
+pub async fn escalations(store: &dyn crate::escalation::Escalations) {
+    use crate::escalation::PendingEscalation;
+    let case = Case::new("escalation");
+    let pending = |name: &str, level: u32, second: i64| {
+        let key = DedupKey::parse(name).expect("a valid dedup key");
+        PendingEscalation {
+            incident: IncidentId::for_opening(&case.service, &key, &EventId::new(name)),
+            service: case.service.clone(),
+            level,
+            due: case.at(second),
+        }
+    };
+    let (early, edge, late) = (pending("a", 1, 60), pending("b", 1, 90), pending("c", 2, 120));
+    for p in [&late, &early, &edge, &early] {
+        store.schedule(p).await.expect("schedule");
+    }
+    let mine = |all: Vec<PendingEscalation>| -> Vec<PendingEscalation> {
+        all.into_iter().filter(|p| p.service == case.service).collect()
+    };
+    let due = |second: i64| store.due(case.at(second), 1_000);
+    assert_eq!(mine(due(59).await.expect("due")), [], "nothing is due yet");
+    assert_eq!(
+        mine(due(90).await.expect("due")),
+        [early.clone(), edge.clone()],
+        "due ones, earliest first, one due exactly now included, each once"
+    );
+    assert_eq!(
+        mine(due(3_600).await.expect("due")),
+        [early.clone(), edge.clone(), late.clone()]
+    );
+    store.remove(&early).await.expect("remove");
+    store
+        .remove(&early)
+        .await
+        .expect("removing one already gone is not an error");
+    assert_eq!(mine(due(3_600).await.expect("due")), [edge.clone(), late.clone()]);
+    assert!(
+        store.due(case.at(3_600), 1).await.expect("due").len() <= 1,
+        "at most the limit"
+    );
+    for p in [&edge, &late] {
+        store.remove(p).await.expect("remove");
+    }
+    assert_eq!(mine(due(3_600).await.expect("due")), []);
+}
+
 /// Runs every maintenance window case.
 pub async fn maintenance_store(store: &dyn crate::ports::MaintenanceStore) {
     maintenance_windows_read_back_by_service_in_start_order(store).await;
@@ -1070,6 +1119,7 @@ mod tests {
             super::ingest_stats(&store).await;
             super::ingest_stats_count_concurrent_requests_exactly(&store).await;
             super::maintenance_store(&store).await;
+            super::escalations(&store).await;
         });
     }
 

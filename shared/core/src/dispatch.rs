@@ -19,6 +19,7 @@ pub struct DispatchService {
     queue: Arc<dyn NotificationQueue>,
     maintenance: Option<Arc<dyn crate::ports::MaintenanceStore>>,
     timeline: Option<Arc<dyn Timeline>>,
+    escalations: Option<Arc<dyn crate::escalation::Escalations>>,
 }
 
 impl DispatchService {
@@ -28,7 +29,15 @@ impl DispatchService {
             queue,
             maintenance: None,
             timeline: None,
+            escalations: None,
         }
+    }
+
+    /// Records the first escalation level of each triggered transition whose
+    /// service has escalation levels (crate::escalation).
+    pub fn with_escalations(mut self, escalations: Arc<dyn crate::escalation::Escalations>) -> Self {
+        self.escalations = Some(escalations);
+        self
     }
 
     /// Holds the notifications of services in a maintenance window
@@ -48,15 +57,22 @@ impl DispatchService {
     /// have stable ids, so dispatching a transition twice enqueues them once.
     #[tracing::instrument(skip_all, fields(incident = %transition.incident.id, transition = %transition.kind))]
     pub async fn dispatch(&self, transition: &Transition, now: DateTime<Utc>) -> Result<usize, BackendError> {
-        if self.held(transition, now).await? {
-            return Ok(0);
-        }
+        let held = self.held(transition, now).await?;
         let Some(service) = self.config.service(&transition.incident.service).await? else {
             // The service was removed from config after the incident opened:
             // nobody is left to tell, which is worth a warning, not a retry.
             tracing::warn!(service = %transition.incident.service, "no such service; nothing to notify");
             return Ok(0);
         };
+        // Held or not: an escalation due during maintenance waits for its end.
+        if let Some(escalations) = &self.escalations {
+            if let Some(first) = crate::escalation::first_level(transition, &service) {
+                escalations.schedule(&first).await?;
+            }
+        }
+        if held {
+            return Ok(0);
+        }
         let jobs = plan(transition, &service, now);
         if !jobs.is_empty() {
             self.queue.enqueue(&jobs).await?;

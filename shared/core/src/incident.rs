@@ -181,6 +181,9 @@ pub enum TransitionKind {
     Triggered,
     Acknowledged,
     Resolved,
+    /// Still open when an escalation level's delay ran out: that level's
+    /// recipients are notified (crate::escalation). Never made by an event.
+    Escalated,
 }
 
 impl TransitionKind {
@@ -189,6 +192,7 @@ impl TransitionKind {
             TransitionKind::Triggered => "triggered",
             TransitionKind::Acknowledged => "acknowledged",
             TransitionKind::Resolved => "resolved",
+            TransitionKind::Escalated => "escalated",
         }
     }
 
@@ -197,6 +201,7 @@ impl TransitionKind {
             "triggered" => Some(TransitionKind::Triggered),
             "acknowledged" => Some(TransitionKind::Acknowledged),
             "resolved" => Some(TransitionKind::Resolved),
+            "escalated" => Some(TransitionKind::Escalated),
             _ => None,
         }
     }

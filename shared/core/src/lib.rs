@@ -10,6 +10,7 @@ pub mod config;
 pub mod contract;
 pub mod dedup;
 pub mod dispatch;
+pub mod escalation;
 pub mod event;
 pub mod health;
 pub mod heartbeat;

@@ -40,6 +40,8 @@ struct State {
     timelines: HashMap<IncidentId, Vec<TimelineEntry>>,
     maintenance: HashMap<crate::maintenance::WindowId, crate::maintenance::MaintenanceWindow>,
     heartbeats: Vec<HeartbeatMonitor>,
+    /// Pending escalations by sort key (crate::escalation).
+    escalations: std::collections::BTreeMap<String, crate::escalation::PendingEscalation>,
 }
 
 impl MemoryStore {
@@ -310,6 +312,34 @@ impl crate::ports::IngestStats for MemoryStore {
 
     async fn snapshot(&self) -> Result<Vec<crate::health::IntegrationStats>, BackendError> {
         Ok(self.state()?.stats.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl crate::escalation::Escalations for MemoryStore {
+    async fn schedule(&self, pending: &crate::escalation::PendingEscalation) -> Result<(), BackendError> {
+        self.state()?.escalations.insert(pending.sort_key(), pending.clone());
+        Ok(())
+    }
+
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<crate::escalation::PendingEscalation>, BackendError> {
+        let bound = crate::escalation::PendingEscalation::due_bound(now);
+        Ok(self
+            .state()?
+            .escalations
+            .range(..=bound)
+            .take(limit)
+            .map(|(_, p)| p.clone())
+            .collect())
+    }
+
+    async fn remove(&self, pending: &crate::escalation::PendingEscalation) -> Result<(), BackendError> {
+        self.state()?.escalations.remove(&pending.sort_key());
+        Ok(())
     }
 }
 

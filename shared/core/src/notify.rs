@@ -55,13 +55,11 @@ pub struct NotificationJob {
 }
 
 /// Plans the notifications of one committed transition under its service's
-/// policy: one job per recipient per channel, none if the policy says the
-/// transition or the severity does not notify.
+/// policy: one job per recipient per channel, none for a channel whose
+/// minimum severity (or the policy's transitions) says it does not notify.
 pub fn plan(transition: &Transition, service: &Service, now: DateTime<Utc>) -> Vec<NotificationJob> {
     let policy = &service.policy;
-    if !policy.notifies(transition.kind, transition.incident.severity) {
-        return Vec::new();
-    }
+    let (kind, severity) = (transition.kind, transition.incident.severity);
     let recipients = policy
         .email
         .iter()
@@ -76,6 +74,7 @@ pub fn plan(transition: &Transition, service: &Service, now: DateTime<Utc>) -> V
                 .map(|(i, hook)| (Channel::Webhook, hook.target(i).recipient())),
         );
     recipients
+        .filter(|(channel, _)| policy.notifies_on(*channel, kind, severity))
         .map(|(channel, to)| NotificationJob {
             id: format!("{}:{}:{}", transition.id(), channel, to),
             channel,
@@ -231,6 +230,8 @@ mod tests {
                 ],
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
+                min_severity_by_channel: Default::default(),
+                escalation: Vec::new(),
             },
         };
         let transition = Transition {
@@ -254,6 +255,51 @@ mod tests {
             ..transition
         };
         assert!(plan(&resolved, &service, job.planned_at).is_empty());
+    }
+
+    #[test]
+    fn each_channel_is_planned_against_its_own_minimum_severity() {
+        use crate::config::Catalog;
+        use crate::event::Severity;
+        use crate::incident::Transition;
+
+        // The service declares no notify: the default policy routes it.
+        let catalog = Catalog::from_yaml(
+            r#"
+settings:
+  default_notify:
+    email: [platform@example.com]
+    sms: ["+15555550199"]
+    min_severity_by_channel: {sms: critical}
+services:
+  - id: checkout
+"#,
+            "tocsin.yaml",
+        )
+        .expect("a valid config");
+        let job = crate::render::fixtures::job(Channel::Email, TransitionKind::Triggered);
+        let planned = |severity| {
+            let mut incident = job.incident.clone();
+            incident.severity = severity;
+            let transition = Transition {
+                kind: TransitionKind::Triggered,
+                incident,
+                event_id: crate::event::EventId::new("e1"),
+            };
+            plan(&transition, &catalog.services[0], job.planned_at)
+                .into_iter()
+                .map(|j| (j.channel, j.to))
+                .collect::<Vec<_>>()
+        };
+        let email = (Channel::Email, "platform@example.com".to_owned());
+        let sms = (Channel::Sms, "+15555550199".to_owned());
+        assert_eq!(
+            planned(Severity::Info),
+            std::slice::from_ref(&email),
+            "info reaches email, not SMS"
+        );
+        assert_eq!(planned(Severity::Error), std::slice::from_ref(&email));
+        assert_eq!(planned(Severity::Critical), [email, sms]);
     }
 
     #[test]

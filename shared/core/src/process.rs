@@ -89,6 +89,7 @@ impl Applied {
             Applied::Transitioned(TransitionKind::Acknowledged, _) => "acknowledged",
             Applied::Transitioned(TransitionKind::Resolved, _) => "resolved",
             Applied::Transitioned(TransitionKind::Triggered, _) => "triggered",
+            Applied::Transitioned(TransitionKind::Escalated, _) => "escalated",
             Applied::Ignored { .. } => "ignored",
             Applied::Duplicate => "duplicate",
         }

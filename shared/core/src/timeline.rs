@@ -79,6 +79,19 @@ pub enum Happened {
     /// A maintenance window ended with the incident still open: notified
     /// once, as triggered.
     Released { window: crate::maintenance::WindowId },
+    /// Not acknowledged within an escalation level's delay: that level was
+    /// notified (crate::escalation).
+    Escalated {
+        level: u32,
+        /// How many notifications were planned for it.
+        notifications: usize,
+    },
+    /// A pending escalation dropped when it came due: the incident was
+    /// acknowledged or resolved by then.
+    EscalationCancelled {
+        level: u32,
+        status: crate::incident::IncidentStatus,
+    },
 }
 
 /// What an event did to the incident.
@@ -105,6 +118,9 @@ impl EventOutcome {
             (Some(_), Some(TransitionKind::Triggered)) => EventOutcome::Triggered,
             (Some(_), Some(TransitionKind::Acknowledged)) => EventOutcome::Acknowledged,
             (Some(_), Some(TransitionKind::Resolved)) => EventOutcome::Resolved,
+            // No event escalates (the scheduler does): a write that says so
+            // changed the incident as a trigger would.
+            (Some(_), Some(TransitionKind::Escalated)) => EventOutcome::Triggered,
         }
     }
 
@@ -244,6 +260,13 @@ impl TimelineEntry {
             ),
             Happened::Released { window } => {
                 format!("notifications released: maintenance window {window} ended")
+            }
+            Happened::Escalated { level, notifications } => format!(
+                "escalated to level {level} ({notifications} notification{})",
+                if *notifications == 1 { "" } else { "s" }
+            ),
+            Happened::EscalationCancelled { level, status } => {
+                format!("escalation to level {level} cancelled ({status})")
             }
         }
     }

@@ -191,7 +191,18 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     let process = ProcessService::new(incidents.clone());
     let dispatch = DispatchService::new(config.clone(), Arc::new(store.clone()))
         .with_maintenance(Arc::new(store.clone()))
-        .with_timeline(Arc::new(store.clone()));
+        .with_timeline(Arc::new(store.clone()))
+        .with_escalations(Arc::new(store.clone()));
+    // notify.escalation (tocsin_core::escalation): pending levels live in the
+    // store, so they survive a restart; the scheduler fires the due ones.
+    let escalation = tocsin_core::escalation::EscalationService::new(
+        Arc::new(store.clone()),
+        incidents.clone(),
+        config.clone(),
+        Arc::new(store.clone()),
+    )
+    .with_timeline(Arc::new(store.clone()))
+    .with_maintenance(Arc::new(store.clone()));
     // Its own dispatcher, without the hold: a release is never held.
     let maintenance = tocsin_core::maintenance::MaintenanceService::new(
         Arc::new(store.clone()),
@@ -231,6 +242,7 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
     tasks.spawn(scheduler(
         heartbeats.clone(),
         maintenance,
+        escalation,
         notify.clone(),
         schedule,
         stopped.clone(),
@@ -301,6 +313,7 @@ fn scheduler_period(shortest_heartbeat_seconds: Option<u32>) -> Duration {
 async fn scheduler(
     heartbeats: HeartbeatService,
     maintenance: tocsin_core::maintenance::MaintenanceService,
+    escalation: tocsin_core::escalation::EscalationService,
     notify: NotifyService,
     period: Duration,
     mut stopped: watch::Receiver<bool>,
@@ -316,6 +329,10 @@ async fn scheduler(
         // Ended maintenance windows: their still-open incidents notified once.
         if let Err(error) = maintenance.release_ended(Utc::now()).await {
             tracing::error!(error = %error_chain(&error), "maintenance release failed; retried at the next tick");
+        }
+        // Unacknowledged incidents whose escalation level is due.
+        if let Err(error) = escalation.run_due(Utc::now()).await {
+            tracing::error!(error = %error_chain(&error), "escalation failed; retried at the next tick");
         }
         // Throttled notifications: one bundle per recipient whose limits have room.
         if let Err(error) = notify.send_bundles(Utc::now()).await {

@@ -249,6 +249,14 @@ CREATE TABLE throttle_bundles (
     PRIMARY KEY (channel, recipient, incident_id)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Pending escalations (tocsin_core::escalation), taken in due order by the
+-- scheduler; a restart keeps them.
+CREATE TABLE escalations (
+    sort_key TEXT PRIMARY KEY,  -- PendingEscalation::sort_key: due time first
+    body     TEXT NOT NULL      -- the PendingEscalation as JSON
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The queues of the local stack.
@@ -1674,6 +1682,48 @@ fn to_i64(n: u64) -> Result<i64, StoreError> {
 
 /// Maintenance windows: one row each, `released_at` beside the body.
 #[async_trait]
+impl tocsin_core::escalation::Escalations for Store {
+    async fn schedule(&self, pending: &tocsin_core::escalation::PendingEscalation) -> Result<(), BackendError> {
+        let body = serde_json::to_string(pending).map_err(|e| BackendError::new("encode an escalation", e))?;
+        let key = pending.sort_key();
+        self.run("record an escalation", move |conn| {
+            conn.prepare_cached("INSERT OR IGNORE INTO escalations (sort_key, body) VALUES (?1, ?2)")?
+                .execute(params![key, body])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<tocsin_core::escalation::PendingEscalation>, BackendError> {
+        let bound = tocsin_core::escalation::PendingEscalation::due_bound(now);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run("read the due escalations", move |conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT body FROM escalations WHERE sort_key <= ?1 ORDER BY sort_key LIMIT ?2")?;
+            let rows = statement
+                .query_map(params![bound, limit], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.iter().map(|body| Ok(serde_json::from_str(body)?)).collect()
+        })
+        .await
+    }
+
+    async fn remove(&self, pending: &tocsin_core::escalation::PendingEscalation) -> Result<(), BackendError> {
+        let key = pending.sort_key();
+        self.run("forget an escalation", move |conn| {
+            conn.prepare_cached("DELETE FROM escalations WHERE sort_key = ?1")?
+                .execute(params![key])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl tocsin_core::ports::MaintenanceStore for Store {
     async fn put_window(&self, window: &tocsin_core::maintenance::MaintenanceWindow) -> Result<(), BackendError> {
         let mut body = window.clone();
@@ -1940,6 +1990,7 @@ mod tests {
         tocsin_core::contract::ingest_stats(&store).await;
         tocsin_core::contract::ingest_stats_count_concurrent_requests_exactly(&store).await;
         tocsin_core::contract::maintenance_store(&store).await;
+        tocsin_core::contract::escalations(&store).await;
         tocsin_core::contract::throttle_store(&store).await;
     }
 

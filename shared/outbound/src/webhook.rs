@@ -280,6 +280,8 @@ mod tests {
                 webhooks: hooks,
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
+                min_severity_by_channel: Default::default(),
+                escalation: Vec::new(),
             },
         })))
     }

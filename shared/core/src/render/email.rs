@@ -404,6 +404,11 @@ mod tests {
     }
 
     #[test]
+    fn escalated() {
+        assert_snapshot!(snapshot(TransitionKind::Escalated));
+    }
+
+    #[test]
     fn subjects_carry_severity_transition_and_service() {
         let ctx = fixtures::context();
         let subject = |kind| rendered(&fixtures::job(Channel::Email, kind), &ctx).0;

@@ -115,6 +115,7 @@ fn transition_title(kind: TransitionKind) -> &'static str {
         TransitionKind::Triggered => "Triggered",
         TransitionKind::Acknowledged => "Acknowledged",
         TransitionKind::Resolved => "Resolved",
+        TransitionKind::Escalated => "Escalated",
     }
 }
 
@@ -318,7 +319,8 @@ pub(crate) mod fixtures {
             resolved_at: None,
             version: 1,
         };
-        if kind != TransitionKind::Triggered {
+        // Escalated: still open, as when triggered.
+        if matches!(kind, TransitionKind::Acknowledged | TransitionKind::Resolved) {
             incident.status = IncidentStatus::Acknowledged;
             incident.acknowledged_at = Some(acknowledged);
             incident.last_transition_at = acknowledged;

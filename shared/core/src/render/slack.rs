@@ -126,6 +126,7 @@ fn header(job: &NotificationJob) -> Value {
         TransitionKind::Triggered => ":rotating_light:",
         TransitionKind::Acknowledged => ":eyes:",
         TransitionKind::Resolved => ":white_check_mark:",
+        TransitionKind::Escalated => ":rotating_light:",
     };
     let text = format!(
         "{emoji} {}: {}",
@@ -366,6 +367,11 @@ mod tests {
     #[test]
     fn resolved() {
         snapshot(TransitionKind::Resolved);
+    }
+
+    #[test]
+    fn escalated() {
+        snapshot(TransitionKind::Escalated);
     }
 
     #[test]

@@ -464,6 +464,11 @@ mod tests {
     }
 
     #[test]
+    fn escalated() {
+        assert_snapshot!(snapshot(TransitionKind::Escalated));
+    }
+
+    #[test]
     fn a_short_summary_is_sent_whole() {
         let (text, encoding, segments) = rendered(&job_with_summary("Disk full"));
         assert_eq!(text, "CRIT Checkout: Disk full [triggered] inc_3f9a1c07d2e84b6a90c1");

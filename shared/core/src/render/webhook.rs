@@ -29,14 +29,15 @@ const MAX_DETAIL_VALUE_CHARS: usize = 300;
 const HEADLINE_CHARS: usize = 250;
 
 /// `incident.triggered`, `incident.acknowledged`, `incident.resolved`: the
-/// generic body's `event` and every format's X-Webhook-Event header.
-/// (`incident.escalated` is kept for escalation policies, which do not
-/// exist yet.)
+/// generic body's `event` and every format's X-Webhook-Event header;
+/// `incident.escalated` when an escalation level is notified
+/// (crate::escalation).
 pub fn event_name(kind: TransitionKind) -> &'static str {
     match kind {
         TransitionKind::Triggered => "incident.triggered",
         TransitionKind::Acknowledged => "incident.acknowledged",
         TransitionKind::Resolved => "incident.resolved",
+        TransitionKind::Escalated => "incident.escalated",
     }
 }
 
@@ -250,6 +251,7 @@ mod tests {
             TransitionKind::Triggered,
             TransitionKind::Acknowledged,
             TransitionKind::Resolved,
+            TransitionKind::Escalated,
         ] {
             snapshot(WebhookFormat::Generic, kind);
         }
