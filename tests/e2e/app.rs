@@ -223,6 +223,8 @@ pub struct TestApp {
     starts: u32,
     /// RUST_LOG of the process: TOCSIN_E2E_LOG, else info.
     log: String,
+    /// Extra environment of the process (e.g. TOCSIN_SLACK_API_URL).
+    env: Vec<(String, String)>,
 }
 
 impl TestApp {
@@ -243,8 +245,19 @@ impl TestApp {
         Self::start_logging(config, api_key, &log).await
     }
 
+    /// As [`start_with`](Self::start_with), with extra environment for the
+    /// process.
+    pub async fn start_with_env(config: Option<&str>, api_key: &str, env: &[(&str, &str)]) -> Self {
+        let log = std::env::var("TOCSIN_E2E_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_full(config, api_key, &log, env).await
+    }
+
     /// As [`start_with`](Self::start_with), logging at `log` (RUST_LOG).
     pub async fn start_logging(config: Option<&str>, api_key: &str, log: &str) -> Self {
+        Self::start_full(config, api_key, log, &[]).await
+    }
+
+    async fn start_full(config: Option<&str>, api_key: &str, log: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tocsin-e2e-")
             .tempdir()
@@ -267,6 +280,7 @@ impl TestApp {
             child: None,
             starts: 0,
             log: log.to_owned(),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         };
         app.launch().await;
         app
@@ -320,6 +334,7 @@ impl TestApp {
                 .env_remove("TOCSIN_DATA")
                 .env("RUST_LOG", &self.log)
                 .env("NO_COLOR", "1")
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
                 .stdout(stdout)
                 .stderr(stderr);

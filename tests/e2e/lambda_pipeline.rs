@@ -418,6 +418,13 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
             .unwrap()
             .unwrap_or_else(|| panic!("no incident for {fingerprint}"));
         assert_eq!(incident.status, IncidentStatus::Open);
+        // notify-slack kept the first message, for the thread of later transitions.
+        let thread = tocsin_core::slack::threads::SlackThreads::thread(&store, &incident.id, "#checkout-oncall")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no Slack thread for {fingerprint}"));
+        assert_eq!(thread.channel_id, "C0123ABCD");
+        assert_eq!(thread.ts, "1718000000.000100");
     }
 
     // Resolve, through the warm functions.

@@ -2227,6 +2227,71 @@ impl tocsin_core::ports::MaintenanceStore for DynamoStore {
     }
 }
 
+/// The first Slack message of an incident per configured channel
+/// (tocsin_core::slack::threads): `SLACK#<incident>` / `CHANNEL#<channel>`,
+/// expiring with the incident's timeline.
+const SLACK_THREAD_KIND: &str = "slack_thread";
+const SLACK_CHANNEL_ID: &str = "channel_id";
+const SLACK_TS: &str = "ts";
+
+fn slack_thread_key(incident: &IncidentId, channel: &str) -> Item {
+    key(format!("SLACK#{}", incident.as_str()), format!("CHANNEL#{channel}"))
+}
+
+#[async_trait]
+impl tocsin_core::slack::threads::SlackThreads for DynamoStore {
+    async fn remember(
+        &self,
+        incident: &IncidentId,
+        channel: &str,
+        thread: &tocsin_core::slack::threads::SlackThread,
+    ) -> Result<(), BackendError> {
+        let mut item = slack_thread_key(incident, channel);
+        item.insert(attr::TYPE.to_owned(), s(SLACK_THREAD_KIND));
+        item.insert(SLACK_CHANNEL_ID.to_owned(), s(thread.channel_id.clone()));
+        item.insert(SLACK_TS.to_owned(), s(thread.ts.clone()));
+        item.insert(
+            attr::EXPIRES_AT.to_owned(),
+            n((Utc::now() + TIMELINE_RETENTION).timestamp()),
+        );
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            // The first message stays: a redelivered trigger never moves the thread.
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(()),
+            Err(error) => Err(BackendError::new("dynamodb PutItem (Slack thread)", error)),
+        }
+    }
+
+    async fn thread(
+        &self,
+        incident: &IncidentId,
+        channel: &str,
+    ) -> Result<Option<tocsin_core::slack::threads::SlackThread>, BackendError> {
+        let Some(item) = self.get_item(slack_thread_key(incident, channel), true).await? else {
+            return Ok(None);
+        };
+        let read = |item: &Item| -> Result<_, ItemError> {
+            expect_kind(item, SLACK_THREAD_KIND)?;
+            Ok(tocsin_core::slack::threads::SlackThread {
+                channel_id: string(item, SLACK_CHANNEL_ID)?.to_owned(),
+                ts: string(item, SLACK_TS)?.to_owned(),
+            })
+        };
+        read(&item)
+            .map(Some)
+            .map_err(|e| BackendError::new("dynamodb read a Slack thread", e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -651,12 +651,22 @@ async fn run_notify(
         }
         notify = notify.with_timeline(store);
     }
+    // Slack's 429s name their Retry-After: the failed job's message waits
+    // that long in its queue (TOCSIN_SLACK_QUEUE_URL) before the retry.
+    let visibility = match (notify_channel, optional("TOCSIN_SLACK_QUEUE_URL")) {
+        (tocsin_core::notify::Channel::Slack, Some(url)) => Some(crate::notify::RetryAfterVisibility::new(
+            aws_sdk_sqs::Client::new(sdk),
+            url,
+        )),
+        _ => None,
+    };
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
-            let (notify, metrics) = (notify.clone(), metrics.clone());
+            let (notify, metrics, visibility) = (notify.clone(), metrics.clone(), visibility.clone());
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    crate::notify::deliver_batch_measured(&notify, &metrics, event.payload).await,
+                    crate::notify::deliver_batch_retrying_after(&notify, &metrics, visibility.as_ref(), event.payload)
+                        .await,
                 )
             }
         },
@@ -696,7 +706,9 @@ pub async fn run_notify_sms() -> Result<(), lambda_runtime::Error> {
 
 /// The Slack notifier: the bot token or incoming webhook URL is read once
 /// per container from the Secrets Manager secret TOCSIN_SLACK_SECRET_ARN.
-/// TOCSIN_SLACK_API_URL replaces https://slack.com/api (tests only).
+/// TOCSIN_SLACK_API_URL replaces https://slack.com/api (tests only). With a
+/// bot token, each incident's first message per channel is kept in the
+/// table (TOCSIN_TABLE) so that later transitions thread under it.
 pub async fn run_notify_slack() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let secret_id = optional("TOCSIN_SLACK_SECRET_ARN").ok_or(SlackSecretError::NotConfigured)?;
@@ -704,14 +716,11 @@ pub async fn run_notify_slack() -> Result<(), lambda_runtime::Error> {
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
     let delivery = slack_delivery(&secrets, &secret_id).await?;
     let api_base = optional("TOCSIN_SLACK_API_URL");
-    run_notify(
-        Arc::new(tocsin_outbound::slack::SlackNotifier::for_delivery(
-            &delivery,
-            api_base.as_deref(),
-        )),
-        &sdk,
-    )
-    .await
+    let mut notifier = tocsin_outbound::slack::SlackNotifier::for_delivery(&delivery, api_base.as_deref());
+    if let Some(table) = optional("TOCSIN_TABLE") {
+        notifier = notifier.with_threads(Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table)));
+    }
+    run_notify(Arc::new(notifier), &sdk).await
 }
 
 /// The outgoing webhook notifier: each job's URL and secret are read from

@@ -256,6 +256,61 @@ pub async fn deliver_batch(notify: &NotifyService, batch: SqsEvent) -> SqsBatchR
 /// As [`deliver_batch`], with one metrics document per delivery attempt
 /// (crate::function sends them to CloudWatch on Lambda).
 pub async fn deliver_batch_measured(notify: &NotifyService, metrics: &Metrics, batch: SqsEvent) -> SqsBatchResponse {
+    deliver_batch_retrying_after(notify, metrics, None, batch).await
+}
+
+/// The longest visibility timeout SQS takes: 12 hours.
+const MAX_VISIBILITY_SECS: u64 = 43_200;
+
+/// Makes a failed job wait out the provider's Retry-After (Slack's 429s):
+/// its message's visibility timeout is set to it, so SQS offers it again
+/// then rather than after the queue's own timeout.
+#[derive(Debug, Clone)]
+pub struct RetryAfterVisibility {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl RetryAfterVisibility {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    async fn hold(&self, message: &SqsMessage, seconds: u64) {
+        let Some(handle) = message.receipt_handle.as_deref() else {
+            return;
+        };
+        let seconds = i32::try_from(seconds.min(MAX_VISIBILITY_SECS)).unwrap_or(i32::MAX);
+        let changed = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await;
+        match changed {
+            Ok(_) => tracing::info!(retry_after = seconds, "the retry waits for the channel's Retry-After"),
+            // The queue's own visibility timeout still brings it back.
+            Err(error) => tracing::warn!(
+                error = %aws_sdk_sqs::error::DisplayErrorContext(&error),
+                "cannot delay the retry to the channel's Retry-After"
+            ),
+        }
+    }
+}
+
+/// As [`deliver_batch_measured`]; with `visibility`, a job that failed with
+/// a Retry-After is offered again only after it.
+pub async fn deliver_batch_retrying_after(
+    notify: &NotifyService,
+    metrics: &Metrics,
+    visibility: Option<&RetryAfterVisibility>,
+    batch: SqsEvent,
+) -> SqsBatchResponse {
     let mut failures = Vec::new();
     let mut blocked_groups: HashSet<String> = HashSet::new();
     for message in batch.records {
@@ -285,6 +340,16 @@ pub async fn deliver_batch_measured(notify: &NotifyService, metrics: &Metrics, b
                 }
                 Err(JobError::Delivery(DeliveryError::Notify(error @ NotifyError::Transient { .. }))) => {
                     tracing::warn!(message_id = %id, %error, "delivery failed; SQS will retry it");
+                    if let (
+                        Some(visibility),
+                        NotifyError::Transient {
+                            retry_after_secs: Some(seconds),
+                            ..
+                        },
+                    ) = (visibility, &error)
+                    {
+                        visibility.hold(&message, *seconds).await;
+                    }
                 }
                 Err(error) => {
                     tracing::error!(message_id = %id, %error, "delivery refused; it goes to the dead-letter queue");

@@ -127,6 +127,7 @@ async fn the_contract_suite_passes() {
     tocsin_core::contract::maintenance_store(&store).await;
     tocsin_core::contract::escalations(&store).await;
     tocsin_core::contract::throttle_store(&store).await;
+    tocsin_core::contract::slack_threads(&store).await;
 }
 
 #[tokio::test]

@@ -8,13 +8,16 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use chrono::Utc;
 use serde_json::Value;
-use tocsin_aws::notify::{deliver_batch, SesEmailNotifier, SnsSmsNotifier};
+use tocsin_aws::notify::{
+    deliver_batch, deliver_batch_retrying_after, RetryAfterVisibility, SesEmailNotifier, SnsSmsNotifier,
+};
 use tocsin_core::config::Catalog;
 use tocsin_core::dispatch::{DispatchService, NotifyService};
 use tocsin_core::event::{
     Action, Alert, DedupKey, Event, EventId, IntegrationId, Origin, Payload, ServiceId, Severity,
 };
 use tocsin_core::memory::MemoryStore;
+use tocsin_core::metrics::Metrics;
 use tocsin_core::notify::{Channel, NotificationJob, Notifier};
 use tocsin_core::process::ProcessService;
 use tocsin_core::providers::ProviderKind;
@@ -302,4 +305,102 @@ async fn refusals_and_garbage_are_reported_for_the_dead_letter_queue() {
     assert!(!records(&data, "ses", "Message")
         .iter()
         .any(|m| m.to_string().contains(&summary)));
+}
+
+/// A Slack stand-in that always fails transiently, with or without a
+/// Retry-After.
+struct BusySlack {
+    retry_after_secs: Option<u64>,
+}
+
+#[async_trait::async_trait]
+impl Notifier for BusySlack {
+    fn channel(&self) -> Channel {
+        Channel::Slack
+    }
+
+    async fn deliver(
+        &self,
+        _: &NotificationJob,
+        _: &tocsin_core::notify::Message,
+    ) -> Result<tocsin_core::notify::Receipt, tocsin_core::notify::NotifyError> {
+        Err(tocsin_core::notify::NotifyError::Transient {
+            reason: "ratelimited".into(),
+            retry_after_secs: self.retry_after_secs,
+            source: None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_keeps_the_failed_job_out_of_sight_that_long() {
+    let sdk = moto::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    // A visibility timeout of 0: a received message is offered again at once
+    // unless its own visibility was changed.
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(moto::unique("tocsin-slack-retry-after"))
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "0")
+        .send()
+        .await
+        .expect("moto creates the queue")
+        .queue_url
+        .expect("a queue URL");
+    let slack = job(&jobs(&moto::unique("disk-full")).await, Channel::Slack);
+    let visibility = RetryAfterVisibility::new(sqs.clone(), &queue_url);
+
+    for (retry_after_secs, offered_again) in [(None, true), (Some(600), false)] {
+        sqs.send_message()
+            .queue_url(&queue_url)
+            .message_body(serde_json::to_string(&slack).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let received = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(1)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        assert_eq!(received.len(), 1);
+        let mut message = SqsMessage::default();
+        message.message_id = received[0].message_id.clone();
+        message.body = received[0].body.clone();
+        message.receipt_handle = received[0].receipt_handle.clone();
+        let mut event = SqsEvent::default();
+        event.records = vec![message];
+        let notify = NotifyService::new(vec![Arc::new(BusySlack { retry_after_secs })], RenderContext::default());
+
+        let response = deliver_batch_retrying_after(
+            &notify,
+            &Metrics::disabled(tocsin_core::metrics::function::NOTIFY),
+            Some(&visibility),
+            event,
+        )
+        .await;
+        assert_eq!(response.batch_item_failures.len(), 1, "{retry_after_secs:?}");
+
+        let again = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        assert_eq!(!again.is_empty(), offered_again, "{retry_after_secs:?}: {again:?}");
+        for message in again {
+            sqs.delete_message()
+                .queue_url(&queue_url)
+                .receipt_handle(message.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
 }

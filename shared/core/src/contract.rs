@@ -1094,6 +1094,48 @@ pub async fn a_bundle_keeps_one_entry_per_incident_until_cleared(store: &dyn cra
     assert!(mine(store.bundled(Channel::Sms).await.expect("bundled")).is_empty());
 }
 
+/// Runs every Slack thread case (crate::slack::threads).
+pub async fn slack_threads(store: &dyn crate::slack::threads::SlackThreads) {
+    use crate::slack::threads::SlackThread;
+
+    let case = Case::new("slack-threads");
+    let incident = IncidentId::for_opening(
+        &case.service,
+        &DedupKey::parse("disk").expect("a key"),
+        &EventId::generate(),
+    );
+    let other = IncidentId::for_opening(
+        &case.service,
+        &DedupKey::parse("disk").expect("a key"),
+        &EventId::generate(),
+    );
+    let first = SlackThread {
+        channel_id: "C0123ABCD".to_owned(),
+        ts: "1718000000.000100".to_owned(),
+    };
+    assert_eq!(store.thread(&incident, "#checkout").await.expect("read"), None);
+
+    store.remember(&incident, "#checkout", &first).await.expect("remember");
+    assert_eq!(
+        store.thread(&incident, "#checkout").await.expect("read"),
+        Some(first.clone())
+    );
+    // Per channel and per incident.
+    assert_eq!(store.thread(&incident, "#payments").await.expect("read"), None);
+    assert_eq!(store.thread(&other, "#checkout").await.expect("read"), None);
+
+    // A redelivered trigger never moves the thread.
+    let later = SlackThread {
+        channel_id: "C0123ABCD".to_owned(),
+        ts: "1718000099.000200".to_owned(),
+    };
+    store
+        .remember(&incident, "#checkout", &later)
+        .await
+        .expect("remember again");
+    assert_eq!(store.thread(&incident, "#checkout").await.expect("read"), Some(first));
+}
+
 #[cfg(test)]
 mod tests {
     use crate::memory::MemoryStore;

@@ -145,10 +145,20 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
             Arc::new(SlackNotifier::incoming_webhook(url.clone())),
             outbox.clone(),
         )),
-        Some(SlackDelivery::Bot { token }) => Arc::new(RecordedNotifier::new(
-            Arc::new(SlackNotifier::bot(token.clone())),
-            outbox.clone(),
-        )),
+        // Threads an incident's transitions under its first message, kept
+        // in the store across restarts. TOCSIN_SLACK_API_URL replaces
+        // https://slack.com/api, as for the Lambda functions (tests only).
+        Some(SlackDelivery::Bot { token }) => {
+            let api_base = std::env::var("TOCSIN_SLACK_API_URL")
+                .ok()
+                .filter(|url| !url.trim().is_empty());
+            let notifier = SlackNotifier::bot_with_api_base(
+                token.clone(),
+                api_base.as_deref().unwrap_or(SlackNotifier::DEFAULT_API_BASE),
+            )
+            .with_threads(Arc::new(store.clone()));
+            Arc::new(RecordedNotifier::new(Arc::new(notifier), outbox.clone()))
+        }
         None => Arc::new(OutboxNotifier::new(Channel::Slack, outbox.clone())),
     };
     let mut notifiers: Vec<Arc<dyn Notifier>> = vec![

@@ -257,6 +257,17 @@ CREATE TABLE escalations (
     body     TEXT NOT NULL      -- the PendingEscalation as JSON
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- The first Slack message of each incident per configured channel
+-- (tocsin_core::slack::threads): later transitions reply in its thread.
+CREATE TABLE slack_threads (
+    incident_id TEXT NOT NULL,
+    channel     TEXT NOT NULL,  -- as configured, e.g. #checkout
+    channel_id  TEXT NOT NULL,  -- as Slack answered, e.g. C0123ABCD
+    ts          TEXT NOT NULL,
+    PRIMARY KEY (incident_id, channel)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The queues of the local stack.
@@ -1724,6 +1735,48 @@ impl tocsin_core::escalation::Escalations for Store {
 }
 
 #[async_trait]
+impl tocsin_core::slack::threads::SlackThreads for Store {
+    async fn remember(
+        &self,
+        incident: &IncidentId,
+        channel: &str,
+        thread: &tocsin_core::slack::threads::SlackThread,
+    ) -> Result<(), BackendError> {
+        let (incident, channel) = (incident.as_str().to_owned(), channel.to_owned());
+        let (channel_id, ts) = (thread.channel_id.clone(), thread.ts.clone());
+        self.run("remember a Slack thread", move |conn| {
+            // The first message stays: a redelivered trigger never moves the thread.
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO slack_threads (incident_id, channel, channel_id, ts) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![incident, channel, channel_id, ts])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn thread(
+        &self,
+        incident: &IncidentId,
+        channel: &str,
+    ) -> Result<Option<tocsin_core::slack::threads::SlackThread>, BackendError> {
+        let (incident, channel) = (incident.as_str().to_owned(), channel.to_owned());
+        self.run("read a Slack thread", move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT channel_id, ts FROM slack_threads WHERE incident_id = ?1 AND channel = ?2")?
+                .query_row(params![incident, channel], |row| {
+                    Ok(tocsin_core::slack::threads::SlackThread {
+                        channel_id: row.get(0)?,
+                        ts: row.get(1)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl tocsin_core::ports::MaintenanceStore for Store {
     async fn put_window(&self, window: &tocsin_core::maintenance::MaintenanceWindow) -> Result<(), BackendError> {
         let mut body = window.clone();
@@ -1992,6 +2045,7 @@ mod tests {
         tocsin_core::contract::maintenance_store(&store).await;
         tocsin_core::contract::escalations(&store).await;
         tocsin_core::contract::throttle_store(&store).await;
+        tocsin_core::contract::slack_threads(&store).await;
     }
 
     #[tokio::test]

@@ -2,8 +2,14 @@
 //! an incoming webhook (the channel is the webhook's) or a bot token and
 //! `chat.postMessage`. Slack's answers are sorted into retryable and not, and
 //! neither the token nor the webhook URL ever reaches a log or an error.
+//!
+//! With a bot token and a [`SlackThreads`] store, the first message of an
+//! incident in a channel is remembered; the incident's later transitions
+//! update that message in place (`chat.update`, new status, no buttons once
+//! resolved) and are posted as replies in its thread.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,15 +18,24 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use tocsin_core::config::{Secret, SlackDelivery};
+use tocsin_core::incident::TransitionKind;
 use tocsin_core::notify::{Channel, Message, NotificationJob, Notifier, NotifyError, Receipt};
+use tocsin_core::slack::threads::{SlackThread, SlackThreads};
 
 /// How Slack is reached. The webhook URL and the token are secrets: they are
 /// never logged, and never appear in an error.
 enum SlackMode {
     /// An incoming webhook: the channel is fixed by the webhook.
     Webhook { url: Secret },
-    /// A bot token and `chat.postMessage`, to any channel the bot is in.
-    Bot { token: Secret, post_message_url: String },
+    /// A bot token and Slack's Web API (`chat.postMessage`, `chat.update`),
+    /// to any channel the bot is in.
+    Bot {
+        token: Secret,
+        /// `https://slack.com/api`, without a trailing slash.
+        api_base: String,
+        /// Where first messages are remembered; without it nothing threads.
+        threads: Option<Arc<dyn SlackThreads>>,
+    },
 }
 
 /// Delivers Slack messages: Block Kit attachments by incoming webhook or
@@ -34,7 +49,10 @@ impl fmt::Debug for SlackNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match &self.mode {
             SlackMode::Webhook { .. } => "incoming webhook".to_owned(),
-            SlackMode::Bot { post_message_url, .. } => format!("bot via {post_message_url}"),
+            SlackMode::Bot { api_base, threads, .. } => {
+                let threads = if threads.is_some() { ", threaded" } else { "" };
+                format!("bot via {api_base}{threads}")
+            }
         };
         f.debug_struct("SlackNotifier")
             .field("mode", &mode)
@@ -84,11 +102,15 @@ const PERMANENT_API_ERRORS: &[&str] = &[
     "deprecated_endpoint",
 ];
 
+/// Slack's answer to `chat.postMessage` and `chat.update`.
 #[derive(Deserialize)]
-struct PostMessageAnswer {
+struct ApiAnswer {
     ok: bool,
     #[serde(default)]
     error: Option<String>,
+    /// The channel's id, whatever name the request gave.
+    #[serde(default)]
+    channel: Option<String>,
     #[serde(default)]
     ts: Option<String>,
 }
@@ -128,9 +150,19 @@ impl SlackNotifier {
             client: http_client(),
             mode: SlackMode::Bot {
                 token,
-                post_message_url: format!("{}/chat.postMessage", api_base.trim_end_matches('/')),
+                api_base: api_base.trim_end_matches('/').to_owned(),
+                threads: None,
             },
         }
+    }
+
+    /// Threads an incident's later transitions under its first message,
+    /// remembered in `threads`. An incoming webhook cannot thread: unchanged.
+    pub fn with_threads(mut self, store: Arc<dyn SlackThreads>) -> Self {
+        if let SlackMode::Bot { threads, .. } = &mut self.mode {
+            *threads = Some(store);
+        }
+        self
     }
 
     async fn post_to_webhook(
@@ -160,18 +192,17 @@ impl SlackNotifier {
         Err(http_error(status, reason, retry_after))
     }
 
-    async fn post_message(
+    /// Calls one Web API method with the bot token.
+    async fn api_call(
         &self,
         token: &Secret,
-        url: &str,
-        channel: &str,
-        text: &str,
-        attachments: &serde_json::Value,
-    ) -> Result<Option<String>, NotifyError> {
-        let body = serde_json::json!({ "channel": channel, "text": text, "attachments": attachments });
+        api_base: &str,
+        method: &'static str,
+        body: &serde_json::Value,
+    ) -> Result<ApiAnswer, NotifyError> {
         let response = self
             .client
-            .post(url)
+            .post(format!("{api_base}/{method}"))
             .bearer_auth(token.expose())
             .header(CONTENT_TYPE, "application/json; charset=utf-8")
             .body(body.to_string())
@@ -181,31 +212,120 @@ impl SlackNotifier {
         let status = response.status();
         let retry_after = retry_after(response.headers());
         if !status.is_success() {
-            let reason = format!("Slack answered {status} to chat.postMessage");
+            let reason = format!("Slack answered {status} to {method}");
             return Err(http_error(status, reason, retry_after));
         }
-        let answer: PostMessageAnswer = response.json().await.map_err(|e| NotifyError::Transient {
-            reason: "Slack's answer to chat.postMessage was not the JSON expected".to_owned(),
+        let answer: ApiAnswer = response.json().await.map_err(|e| NotifyError::Transient {
+            reason: format!("Slack's answer to {method} was not the JSON expected"),
             retry_after_secs: None,
             source: Some(Box::new(e.without_url())),
         })?;
         if answer.ok {
-            return Ok(answer.ts);
+            return Ok(answer);
         }
         let code = answer.error.unwrap_or_else(|| "unknown_error".to_owned());
         let code = excerpt(&code);
-        Err(if PERMANENT_API_ERRORS.contains(&code.as_str()) {
-            NotifyError::Permanent {
-                reason: format!("Slack refused the message: {code}"),
-                source: None,
+        Err(
+            if PERMANENT_API_ERRORS.contains(&code.as_str()) || UPDATE_REFUSALS.contains(&code.as_str()) {
+                NotifyError::Permanent {
+                    reason: format!("Slack refused {method}: {code}"),
+                    source: None,
+                }
+            } else {
+                NotifyError::Transient {
+                    reason: format!("Slack could not take {method}: {code}"),
+                    retry_after_secs: retry_after,
+                    source: None,
+                }
+            },
+        )
+    }
+
+    /// Delivers with the bot token: a new message, or, once the incident's
+    /// first message in this channel is known, an update of it and a reply
+    /// in its thread. Answers the `ts` of the message posted.
+    async fn deliver_by_bot(
+        &self,
+        job: &NotificationJob,
+        (token, api_base, threads): (&Secret, &str, Option<&dyn SlackThreads>),
+        channel: &str,
+        text: &str,
+        attachments: &serde_json::Value,
+    ) -> Result<Option<String>, NotifyError> {
+        let incident = &job.incident.id;
+        let first = match threads {
+            Some(threads) if job.transition != TransitionKind::Triggered => {
+                threads.thread(incident, &job.to).await.unwrap_or_else(|error| {
+                    // Posting unthreaded beats not posting at all.
+                    tracing::warn!(%error, "cannot read the Slack thread; posting a new message");
+                    None
+                })
             }
-        } else {
-            NotifyError::Transient {
-                reason: format!("Slack could not take the message: {code}"),
-                retry_after_secs: retry_after,
-                source: None,
+            _ => None,
+        };
+        if let Some(first) = first {
+            return self.follow_up(job, token, api_base, &first, text, attachments).await;
+        }
+        let body = serde_json::json!({ "channel": channel, "text": text, "attachments": attachments });
+        let answer = self.api_call(token, api_base, "chat.postMessage", &body).await?;
+        if let (Some(threads), Some(channel_id), Some(ts)) = (threads, &answer.channel, &answer.ts) {
+            let thread = SlackThread {
+                channel_id: channel_id.clone(),
+                ts: ts.clone(),
+            };
+            // The message is out: failing now would post it twice on retry.
+            if let Err(error) = threads.remember(incident, &job.to, &thread).await {
+                tracing::warn!(%error, "cannot remember the Slack message; later transitions will not thread");
             }
-        })
+        }
+        Ok(answer.ts)
+    }
+
+    /// Updates the first message to the new status, then replies in its
+    /// thread. The update goes first: it is idempotent, so a retry after a
+    /// failed reply shows nothing twice.
+    async fn follow_up(
+        &self,
+        job: &NotificationJob,
+        token: &Secret,
+        api_base: &str,
+        first: &SlackThread,
+        text: &str,
+        attachments: &serde_json::Value,
+    ) -> Result<Option<String>, NotifyError> {
+        let update = serde_json::json!({
+            "channel": first.channel_id,
+            "ts": first.ts,
+            "text": text,
+            "attachments": attachments,
+        });
+        match self.api_call(token, api_base, "chat.update", &update).await {
+            Ok(_) => {}
+            // A deleted or too old message: the reply still says it.
+            Err(NotifyError::Permanent { reason, .. }) => {
+                tracing::warn!(%reason, "cannot update the first Slack message");
+            }
+            Err(error) => return Err(error),
+        }
+        let reply = serde_json::json!({
+            "channel": first.channel_id,
+            "thread_ts": first.ts,
+            "text": reply_text(job.transition),
+        });
+        Ok(self.api_call(token, api_base, "chat.postMessage", &reply).await?.ts)
+    }
+}
+
+/// `chat.update` refusals no retry fixes: the message is gone or too old.
+const UPDATE_REFUSALS: &[&str] = &["message_not_found", "cant_update_message", "edit_window_closed"];
+
+/// The short reply in the first message's thread.
+fn reply_text(transition: TransitionKind) -> &'static str {
+    match transition {
+        TransitionKind::Triggered => ":rotating_light: Triggered again",
+        TransitionKind::Acknowledged => ":eyes: Acknowledged",
+        TransitionKind::Resolved => ":white_check_mark: Resolved",
+        TransitionKind::Escalated => ":rotating_light: Escalated: still not acknowledged",
     }
 }
 
@@ -234,9 +354,10 @@ impl Notifier for SlackNotifier {
             }
             SlackMode::Bot {
                 token,
-                post_message_url,
+                api_base,
+                threads,
             } => {
-                self.post_message(token, post_message_url, channel, text, attachments)
+                self.deliver_by_bot(job, (token, api_base, threads.as_deref()), channel, text, attachments)
                     .await?
             }
         };
@@ -370,6 +491,7 @@ mod tests {
     use serde_json::{json, Value};
     use tocsin_core::contract::sample_job as job;
     use tocsin_core::render::{render, RenderContext};
+    use tocsin_core::slack::threads::SlackThreads as _;
 
     use super::*;
 
@@ -612,5 +734,182 @@ mod tests {
         let job = job(Channel::Email, "Disk full");
         let result = notifier.deliver(&job, &render(&job, &RenderContext::default())).await;
         assert!(matches!(result, Err(NotifyError::Permanent { .. })), "{result:?}");
+    }
+
+    /// One call to the fake Web API: the method, Authorization header and body.
+    type Call = (String, Option<String>, Value);
+
+    #[derive(Clone, Default)]
+    struct WebApi {
+        calls: Arc<StdMutex<Vec<Call>>>,
+        /// Answer 429 with Retry-After to chat.update.
+        throttle_updates: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl WebApi {
+        fn take(&self) -> Vec<Call> {
+            std::mem::take(&mut *self.calls.lock().expect("lock"))
+        }
+    }
+
+    async fn fake_web_api_call(
+        State(api): State<WebApi>,
+        axum::extract::Path(method): axum::extract::Path<String>,
+        headers: axum::http::HeaderMap,
+        Json(body): Json<Value>,
+    ) -> Response {
+        let auth = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let n = {
+            let mut calls = api.calls.lock().expect("lock");
+            calls.push((method.clone(), auth, body.clone()));
+            calls.len()
+        };
+        match method.as_str() {
+            "chat.update" if api.throttle_updates.load(std::sync::atomic::Ordering::SeqCst) => (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, "3")],
+                Json(json!({"ok": false, "error": "ratelimited"})),
+            )
+                .into_response(),
+            "chat.update" => Json(json!({"ok": true, "channel": body["channel"], "ts": body["ts"]})).into_response(),
+            // Slack answers the channel's id whatever name was asked for.
+            "chat.postMessage" => {
+                Json(json!({"ok": true, "channel": "C0123ABCD", "ts": format!("1718000000.00010{n}")})).into_response()
+            }
+            _ => Json(json!({"ok": false, "error": "unknown_method"})).into_response(),
+        }
+    }
+
+    /// A fake Slack Web API at `{base}/api/{method}`.
+    async fn fake_web_api() -> (String, WebApi) {
+        let api = WebApi::default();
+        let app = Router::new()
+            .route("/api/{method}", post(fake_web_api_call))
+            .with_state(api.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}"), api)
+    }
+
+    fn transition(kind: TransitionKind) -> NotificationJob {
+        let mut job = job(Channel::Slack, "Disk full");
+        job.transition = kind;
+        job.incident.status = match kind {
+            TransitionKind::Acknowledged => tocsin_core::incident::IncidentStatus::Acknowledged,
+            TransitionKind::Resolved => tocsin_core::incident::IncidentStatus::Resolved,
+            _ => tocsin_core::incident::IncidentStatus::Open,
+        };
+        job
+    }
+
+    fn has_actions(attachments: &Value) -> bool {
+        attachments[0]["blocks"]
+            .as_array()
+            .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "actions"))
+    }
+
+    #[tokio::test]
+    async fn later_transitions_update_the_first_message_and_reply_in_its_thread() {
+        let (base, api) = fake_web_api().await;
+        let threads = Arc::new(tocsin_core::slack::threads::MemorySlackThreads::default());
+        let notifier = bot(&base, "xoxb-good").with_threads(threads.clone());
+
+        let triggered = transition(TransitionKind::Triggered);
+        let receipt = notifier
+            .deliver(&triggered, &slack_message(&triggered))
+            .await
+            .expect("posted");
+        let first_ts = receipt.reference.expect("a ts");
+        let calls = api.take();
+        assert_eq!(calls.len(), 1);
+        let (method, auth, body) = &calls[0];
+        assert_eq!(method, "chat.postMessage");
+        assert_eq!(auth.as_deref(), Some("Bearer xoxb-good"));
+        assert_eq!(body["channel"], "#checkout");
+        assert!(body.get("thread_ts").is_none(), "{body}");
+        assert!(has_actions(&body["attachments"]));
+        assert_eq!(
+            threads.thread(&triggered.incident.id, "#checkout").await.expect("read"),
+            Some(SlackThread {
+                channel_id: "C0123ABCD".to_owned(),
+                ts: first_ts.clone()
+            })
+        );
+
+        for (kind, reply, buttons) in [
+            (TransitionKind::Acknowledged, ":eyes: Acknowledged", true),
+            (TransitionKind::Resolved, ":white_check_mark: Resolved", false),
+        ] {
+            let job = transition(kind);
+            let message = slack_message(&job);
+            let receipt = notifier.deliver(&job, &message).await.expect("delivered");
+            let calls = api.take();
+            assert_eq!(calls.len(), 2, "{kind:?}: {calls:?}");
+            let Message::Slack { text, attachments, .. } = &message else {
+                panic!("not a Slack message")
+            };
+            let (method, auth, update) = &calls[0];
+            assert_eq!(method, "chat.update");
+            assert_eq!(auth.as_deref(), Some("Bearer xoxb-good"));
+            assert_eq!(
+                update,
+                &json!({"channel": "C0123ABCD", "ts": first_ts, "text": text, "attachments": attachments})
+            );
+            assert_eq!(has_actions(&update["attachments"]), buttons, "{kind:?}");
+            let (method, auth, body) = &calls[1];
+            assert_eq!(method, "chat.postMessage");
+            assert_eq!(auth.as_deref(), Some("Bearer xoxb-good"));
+            assert_eq!(
+                body,
+                &json!({"channel": "C0123ABCD", "thread_ts": first_ts, "text": reply})
+            );
+            assert_ne!(
+                receipt.reference.as_deref(),
+                Some(first_ts.as_str()),
+                "the reply's own ts"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_known_first_message_a_transition_is_posted_as_a_new_message() {
+        let (base, api) = fake_web_api().await;
+        let threads = Arc::new(tocsin_core::slack::threads::MemorySlackThreads::default());
+        let notifier = bot(&base, "xoxb-good").with_threads(threads.clone());
+
+        let job = transition(TransitionKind::Acknowledged);
+        notifier.deliver(&job, &slack_message(&job)).await.expect("posted");
+        let calls = api.take();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].0, "chat.postMessage");
+        assert!(calls[0].2.get("thread_ts").is_none());
+        assert_eq!(calls[0].2["channel"], "#checkout");
+    }
+
+    #[tokio::test]
+    async fn a_throttled_update_is_transient_with_its_retry_after_and_posts_no_reply() {
+        let (base, api) = fake_web_api().await;
+        let threads = Arc::new(tocsin_core::slack::threads::MemorySlackThreads::default());
+        let notifier = bot(&base, "xoxb-good").with_threads(threads);
+        let triggered = transition(TransitionKind::Triggered);
+        notifier
+            .deliver(&triggered, &slack_message(&triggered))
+            .await
+            .expect("posted");
+        api.take();
+        api.throttle_updates.store(true, std::sync::atomic::Ordering::SeqCst);
+
+        let job = transition(TransitionKind::Resolved);
+        match notifier.deliver(&job, &slack_message(&job)).await {
+            Err(NotifyError::Transient { retry_after_secs, .. }) => assert_eq!(retry_after_secs, Some(3)),
+            other => panic!("expected Transient, got {other:?}"),
+        }
+        let calls = api.take();
+        let methods: Vec<_> = calls.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(methods, ["chat.update"], "no reply before the update went through");
     }
 }

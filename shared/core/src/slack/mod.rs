@@ -7,6 +7,7 @@
 //! incident read and one enqueue.
 
 pub mod payload;
+pub mod threads;
 pub mod verify;
 
 use std::sync::Arc;
