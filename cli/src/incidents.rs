@@ -225,6 +225,8 @@ fn describe(entry: &Value) -> String {
                 ),
                 // Held by the recipient's throttle for one bundle message.
                 Some("bundled") => format!("throttled (bundled): {head}"),
+                // SES reported a permanent bounce or a complaint for the address.
+                Some("suppressed") => format!("not sent: {head}: {}", field("reason").unwrap_or_default()),
                 _ => format!("notified: {head}"),
             }
         }

@@ -33,6 +33,7 @@ mod restart;
 mod routing;
 mod runtime_api;
 mod secrets;
+mod ses_feedback;
 mod slack_interactions;
 mod slack_threads;
 mod template;

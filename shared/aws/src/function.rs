@@ -640,6 +640,13 @@ async fn run_notify(
     // set for every function by the template's globals).
     let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::NOTIFY);
     if let Some(table) = optional("TOCSIN_TABLE") {
+        // Email skips addresses SES reported as bouncing or complaining.
+        if notify_channel == tocsin_core::notify::Channel::Email {
+            notify = notify.with_contacts(Arc::new(crate::contacts::DynamoContactHealth::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                &table,
+            )));
+        }
         let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table));
         // The channel's throttle (tocsin_core::throttle), when configured:
         // what goes over the limits waits for the scheduler's bundle.
@@ -680,10 +687,10 @@ pub async fn run_notify_email() -> Result<(), lambda_runtime::Error> {
     let from = required("TOCSIN_EMAIL_FROM")?;
     let sdk = crate::trust::function_sdk_config().await;
     run_notify(
-        Arc::new(crate::notify::SesEmailNotifier::new(
-            aws_sdk_sesv2::Client::new(&sdk),
-            from,
-        )),
+        Arc::new(
+            crate::notify::SesEmailNotifier::new(aws_sdk_sesv2::Client::new(&sdk), from)
+                .with_configuration_set(optional("TOCSIN_SES_CONFIGURATION_SET")),
+        ),
         &sdk,
     )
     .await

@@ -5,6 +5,7 @@
 //! Endpoints are never in code: the SDK reads AWS_ENDPOINT_URL (and
 //! AWS_ENDPOINT_URL_<SERVICE>), which is how tests point it at moto.
 
+pub mod contacts;
 pub mod dispatch;
 pub mod dynamodb;
 pub mod email;

@@ -133,6 +133,9 @@ fn build_error(error: aws_sdk_sesv2::error::BuildError) -> NotifyError {
 pub struct SesEmailNotifier {
     client: aws_sdk_sesv2::Client,
     from: String,
+    /// The configuration set whose event destination publishes bounces and
+    /// complaints to the ses-feedback function (TOCSIN_SES_CONFIGURATION_SET).
+    configuration_set: Option<String>,
 }
 
 impl SesEmailNotifier {
@@ -140,7 +143,13 @@ impl SesEmailNotifier {
         Self {
             client,
             from: from.into(),
+            configuration_set: None,
         }
+    }
+
+    pub fn with_configuration_set(mut self, name: Option<String>) -> Self {
+        self.configuration_set = name;
+        self
     }
 }
 
@@ -174,6 +183,7 @@ impl Notifier for SesEmailNotifier {
             .client
             .send_email()
             .from_email_address(&self.from)
+            .set_configuration_set_name(self.configuration_set.clone())
             .destination(Destination::builder().to_addresses(&job.to).build())
             .content(content)
             .send()

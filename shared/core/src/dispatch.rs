@@ -148,6 +148,7 @@ pub struct NotifyService {
     timeline: Option<Arc<dyn Timeline>>,
     throttle: Option<crate::throttle::Throttle>,
     metrics: Option<crate::metrics::Metrics>,
+    contacts: Option<Arc<dyn crate::contacts::ContactHealth>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,28 @@ impl NotifyService {
             timeline: None,
             throttle: None,
             metrics: None,
+            contacts: None,
+        }
+    }
+
+    /// Email to an address SES reported as bouncing permanently or
+    /// complaining is not sent; the timeline says so (crate::contacts).
+    pub fn with_contacts(mut self, contacts: Arc<dyn crate::contacts::ContactHealth>) -> Self {
+        self.contacts = Some(contacts);
+        self
+    }
+
+    /// Why `job`'s recipient must not be mailed, if it must not. A record
+    /// that cannot be read does not stop a page: it is sent.
+    async fn suppressed(&self, job: &NotificationJob) -> Option<String> {
+        let contacts = self.contacts.as_ref().filter(|_| job.channel == Channel::Email)?;
+        let address = crate::config::EmailAddress::parse(&job.to.to_lowercase()).ok()?;
+        match contacts.contact(&address).await {
+            Ok(state) => state?.suppression_reason(),
+            Err(error) => {
+                tracing::warn!(error = %error, "the contact's bounce record could not be read: sending anyway");
+                None
+            }
         }
     }
 
@@ -213,6 +236,12 @@ impl NotifyService {
                 self.write(&entry).await;
                 return Ok(Receipt::held());
             }
+        }
+        if let Some(reason) = self.suppressed(job).await {
+            tracing::info!(%reason, "not sent: the recipient is suppressed");
+            let entry = TimelineEntry::of_delivery(job, attempt, DeliveryResult::Suppressed { reason }, now);
+            self.write(&entry).await;
+            return Ok(Receipt::held());
         }
         let result = match self.notifiers.get(&job.channel) {
             Some(notifier) => notifier

@@ -6,6 +6,7 @@
 pub mod answer;
 pub mod auth;
 pub mod config;
+pub mod contacts;
 #[cfg(feature = "contract")]
 pub mod contract;
 pub mod dedup;

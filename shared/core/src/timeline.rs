@@ -152,6 +152,9 @@ pub enum DeliveryResult {
     /// Not sent: the recipient's throttle (crate::throttle) held it for the
     /// one message that bundles what it held.
     Bundled,
+    /// Not sent: SES reported a permanent bounce or a complaint for the
+    /// address (crate::contacts); mailing it again hurts the sender.
+    Suppressed { reason: String },
 }
 
 impl TimelineEntry {
@@ -252,6 +255,9 @@ impl TimelineEntry {
                 ),
                 DeliveryResult::Bundled => {
                     format!("throttled (bundled): {transition} by {channel} to {recipient}")
+                }
+                DeliveryResult::Suppressed { reason } => {
+                    format!("not sent: {transition} by {channel} to {recipient}: {reason}")
                 }
             },
             Happened::Held { window, until, .. } => format!(
