@@ -13,6 +13,7 @@ use chrono::Utc;
 use tocsin_core::incident::{Incident, IncidentStatus};
 use tocsin_core::links::{ActionClaim, ActionSigner, LinkAction, LinkError};
 use tocsin_core::process::{act_on_incident, ActionError};
+use tocsin_core::render::escape_html as escape;
 
 use crate::ApiState;
 
@@ -226,21 +227,6 @@ fn html(status: StatusCode, title: &str, body: &str) -> Response {
     );
     headers.insert("x-robots-tag", HeaderValue::from_static("noindex"));
     response
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 //! SET of the latest bounce or complaint, under a condition that skips an
 //! SNS redelivery of the contact's latest feedback.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
@@ -41,10 +39,7 @@ pub fn contact_pk(address: &EmailAddress) -> String {
 }
 
 pub fn contact_key(address: &EmailAddress) -> Item {
-    HashMap::from([
-        (attr::PK.to_owned(), AttributeValue::S(contact_pk(address))),
-        (attr::SK.to_owned(), AttributeValue::S(SK.to_owned())),
-    ])
+    crate::dynamodb::key(contact_pk(address), SK)
 }
 
 /// A contact item that is not what this code writes.

@@ -201,7 +201,7 @@ fn expect_kind(item: &Item, expected: &'static str) -> Result<(), ItemError> {
     }
 }
 
-fn key(pk: String, sk: impl Into<String>) -> Item {
+pub(crate) fn key(pk: String, sk: impl Into<String>) -> Item {
     HashMap::from([(attr::PK.to_owned(), s(pk)), (attr::SK.to_owned(), s(sk))])
 }
 
@@ -1269,6 +1269,25 @@ fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error:
 }
 
 impl DynamoStore {
+    /// Writes `item` unless an item of its key is there: the first write
+    /// stays, and a repeat is not an error. `what` names the call in errors.
+    async fn put_if_absent(&self, item: Item, what: &'static str) -> Result<(), BackendError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(()),
+            Err(error) => Err(BackendError::new(what, error)),
+        }
+    }
+
     /// Writes a heartbeat's config, keeping the state of its beats.
     pub async fn put_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), BackendError> {
         let data = serde_json::to_string(heartbeat).map_err(|e| BackendError::new("dynamodb encode a heartbeat", e))?;
@@ -1551,21 +1570,8 @@ impl tocsin_core::throttle::ThrottleStore for DynamoStore {
             attr::EXPIRES_AT.to_owned(),
             n((held.at + THROTTLE_BUNDLE_RETENTION).timestamp()),
         );
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            // One entry per incident: a redelivered job keeps the first.
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", attr::PK)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(()),
-            Err(error) => Err(BackendError::new("dynamodb PutItem (throttle bundle)", error)),
-        }
+        // One entry per incident: a redelivered job keeps the first.
+        self.put_if_absent(item, "dynamodb PutItem (throttle bundle)").await
     }
 
     async fn bundled(
@@ -2254,21 +2260,8 @@ impl tocsin_core::slack::threads::SlackThreads for DynamoStore {
             attr::EXPIRES_AT.to_owned(),
             n((Utc::now() + TIMELINE_RETENTION).timestamp()),
         );
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            // The first message stays: a redelivered trigger never moves the thread.
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", attr::PK)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(()),
-            Err(error) => Err(BackendError::new("dynamodb PutItem (Slack thread)", error)),
-        }
+        // The first message stays: a redelivered trigger never moves the thread.
+        self.put_if_absent(item, "dynamodb PutItem (Slack thread)").await
     }
 
     async fn thread(

@@ -2,6 +2,7 @@
 //! an HTML body. The HTML uses inline styles only, because mail clients drop
 //! `<style>` blocks, and escapes everything the alert sent.
 
+use super::escape_html as escape;
 use super::{
     action_links, color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title, status_title,
     summary, timestamp, transition_title, truncate_chars, ActionLink, RenderContext,
@@ -291,22 +292,6 @@ impl<'a> Body<'a> {
         out.push_str("</table>\n</td></tr>\n</table>\n</body>\n</html>\n");
         out
     }
-}
-
-/// HTML-escapes text and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -36,6 +36,23 @@ pub fn render(job: &NotificationJob, ctx: &RenderContext) -> Message {
 
 // What the channels share: wording, colors, links and the flattened details.
 
+/// HTML-escapes text and attribute values: the email body and the
+/// action-link pages of tocsin-api.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The page of an incident, when a public URL is configured.
 fn incident_url(ctx: &RenderContext, incident: &Incident) -> Option<String> {
     let base = public_base(ctx)?;
