@@ -152,7 +152,9 @@ fn print_incident(incident: &Value) {
     }
     field("created", &incident["created_at"]);
     field("acknowledged", &incident["acknowledged_at"]);
+    field("  by", &incident["acknowledged_by"]);
     field("resolved", &incident["resolved_at"]);
+    field("  by", &incident["resolved_by"]);
     for link in incident["links"].as_array().map(Vec::as_slice).unwrap_or_default() {
         println!("{:<14}{}", "link", text(&link["href"]));
     }

@@ -13,6 +13,7 @@ use tocsin_core::providers::ProviderKind;
 use tocsin_local::stack::{error_chain, start, StackOptions};
 use tocsin_local::store::Store;
 
+mod contacts;
 mod incidents;
 mod integrations;
 mod remote;
@@ -146,6 +147,15 @@ enum Command {
         store: integrations::StoreOptions,
         #[command(subcommand)]
         command: integrations::IntegrationsCommand,
+    },
+    /// Email contacts SES reported bounces or complaints for, in a
+    /// deployment's table (--table) or the local stack's data folder
+    /// (--data): list, unsuppress (keeps the history), suppress.
+    Contacts {
+        #[command(flatten)]
+        store: contacts::StoreOptions,
+        #[command(subcommand)]
+        command: contacts::ContactsCommand,
     },
 }
 
@@ -282,6 +292,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Integrations { store, command } => {
             integrations::run(&store, command).await.map_err(|e| error_chain(&e))
         }
+        Command::Contacts { store, command } => contacts::run(&store, command).await.map_err(|e| error_chain(&e)),
         Command::Dlq(DlqCommand::Redrive { id, data }) => {
             let store = open_store(&data)?;
             if store.redrive(id).await.map_err(|e| e.to_string())? {

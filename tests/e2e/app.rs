@@ -94,6 +94,8 @@ services:
 settings:
   email_from: tocsin@example.com
   public_url: http://127.0.0.1:3000
+  # Tests count every SMS; throttling (on by default) is throttle.rs's subject.
+  throttle: {sms: {enabled: false}}
 "##;
 
 /// The workspace root: this crate lives in `<workspace>/tests`.

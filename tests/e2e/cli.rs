@@ -153,6 +153,10 @@ async fn incidents_are_listed_shown_acknowledged_and_resolved_from_the_command_l
     assert!(resolved.contains("resolved"), "{resolved}");
     let after = app.api_get(&format!("/incidents/{id}")).await.json();
     assert_eq!(after["status"], "resolved", "{after}");
+    let shown = succeeded(&run(&["incidents", "show", &id]));
+    let by: Vec<&str> = shown.lines().filter(|line| line.starts_with("  by")).collect();
+    assert_eq!(by.len(), 2, "who acknowledged and who resolved:\n{shown}");
+    assert!(by.iter().all(|line| line.contains("api-key:")), "{shown}");
 
     let missing = failed(&run(&["incidents", "show", "00000000-0000-4000-8000-000000000000"]));
     assert!(missing.contains("404"), "{missing}");

@@ -110,6 +110,33 @@ fn an_invalid_config_is_refused_with_file_field_and_reason() {
 }
 
 #[test]
+fn a_webhook_secret_the_stack_cannot_read_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = TEST_CONFIG.replacen(
+        "    notify:\n",
+        "    notify:\n      webhooks:\n        - {url: \"https://hooks.example.com/t\", secret: {env: TOCSIN_E2E_SURELY_UNSET_HOOK_SECRET}}\n",
+        1,
+    );
+    assert!(yaml.contains("SURELY_UNSET"), "the replacement did not apply");
+    let file = dir.path().join("tocsin.yaml");
+    std::fs::write(&file, yaml).expect("cannot write the config");
+    let data = dir.path().join("data");
+    let refusal = run_dev(&file, &data);
+    assert_ne!(refusal.code, Some(0));
+    for expected in ["webhook 0 of service checkout", "TOCSIN_E2E_SURELY_UNSET_HOOK_SECRET"] {
+        assert!(
+            refusal.stderr.contains(expected),
+            "stderr should contain '{expected}':\n{}",
+            refusal.stderr
+        );
+    }
+    assert!(
+        !data.join("tocsin.db").exists(),
+        "nothing may be created in the data folder"
+    );
+}
+
+#[test]
 fn a_missing_config_file_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("absent.yaml");

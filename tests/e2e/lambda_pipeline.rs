@@ -216,7 +216,9 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
                 webhooks: vec![tocsin_core::config::Webhook {
                     url: tocsin_core::config::WebhookUrl::parse(&webhook_url).unwrap(),
                     format: tocsin_core::config::WebhookFormat::Generic,
-                    secret: Some(tocsin_core::config::Secret::new("whsec-pipeline")),
+                    secret: Some(tocsin_core::config::ConfiguredSecret::Value(
+                        tocsin_core::config::Secret::new("whsec-pipeline"),
+                    )),
                 }],
                 on: vec![TransitionKind::Triggered],
                 min_severity: Severity::Info,
@@ -282,6 +284,8 @@ async fn an_alert_fires_and_resolves_through_the_lambda_functions() {
         ("TOCSIN_PUBLIC_URL", "https://tocsin.example.com"),
         ("TOCSIN_SLACK_SECRET_ARN", slack_secret.as_str()),
         ("TOCSIN_SLACK_API_URL", slack_api.as_str()),
+        // Both incidents text the same number: no throttle (on by default).
+        ("TOCSIN_THROTTLE_SMS", "off"),
     ];
     let mut ingest = Function::start(&function_bin("ingest-prometheus"), &env, scratch.path()).await;
     let mut processor = Function::start(&function_bin("processor"), &env, scratch.path()).await;

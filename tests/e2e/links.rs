@@ -24,6 +24,8 @@ services:
 settings:
   public_url: https://tocsin.example.test/
   link_signing_secret: e2e-link-signing-secret-0123456789abcdef
+  # Every transition texts the same number: no throttle (on by default).
+  throttle: {sms: {enabled: false}}
 "##;
 
 const SECRET: &str = "e2e-link-signing-secret-0123456789abcdef";

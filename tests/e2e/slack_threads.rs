@@ -144,7 +144,17 @@ async fn acknowledge_and_resolve_update_the_first_message_and_reply_in_its_threa
         !has_buttons(resolve_update),
         "resolved: the Acknowledge and Resolve buttons are gone"
     );
-    for (reply, says) in [(ack_reply, "Acknowledged"), (resolve_reply, "Resolved")] {
+    // Who: the tool the events came from, read back from the store.
+    assert!(
+        resolve_update
+            .to_string()
+            .contains("Acknowledged by events-v2  ·  Resolved by events-v2"),
+        "{resolve_update}"
+    );
+    for (reply, says) in [
+        (ack_reply, ":eyes: Acknowledged by events-v2"),
+        (resolve_reply, ":white_check_mark: Resolved by events-v2"),
+    ] {
         assert_eq!(reply["channel"], "C0E2E0001", "{reply}");
         assert_eq!(reply["thread_ts"], first_ts, "{reply}");
         assert!(reply["text"].as_str().is_some_and(|t| t.contains(says)), "{reply}");

@@ -169,6 +169,73 @@ async fn a_burst_sends_at_most_the_limit_and_one_bundle_counts_the_rest() {
     );
 }
 
+/// Triggers `count` incidents of checkout at once; their ids.
+async fn burst(app: &TestApp, prefix: &str, count: usize) -> Vec<String> {
+    for n in 0..count {
+        app.enqueue(&json!({
+            "routing_key": keys::CHECKOUT_EVENTS,
+            "event_action": "trigger",
+            "dedup_key": format!("{prefix}-{n}"),
+            "payload": {"summary": format!("disk {n} full"), "source": "db-1", "severity": "error"},
+        }))
+        .await
+        .expect(202);
+    }
+    let incidents = wait_for("every incident", || async {
+        let all = app.incidents("").await;
+        (all.len() == count).then_some(all)
+    })
+    .await;
+    incidents
+        .iter()
+        .map(|i| i["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// Waits until every incident was texted one by one or held for a bundle:
+/// (texted, held).
+async fn texted_or_held(app: &TestApp, ids: &[String]) -> (usize, usize) {
+    wait_for("every incident texted or bundled", || async move {
+        let texted: Vec<String> = app
+            .outbox()
+            .iter()
+            .filter(|l| l["channel"] == "sms" && !is_bundle(l))
+            .filter_map(|l| l["incident_id"].as_str().map(str::to_owned))
+            .collect();
+        let mut held = 0;
+        for id in ids.iter().filter(|id| !texted.contains(id)) {
+            if !bundled(&timeline(app, id).await) {
+                return None;
+            }
+            held += 1;
+        }
+        Some((texted.len(), held))
+    })
+    .await
+}
+
+/// Without `settings.throttle`, SMS is throttled with the defaults (one a
+/// minute), as on AWS; `sms: {enabled: false}` sends every one.
+#[tokio::test]
+async fn sms_is_throttled_by_default_and_can_be_turned_off() {
+    const BURST: usize = 3;
+    let (head, _) = CONFIG.split_once("settings:").expect("the throttle settings");
+    let app = TestApp::start_with(Some(head), keys::OPS).await;
+    let first_minute = minute_now();
+    let ids = burst(&app, "default", BURST).await;
+    let (texted, held) = texted_or_held(&app, &ids).await;
+    let minutes = usize::try_from(minute_now() - first_minute + 1).expect("a few minutes");
+    let per_minute = tocsin_core::throttle::DEFAULT_SMS_PER_MINUTE as usize;
+    assert!(minutes < BURST, "the burst took {minutes} minutes: it proves nothing");
+    assert!(texted <= per_minute * minutes, "{texted} SMS in {minutes} minute(s)");
+    assert_eq!(texted + held, BURST);
+
+    let off = format!("{head}settings:\n  throttle: {{sms: {{enabled: false}}}}\n");
+    let app = TestApp::start_with(Some(&off), keys::OPS).await;
+    let ids = burst(&app, "off", BURST).await;
+    assert_eq!(texted_or_held(&app, &ids).await, (BURST, 0));
+}
+
 /// The AWS path against moto: the real notify-sms function holds what goes
 /// over a number's limit (DynamoDB counters and bundle items), and the real
 /// scheduler sends one bundle SMS through SNS once a minute has room.

@@ -24,6 +24,8 @@ services:
 
 settings:
   email_from: tocsin@example.com
+  # Trigger and resolve text the same number: no throttle (on by default).
+  throttle: {sms: {enabled: false}}
   # Nothing listens on port 1: every Slack delivery fails and is retried.
   slack_webhook_url: http://127.0.0.1:1/services/T000/B000/timelinetest
 "##;

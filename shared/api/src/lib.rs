@@ -177,7 +177,7 @@ async fn integrations_health(
     )))
 }
 
-pub use links::{with_action_links, ActionLinks};
+pub use links::{with_action_links, with_link_metrics, ActionLinks, LinkMetrics};
 pub use maintenance::MaintenanceWindows;
 pub use slack::{slack_router, with_slack, Slack};
 

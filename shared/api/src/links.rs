@@ -12,6 +12,7 @@ use axum::{Extension, Router};
 use chrono::Utc;
 use tocsin_core::incident::{Incident, IncidentStatus};
 use tocsin_core::links::{ActionClaim, ActionSigner, LinkAction, LinkError};
+use tocsin_core::metrics::{ActionVia, Metrics};
 use tocsin_core::process::{act_on_incident, ActionError};
 use tocsin_core::render::escape_html as escape;
 
@@ -25,6 +26,16 @@ pub struct ActionLinks(pub ActionSigner);
 /// `router` with `/act/{token}` verifying links with `signer`.
 pub fn with_action_links(router: Router, signer: ActionSigner) -> Router {
     router.layer(Extension(ActionLinks(signer)))
+}
+
+/// Where the actions links carry out are counted (IncidentActions, Via
+/// `link`); without it they are not.
+#[derive(Clone)]
+pub struct LinkMetrics(pub Metrics);
+
+/// `router` counting the actions of `/act/{token}` in `metrics`.
+pub fn with_link_metrics(router: Router, metrics: Metrics) -> Router {
+    router.layer(Extension(LinkMetrics(metrics)))
 }
 
 /// What the link would do, and a button to do it.
@@ -67,6 +78,7 @@ pub(crate) async fn confirm(
     State(state): State<ApiState>,
     Path(token): Path<String>,
     links: Option<Extension<ActionLinks>>,
+    metrics: Option<Extension<LinkMetrics>>,
 ) -> Response {
     let (claim, incident) = match open(&state, &token, links).await {
         Ok(found) => found,
@@ -86,6 +98,9 @@ pub(crate) async fn confirm(
     match result {
         Ok(updated) => {
             tracing::info!(incident = %updated.id, action = %claim.action, %actor, "action link used");
+            if let Some(Extension(LinkMetrics(metrics))) = metrics {
+                metrics.incident_action_via(Utc::now(), claim.action.action(), ActionVia::Link, updated.id.as_str());
+            }
             html(
                 StatusCode::OK,
                 claim.action.done(),
@@ -236,6 +251,101 @@ mod tests {
     #[test]
     fn escape_covers_markup_and_quotes() {
         assert_eq!(escape("<a href='x'>\"&"), "&lt;a href=&#39;x&#39;&gt;&quot;&amp;");
+    }
+
+    /// A store with one open incident on the sample's `checkout`, its id,
+    /// and the API state over them.
+    async fn one_open_incident() -> (ApiState, tocsin_core::incident::IncidentId) {
+        use std::sync::Arc;
+        use tocsin_core::event::{Action, Alert, DedupKey, Event, EventId, IntegrationId, Origin, Payload, ServiceId};
+        use tocsin_core::process::ProcessService;
+
+        let store = Arc::new(tocsin_core::memory::MemoryStore::new());
+        let catalog =
+            tocsin_core::config::Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample")
+                .expect("the sample config");
+        let process = ProcessService::new(store.clone());
+        let trigger = Event {
+            id: EventId::generate(),
+            service: ServiceId::parse("checkout").expect("a service id"),
+            origin: Origin::Integration {
+                integration: IntegrationId::parse("checkout-prometheus").expect("an integration id"),
+                provider: tocsin_core::providers::ProviderKind::Prometheus,
+            },
+            received_at: Utc::now(),
+            alert: Alert {
+                event_action: Action::Trigger,
+                dedup_key: DedupKey::parse("disk-full").expect("a dedup key"),
+                payload: Some(Payload {
+                    summary: "Disk full".into(),
+                    source: "db-1".into(),
+                    severity: tocsin_core::event::Severity::Critical,
+                    timestamp: None,
+                    component: None,
+                    group: None,
+                    class: None,
+                    custom_details: None,
+                }),
+                links: Vec::new(),
+                images: Vec::new(),
+                client: None,
+                client_url: None,
+            },
+        };
+        process.apply(&trigger, Utc::now()).await.expect("opened");
+        let id = store.incidents()[0].id.clone();
+        let state = ApiState {
+            process,
+            incidents: store.clone(),
+            timeline: store,
+            config: Arc::new(catalog),
+        };
+        (state, id)
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_link_counts_as_a_link_incident_action_once() {
+        use std::sync::Arc;
+        use tocsin_core::metrics::{function, CollectingSink};
+
+        let (state, id) = one_open_incident().await;
+        let signer = ActionSigner::new(tocsin_core::config::Secret::new("links-test-secret-0123456789abcdef"))
+            .expect("a long enough secret");
+        let token = signer.token(&id, LinkAction::Acknowledge, Some("oncall@example.com"), Utc::now());
+        let sink = Arc::new(CollectingSink::default());
+        let metrics = Metrics::new(function::API, sink.clone());
+        let press = || {
+            confirm(
+                State(state.clone()),
+                Path(token.clone()),
+                Some(Extension(ActionLinks(signer.clone()))),
+                Some(Extension(LinkMetrics(metrics.clone()))),
+            )
+        };
+
+        assert_eq!(press().await.status(), StatusCode::OK);
+        // Pressed again: already acknowledged, nothing done, nothing counted.
+        assert_eq!(press().await.status(), StatusCode::CONFLICT);
+        // Only shown the page: nothing counted either.
+        let shown = page(
+            State(state.clone()),
+            Path(token.clone()),
+            Some(Extension(ActionLinks(signer.clone()))),
+        )
+        .await;
+        assert_eq!(shown.status(), StatusCode::OK);
+
+        let documents = sink.documents();
+        assert_eq!(documents.len(), 1, "{documents:?}");
+        let document = &documents[0];
+        assert_eq!(document["IncidentActions"], 1.0);
+        assert_eq!(document["Function"], "api");
+        assert_eq!(document["Action"], "acknowledge");
+        assert_eq!(document["Via"], "link");
+        assert_eq!(document["incident"], id.as_str());
+        // And the incident says who.
+        let incident = state.incidents.get(&id).await.expect("read").expect("the incident");
+        assert_eq!(incident.acknowledged_by.as_deref(), Some("link:oncall@example.com"));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use tocsin_core::config::EmailAddress;
-use tocsin_core::contacts::{ContactFeedback, ContactHealth, ContactState, FeedbackKind, LastFeedback};
+use tocsin_core::contacts::{
+    ContactFeedback, ContactHealth, ContactState, FeedbackKind, LastFeedback, SuppressionChange,
+};
 use tocsin_core::ports::BackendError;
 
 use crate::dynamodb::{attr, Item};
@@ -31,6 +33,10 @@ pub mod contact_attr {
     pub const LAST_COMPLAINT_MESSAGE: &str = "last_complaint_message_id";
     pub const SUPPRESSED: &str = "suppressed";
     pub const LAST_FEEDBACK_ID: &str = "last_feedback_id";
+    /// The latest change by hand (`tocsin contacts suppress|unsuppress`).
+    pub const CHANGED_SUPPRESSED: &str = "changed_suppressed";
+    pub const CHANGED_AT: &str = "changed_at";
+    pub const CHANGED_BY: &str = "changed_by";
 }
 
 /// The partition of a contact reached by email.
@@ -111,6 +117,15 @@ fn state(address: &EmailAddress, item: &Item) -> Result<ContactState, ContactIte
             .unwrap_or_default()
             .to_owned(),
     });
+    let last_change = match (item.get(CHANGED_SUPPRESSED), time(item, CHANGED_AT)?) {
+        (Some(AttributeValue::Bool(suppressed)), Some(at)) => Some(SuppressionChange {
+            suppressed: *suppressed,
+            at,
+            by: text(item, CHANGED_BY)?.unwrap_or_default().to_owned(),
+        }),
+        (None, None) => None,
+        _ => return Err(ContactItemError(CHANGED_SUPPRESSED)),
+    };
     Ok(ContactState {
         address: address.clone(),
         permanent_bounces: count(item, PERMANENT_BOUNCES)?,
@@ -119,7 +134,19 @@ fn state(address: &EmailAddress, item: &Item) -> Result<ContactState, ContactIte
         last_bounce,
         last_complaint,
         suppressed: matches!(item.get(SUPPRESSED), Some(AttributeValue::Bool(true))),
+        last_change,
     })
+}
+
+/// The address as the item's key holds it: SES matches without case.
+fn lowered(address: &EmailAddress) -> EmailAddress {
+    EmailAddress::parse(&address.as_str().to_lowercase()).unwrap_or_else(|_| address.clone())
+}
+
+/// The address of a contact's item, from its partition key.
+fn address_of(item: &Item) -> Option<EmailAddress> {
+    let pk = item.get(attr::PK)?.as_s().ok()?;
+    EmailAddress::parse(pk.strip_prefix("CONTACT#email#")?).ok()
 }
 
 #[async_trait]
@@ -199,9 +226,74 @@ impl ContactHealth for DynamoContactHealth {
             .map_err(|e| BackendError::new("dynamodb GetItem contact", e))?;
         output
             .item
-            .map(|item| state(address, &item))
+            .map(|item| state(&lowered(address), &item))
             .transpose()
             .map_err(|e| BackendError::new("dynamodb GetItem contact", e))
+    }
+
+    async fn contacts(&self) -> Result<Vec<ContactState>, BackendError> {
+        let mut contacts = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#type = :type")
+                .expression_attribute_names("#type", attr::TYPE)
+                .expression_attribute_values(":type", AttributeValue::S(KIND.to_owned()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| BackendError::new("dynamodb Scan contacts", e))?;
+            for item in output.items() {
+                let address = address_of(item)
+                    .ok_or_else(|| BackendError::new("dynamodb Scan contacts", ContactItemError(attr::PK)))?;
+                contacts.push(state(&address, item).map_err(|e| BackendError::new("dynamodb Scan contacts", e))?);
+            }
+            match output.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        contacts.sort_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
+        Ok(contacts)
+    }
+
+    #[tracing::instrument(skip_all, fields(suppressed = change.suppressed))]
+    async fn change_suppression(
+        &self,
+        address: &EmailAddress,
+        change: &SuppressionChange,
+    ) -> Result<ContactState, BackendError> {
+        use contact_attr::*;
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(contact_key(address)))
+            .update_expression(
+                "SET #type = :type, #suppressed = :suppressed, #changed = :suppressed, #at = :at, #by = :by",
+            )
+            .expression_attribute_names("#type", attr::TYPE)
+            .expression_attribute_names("#suppressed", SUPPRESSED)
+            .expression_attribute_names("#changed", CHANGED_SUPPRESSED)
+            .expression_attribute_names("#at", CHANGED_AT)
+            .expression_attribute_names("#by", CHANGED_BY)
+            .expression_attribute_values(":type", AttributeValue::S(KIND.to_owned()))
+            .expression_attribute_values(":suppressed", AttributeValue::Bool(change.suppressed))
+            .expression_attribute_values(
+                ":at",
+                AttributeValue::S(change.at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            )
+            .expression_attribute_values(":by", AttributeValue::S(change.by.clone()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb UpdateItem contact suppression", e))?;
+        let item = output.attributes.unwrap_or_default();
+        state(&lowered(address), &item).map_err(|e| BackendError::new("dynamodb UpdateItem contact suppression", e))
     }
 }
 

@@ -336,6 +336,9 @@ pub async fn run_api() -> Result<(), lambda_http::Error> {
         }
     };
     let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::API);
+    // The incidents API's actions are counted by path (measured); a link's,
+    // which answers a page whatever happened, where it is carried out.
+    let app = tocsin_api::with_link_metrics(app, metrics.clone());
     lambda_http::run(lambda_http::service_fn(|request: Request| {
         let (app, metrics) = (app.clone(), metrics.clone());
         async move { crate::measured::answer_api_measured(app, &metrics, request).await }
@@ -738,7 +741,19 @@ pub async fn run_notify_webhook() -> Result<(), lambda_runtime::Error> {
     let table = required("TOCSIN_TABLE")?;
     let sdk = crate::trust::function_sdk_config().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
-    run_notify(Arc::new(tocsin_outbound::webhook::WebhookNotifier::new(store)), &sdk).await
+    run_notify(Arc::new(webhook_notifier(store, &sdk)), &sdk).await
+}
+
+/// The webhook notifier of notify-webhook: secrets the config names
+/// (`secret: {secrets_manager: tocsin/…}`) are read through the cached
+/// reader the integrations use, once per container every few minutes.
+pub fn webhook_notifier(
+    config: Arc<dyn tocsin_core::ports::ConfigStore>,
+    sdk: &aws_config::SdkConfig,
+) -> tocsin_outbound::webhook::WebhookNotifier {
+    let secrets = crate::secrets::AwsSecrets::new(aws_sdk_secretsmanager::Client::new(sdk));
+    tocsin_outbound::webhook::WebhookNotifier::new(config)
+        .with_secrets(Arc::new(tocsin_core::secrets::CachedSecrets::new(Arc::new(secrets))))
 }
 
 /// Why the Slack credential could not be had at init. Neither variant
@@ -804,7 +819,9 @@ pub async fn run_slack_interactions() -> Result<(), lambda_http::Error> {
     let signing_secret = slack_signing_secret(&secrets, &secret_id).await?;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
     let queue = Arc::new(events_queue(&sdk)?);
-    let slack = tocsin_core::slack::SlackInteractions::new(store, queue, signing_secret);
+    let slack = tocsin_core::slack::SlackInteractions::new(store, queue, signing_secret).with_metrics(
+        tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::SLACK),
+    );
     lambda_http::run(tocsin_api::slack_router(slack)).await
 }
 

@@ -486,7 +486,9 @@ async fn config_records_round_trip() {
                 tocsin_core::config::Webhook {
                     url: tocsin_core::config::WebhookUrl::parse("https://hooks.example.com/tocsin").unwrap(),
                     format: tocsin_core::config::WebhookFormat::Generic,
-                    secret: Some(tocsin_core::config::Secret::new("whsec-checkout")),
+                    secret: Some(tocsin_core::config::ConfiguredSecret::Value(
+                        tocsin_core::config::Secret::new("whsec-checkout"),
+                    )),
                 },
                 tocsin_core::config::Webhook {
                     url: tocsin_core::config::WebhookUrl::parse("https://discord.com/api/webhooks/1/t").unwrap(),

@@ -276,7 +276,9 @@ pub struct Webhook {
     pub url: WebhookUrl,
     pub format: WebhookFormat,
     /// Generic only: signs each body (`X-Webhook-Signature: sha256=…`).
-    pub secret: Option<Secret>,
+    /// A reference is read where the webhook is sent (the notifier's
+    /// crate::secrets::SecretSource); the value is never stored for it.
+    pub secret: Option<ConfiguredSecret>,
 }
 
 impl Webhook {
@@ -351,6 +353,9 @@ pub struct EscalationLevel {
 
 /// The longest delay of one escalation level: a day.
 pub const MAX_ESCALATION_DELAY_SECONDS: u32 = 86_400;
+
+/// `notify.slack: none`: no Slack channel, not even `settings.slack_channel`.
+const NO_SLACK: &str = "none";
 
 /// A Slack `#channel` name or channel id such as C0123ABCD.
 fn is_slack_channel(channel: &str) -> bool {
@@ -549,7 +554,8 @@ struct ServiceEntry {
     name: Option<String>,
     #[serde(default)]
     integrations: Vec<IntegrationEntry>,
-    /// Absent: `settings.default_notify`; `notify: {}` notifies no one.
+    /// Absent: `settings.default_notify`; `notify: {}` notifies no one but
+    /// `settings.slack_channel` (`notify: {slack: none}`: no one at all).
     #[serde(default)]
     notify: Option<NotifyEntry>,
     #[serde(default)]
@@ -648,7 +654,7 @@ struct WebhookEntry {
     #[serde(default = "generic_format")]
     format: WebhookFormat,
     #[serde(default)]
-    secret: Option<String>,
+    secret: Option<SecretEntry>,
 }
 
 fn generic_format() -> WebhookFormat {
@@ -682,6 +688,9 @@ struct SettingsEntry {
     /// The policy of services that declare no `notify`.
     #[serde(default)]
     default_notify: Option<NotifyEntry>,
+    /// The Slack channel of every notify block that names none.
+    #[serde(default)]
+    slack_channel: Option<String>,
 }
 
 impl Catalog {
@@ -706,10 +715,19 @@ impl Catalog {
         })?;
 
         let default_rate_limit = parsed.settings.rate_limit_per_minute;
+        let default_slack = match parsed.settings.slack_channel {
+            Some(channel) if !is_slack_channel(&channel) => {
+                return Err(error(
+                    "settings.slack_channel",
+                    format!("'{channel}' is neither a #channel name nor a channel id such as C0123ABCD"),
+                ))
+            }
+            other => other,
+        };
         let default_notify = parsed
             .settings
             .default_notify
-            .map(|notify| notification_policy(notify, "settings.default_notify", file))
+            .map(|notify| notification_policy(notify, "settings.default_notify", file, default_slack.as_deref()))
             .transpose()?;
         let mut catalog = Catalog {
             settings: Settings {
@@ -933,10 +951,10 @@ impl Catalog {
             // The effective policy: the stored service carries it, so the
             // functions never need the settings' default.
             let policy = match entry.notify {
-                Some(notify) => notification_policy(notify, &at("notify"), file)?,
+                Some(notify) => notification_policy(notify, &at("notify"), file, default_slack.as_deref())?,
                 None => match &default_notify {
                     Some(policy) => policy.clone(),
-                    None => notification_policy(NotifyEntry::default(), &at("notify"), file)?,
+                    None => notification_policy(NotifyEntry::default(), &at("notify"), file, default_slack.as_deref())?,
                 },
             };
             catalog.services.push(Service {
@@ -983,8 +1001,15 @@ impl Catalog {
 }
 
 /// A `notify` block as a policy; `prefix` names the block in errors
-/// (`services[0].notify`, `settings.default_notify`).
-fn notification_policy(notify: NotifyEntry, prefix: &str, file: &str) -> Result<NotificationPolicy, ConfigError> {
+/// (`services[0].notify`, `settings.default_notify`). A block without
+/// `slack` gets `default_slack` (`settings.slack_channel`); `slack: none`
+/// opts out of it.
+fn notification_policy(
+    notify: NotifyEntry,
+    prefix: &str,
+    file: &str,
+    default_slack: Option<&str>,
+) -> Result<NotificationPolicy, ConfigError> {
     let at = |field: &str| format!("{prefix}.{field}");
     let error = |field: &str, reason: String| ConfigError {
         file: file.to_owned(),
@@ -1003,16 +1028,17 @@ fn notification_policy(notify: NotifyEntry, prefix: &str, file: &str) -> Result<
         .enumerate()
         .map(|(i, v)| PhoneNumber::parse(v).map_err(|e| error(&at(&format!("sms[{i}]")), e.reason)))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(channel) = &notify.slack {
-        let valid = channel.starts_with('#') && channel.len() > 1
-            || channel.starts_with('C') && channel.len() > 1 && channel.bytes().all(|b| b.is_ascii_alphanumeric());
-        if !valid {
+    let slack = match notify.slack {
+        None => default_slack.map(str::to_owned),
+        Some(none) if none == NO_SLACK => None,
+        Some(channel) if !is_slack_channel(&channel) => {
             return Err(error(
                 &at("slack"),
-                format!("'{channel}' is neither a #channel name nor a channel id such as C0123ABCD"),
-            ));
+                format!("'{channel}' is neither a #channel name nor a channel id such as C0123ABCD, nor none"),
+            ))
         }
-    }
+        Some(channel) => Some(channel),
+    };
     let webhooks = notify
         .webhooks
         .into_iter()
@@ -1028,10 +1054,14 @@ fn notification_policy(notify: NotifyEntry, prefix: &str, file: &str) -> Result<
                         format!("only generic webhooks are signed, not {}", hook.format.as_str()),
                     ))
                 }
-                Some(secret) if secret.trim().is_empty() => {
+                Some(SecretEntry::Value(secret)) if secret.trim().is_empty() => {
                     return Err(error(&at("secret"), "must not be empty".into()))
                 }
-                Some(secret) => Some(Secret::new(secret.trim())),
+                Some(SecretEntry::Value(secret)) => Some(ConfiguredSecret::Value(Secret::new(secret.trim()))),
+                Some(SecretEntry::Reference(reference)) => {
+                    reference.validate().map_err(|reason| error(&at("secret"), reason))?;
+                    Some(ConfiguredSecret::Reference(reference))
+                }
             };
             Ok(Webhook {
                 url,
@@ -1101,7 +1131,7 @@ fn notification_policy(notify: NotifyEntry, prefix: &str, file: &str) -> Result<
     Ok(NotificationPolicy {
         email,
         sms,
-        slack: notify.slack,
+        slack,
         webhooks,
         on,
         min_severity: notify.min_severity.unwrap_or(Severity::Info),
@@ -1219,6 +1249,76 @@ services:
         assert_eq!(policy.min_severity, Severity::Info);
     }
 
+    /// A default Slack channel; checkout names its own, search falls back
+    /// to default_notify (no slack), quiet opts out.
+    const SLACK_DEFAULT: &str = r##"
+settings:
+  slack_channel: "#alerts"
+  default_notify:
+    email: [platform@example.com]
+services:
+  - id: checkout
+    notify:
+      email: [oncall@example.com]
+      slack: "#checkout"
+  - id: search
+  - id: payments
+    notify:
+      email: [payments@example.com]
+  - id: quiet
+    notify:
+      email: [quiet@example.com]
+      slack: none
+"##;
+
+    #[test]
+    fn a_notify_block_without_slack_gets_the_default_channel() {
+        let catalog = Catalog::from_yaml(SLACK_DEFAULT, "tocsin.yaml").unwrap();
+        let slack = |s: usize| catalog.services[s].policy.slack.as_deref();
+        assert_eq!(slack(0), Some("#checkout"), "the service's own channel wins");
+        assert_eq!(slack(1), Some("#alerts"), "default_notify names none: the default");
+        assert_eq!(slack(2), Some("#alerts"));
+        assert_eq!(slack(3), None, "slack: none opts out");
+
+        let job_channels = |s: usize| {
+            let transition = crate::incident::Transition {
+                kind: TransitionKind::Triggered,
+                incident: crate::render::fixtures::incident(TransitionKind::Triggered),
+                event_id: crate::event::EventId::new("e"),
+            };
+            crate::notify::plan(&transition, &catalog.services[s], chrono::Utc::now())
+                .into_iter()
+                .map(|j| (j.channel, j.to))
+                .collect::<Vec<_>>()
+        };
+        assert!(job_channels(2).contains(&(Channel::Slack, "#alerts".to_owned())));
+        assert!(job_channels(3).iter().all(|(channel, _)| *channel != Channel::Slack));
+
+        let opted_out = SLACK_DEFAULT.replace("    email: [platform@example.com]\n", "    slack: none\n");
+        let catalog = Catalog::from_yaml(&opted_out, "tocsin.yaml").unwrap();
+        assert_eq!(catalog.services[1].policy.slack, None, "default_notify opts out");
+        assert_eq!(catalog.services[2].policy.slack.as_deref(), Some("#alerts"));
+
+        let without =
+            Catalog::from_yaml(&SLACK_DEFAULT.replace("  slack_channel: \"#alerts\"\n", ""), "t.yaml").unwrap();
+        assert_eq!(without.services[2].policy.slack, None, "no default: no Slack");
+        assert_eq!(without.services[3].policy.slack, None);
+        let channel_id = SLACK_DEFAULT.replace("\"#alerts\"", "C0123ABCD");
+        let catalog = Catalog::from_yaml(&channel_id, "t.yaml").unwrap();
+        assert_eq!(catalog.services[2].policy.slack.as_deref(), Some("C0123ABCD"));
+    }
+
+    #[test]
+    fn an_invalid_default_slack_channel_is_refused() {
+        for bad in ["alerts", "\"#\"", "none", "\"C01-23\""] {
+            let e = refused(&SLACK_DEFAULT.replace("\"#alerts\"", bad));
+            assert_eq!(e.field, "settings.slack_channel", "{bad}: {e}");
+            assert!(e.reason.contains("#channel"), "{e}");
+        }
+        let e = refused(&SLACK_DEFAULT.replace("slack: none", "slack: nowhere"));
+        assert_eq!(e.field, "services[3].notify.slack", "{e}");
+    }
+
     #[test]
     fn unknown_channels_and_severities_in_routing_name_their_field() {
         let e = refused(&ROUTED.replace("{sms: critical, email: info}", "{pager: critical}"));
@@ -1258,7 +1358,10 @@ services:
         let hooks = &catalog.services[0].policy.webhooks;
         assert_eq!(hooks.len(), 3);
         assert_eq!(hooks[0].format, WebhookFormat::Generic);
-        assert_eq!(hooks[0].secret, Some(Secret::new("s3cret-value")));
+        assert_eq!(
+            hooks[0].secret,
+            Some(ConfiguredSecret::Value(Secret::new("s3cret-value")))
+        );
         assert_eq!(hooks[1].format, WebhookFormat::Discord);
         assert_eq!(hooks[1].url.host(), "discord.com");
         assert_eq!(hooks[1].url.expose(), "https://discord.com/api/webhooks/1/tok");
@@ -1306,6 +1409,62 @@ services:
             "        - {url: \"https://x.example.com\", format: slack}\n",
         ));
         assert!(e.field.contains("services"), "{e}");
+    }
+
+    #[test]
+    fn a_webhook_secret_may_name_where_it_lives() {
+        let text = with_webhooks(
+            "        - {url: \"https://a.example.com\", secret: {secrets_manager: tocsin/checkout-hook}}\n        \
+             - {url: \"https://b.example.com\", secret: {env: CHECKOUT_HOOK_SECRET}}\n        \
+             - {url: \"https://c.example.com\", secret: {file: /run/secrets/checkout-hook}}\n",
+        );
+        let catalog = Catalog::from_yaml(&text, "t.yaml").unwrap();
+        let secrets: Vec<_> = catalog.services[0]
+            .policy
+            .webhooks
+            .iter()
+            .map(|hook| hook.secret.clone())
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                Some(ConfiguredSecret::Reference(SecretRef::SecretsManager(
+                    "tocsin/checkout-hook".into()
+                ))),
+                Some(ConfiguredSecret::Reference(SecretRef::Env(
+                    "CHECKOUT_HOOK_SECRET".into()
+                ))),
+                Some(ConfiguredSecret::Reference(SecretRef::File(
+                    "/run/secrets/checkout-hook".into()
+                ))),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_webhook_secret_reference_is_checked_and_only_for_generic_webhooks() {
+        for (hook, reason) in [
+            (
+                "{url: \"https://x.example.com\", secret: {secrets_manager: prod/hook}}",
+                "tocsin/",
+            ),
+            (
+                "{url: \"https://x.example.com\", secret: {env: \"\"}}",
+                "environment variable",
+            ),
+            (
+                "{url: \"https://x.example.com\", format: discord, secret: {env: HOOK}}",
+                "only generic",
+            ),
+        ] {
+            let e = refused(&with_webhooks(&format!("        - {hook}\n")));
+            assert_eq!(e.field, "services[0].notify.webhooks[0].secret", "{hook}");
+            assert!(e.reason.contains(reason), "{hook}: {e}");
+        }
+        let e = refused(&with_webhooks(
+            "        - {url: \"https://x.example.com\", secret: {vault: tocsin/hook}}\n",
+        ));
+        assert!(e.field.starts_with("services"), "{e}");
     }
 
     #[test]

@@ -177,8 +177,21 @@ pub struct ContactState {
     /// The latest bounce of either kind: when, which kind, which SES message.
     pub last_bounce: Option<LastFeedback>,
     pub last_complaint: Option<LastFeedback>,
-    /// Set by a permanent bounce or a complaint; never cleared by feedback.
+    /// Set by a permanent bounce or a complaint; never cleared by feedback,
+    /// only by hand (`tocsin contacts unsuppress`).
     pub suppressed: bool,
+    /// The latest suppression set or cleared by hand; feedback leaves it.
+    pub last_change: Option<SuppressionChange>,
+}
+
+/// A suppression set or cleared by an operator (`tocsin contacts suppress`
+/// and `unsuppress`): the counts and latest feedback stay as they were.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionChange {
+    pub suppressed: bool,
+    pub at: DateTime<Utc>,
+    /// Who made it: the operator's name as the CLI found it.
+    pub by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,7 +211,14 @@ impl ContactState {
             last_bounce: None,
             last_complaint: None,
             suppressed: false,
+            last_change: None,
         }
+    }
+
+    /// The state after an operator's change: the flag, and the change kept.
+    pub fn change(&mut self, change: &SuppressionChange) {
+        self.suppressed = change.suppressed;
+        self.last_change = Some(change.clone());
     }
 
     /// Why email to the contact is not sent; `None` unless suppressed.
@@ -207,6 +227,21 @@ impl ContactState {
             return None;
         }
         let at = |last: &LastFeedback| last.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        // Suppressed by hand after the latest feedback: the operator's reason.
+        if let Some(change) = self.last_change.as_ref().filter(|c| c.suppressed) {
+            let latest_feedback = [&self.last_bounce, &self.last_complaint]
+                .into_iter()
+                .flatten()
+                .map(|last| last.at)
+                .max();
+            if latest_feedback.is_none_or(|feedback| feedback <= change.at) {
+                return Some(format!(
+                    "the address was suppressed by {} ({})",
+                    change.by,
+                    change.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+            }
+        }
         Some(match (&self.last_complaint, &self.last_bounce) {
             (Some(complaint), _) => format!(
                 "the recipient marked our email as spam (SES complaint, {})",
@@ -251,6 +286,18 @@ pub trait ContactHealth: Send + Sync {
 
     /// The contact's state; `None` if SES never reported on it.
     async fn contact(&self, address: &EmailAddress) -> Result<Option<ContactState>, BackendError>;
+
+    /// Every contact SES reported on or an operator changed, by address.
+    async fn contacts(&self) -> Result<Vec<ContactState>, BackendError>;
+
+    /// Sets or clears the contact's suppression by hand, keeping its counts
+    /// and latest feedback; creates the contact if unknown. Answers the
+    /// state after the change.
+    async fn change_suppression(
+        &self,
+        address: &EmailAddress,
+        change: &SuppressionChange,
+    ) -> Result<ContactState, BackendError>;
 }
 
 /// In memory: tests and the embedded stack.
@@ -279,6 +326,28 @@ impl ContactHealth for MemoryContactHealth {
         Ok(contacts
             .get(&address.as_str().to_lowercase())
             .map(|(state, _)| state.clone()))
+    }
+
+    async fn contacts(&self) -> Result<Vec<ContactState>, BackendError> {
+        let contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<ContactState> = contacts.values().map(|(state, _)| state.clone()).collect();
+        all.sort_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
+        Ok(all)
+    }
+
+    async fn change_suppression(
+        &self,
+        address: &EmailAddress,
+        change: &SuppressionChange,
+    ) -> Result<ContactState, BackendError> {
+        let mut contacts = self.contacts.lock().unwrap_or_else(|e| e.into_inner());
+        let key = address.as_str().to_lowercase();
+        let lowered = EmailAddress::parse(&key).unwrap_or_else(|_| address.clone());
+        let (state, _) = contacts
+            .entry(key)
+            .or_insert_with(|| (ContactState::new(lowered), String::new()));
+        state.change(change);
+        Ok(state.clone())
     }
 }
 
@@ -324,6 +393,62 @@ pub async fn contract(store: &dyn ContactHealth) {
     assert!(state.suppressed, "a complaint suppresses");
     assert_eq!(state.last_complaint.map(|c| c.at), Some(complaint.at));
     assert_eq!(state.last_bounce.map(|b| b.kind), Some(FeedbackKind::TransientBounce));
+
+    // Both contacts are listed, by address.
+    let listed: Vec<_> = store
+        .contacts()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.address)
+        .collect();
+    let mut expected = vec![first.address.clone(), other.address.clone()];
+    expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(listed, expected);
+
+    // Unsuppressing keeps the history and records who did it; the next
+    // suppressing feedback suppresses again.
+    let at = chrono::TimeZone::timestamp_opt(&Utc, 1_800_000_000, 0)
+        .single()
+        .expect("a time");
+    let cleared = SuppressionChange {
+        suppressed: false,
+        at,
+        by: "ops@example.com".to_owned(),
+    };
+    let state = store
+        .change_suppression(&first.address, &cleared)
+        .await
+        .expect("unsuppress");
+    assert!(!state.suppressed);
+    assert_eq!(state.permanent_bounces, 1, "the counts stay");
+    assert_eq!(state.last_change.as_ref(), Some(&cleared));
+    let read = store.contact(&first.address).await.expect("read").expect("kept");
+    assert_eq!(read, state);
+    let again = ContactFeedback {
+        feedback_id: format!("{}-again", first.feedback_id),
+        ..first.clone()
+    };
+    assert!(store.record(&again).await.expect("record"));
+    let state = store.contact(&first.address).await.expect("read").expect("kept");
+    assert!(state.suppressed, "a new permanent bounce suppresses again");
+    assert_eq!(state.permanent_bounces, 2);
+    assert_eq!(state.last_change.as_ref(), Some(&cleared), "feedback leaves the change");
+
+    // An operator may suppress an address SES never reported on.
+    let unknown = EmailAddress::parse("Nobody-Yet@example.com").expect("an address");
+    let set = SuppressionChange {
+        suppressed: true,
+        at,
+        by: "ops".to_owned(),
+    };
+    let state = store.change_suppression(&unknown, &set).await.expect("suppress");
+    assert!(state.suppressed);
+    assert_eq!(state.permanent_bounces + state.transient_bounces + state.complaints, 0);
+    let read = store.contact(&unknown).await.expect("read").expect("created");
+    assert!(read.suppressed);
+    assert_eq!(read.address.as_str(), "nobody-yet@example.com");
+    assert_eq!(store.contacts().await.expect("list").len(), 3);
 }
 
 #[cfg(test)]
@@ -475,6 +600,29 @@ mod tests {
                 .any(|d| d.starts_with("notified: triggered by email to richard@example.com")),
             "{described:?}"
         );
+    }
+
+    #[test]
+    fn a_suppression_by_hand_names_who_unless_feedback_came_after() {
+        let bounce = parse_ses_notification(&sample("bounce-permanent.json")).unwrap();
+        let mut state = ContactState::new(bounce[0].address.clone());
+        let by_hand = |seconds: i64| SuppressionChange {
+            suppressed: true,
+            at: bounce[0].at + chrono::TimeDelta::seconds(seconds),
+            by: "alice".to_owned(),
+        };
+        state.change(&by_hand(-60));
+        assert!(state.suppression_reason().unwrap().contains("suppressed by alice"));
+        state.apply(&bounce[0]);
+        assert!(state.suppression_reason().unwrap().contains("bounced permanently"));
+        state.change(&by_hand(60));
+        assert!(state.suppression_reason().unwrap().contains("suppressed by alice"));
+        state.change(&SuppressionChange {
+            suppressed: false,
+            ..by_hand(120)
+        });
+        assert_eq!(state.suppression_reason(), None);
+        assert_eq!(state.permanent_bounces, 1);
     }
 
     #[tokio::test]

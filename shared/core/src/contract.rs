@@ -316,6 +316,8 @@ pub async fn a_stale_expected_version_conflicts(store: &dyn IncidentStore) {
         panic!("expected an acknowledge, got {decision:?}");
     };
     assert_eq!(v2.version, 2);
+    // So the reads below also show who acknowledged survives the store.
+    assert!(v2.acknowledged_by.is_some(), "{v2:?}");
 
     // A writer that still holds version 1 must not overwrite version 2.
     let resolve = case.event("disk", Action::Resolve, 20);
@@ -576,6 +578,8 @@ pub fn sample_job(channel: Channel, summary: &str) -> NotificationJob {
         },
         acknowledged_at: None,
         resolved_at: None,
+        acknowledged_by: None,
+        resolved_by: None,
         version: 1,
     };
     let to = match channel {

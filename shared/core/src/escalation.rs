@@ -81,13 +81,28 @@ fn delay(level: &EscalationLevel) -> Duration {
 }
 
 /// The first level of the escalation of `transition`, if it starts one: a
-/// triggered transition that notified (its service notifies triggered at
-/// its severity) under a policy with escalation levels. Due after the first
-/// level's delay from the transition (the incident as it was written then).
+/// triggered transition under a policy with escalation levels, one of which
+/// has a recipient on a channel whose minimum severity the incident
+/// reaches. Due after the first level's delay from the transition (the
+/// incident as it was written then).
+///
+/// The policy's `on` plays no part: it says which transitions tell the
+/// service's own recipients (level 0), while levels page whoever they name
+/// as long as the incident stays open, as PagerDuty's escalation does.
 pub fn first_level(transition: &Transition, service: &Service) -> Option<PendingEscalation> {
     let policy = &service.policy;
     let incident = &transition.incident;
-    if transition.kind != TransitionKind::Triggered || !policy.notifies(TransitionKind::Triggered, incident.severity) {
+    let reaches = |level: &EscalationLevel| {
+        let channels = [
+            (Channel::Email, !level.email.is_empty()),
+            (Channel::Sms, !level.sms.is_empty()),
+            (Channel::Slack, level.slack.is_some()),
+        ];
+        channels
+            .iter()
+            .any(|&(channel, used)| used && incident.severity >= policy.min_severity_of(channel))
+    };
+    if transition.kind != TransitionKind::Triggered || !policy.escalation.iter().any(reaches) {
         return None;
     }
     let level = policy.escalation.first()?;
@@ -100,9 +115,12 @@ pub fn first_level(transition: &Transition, service: &Service) -> Option<Pending
 }
 
 /// The notifications of escalating `incident` to `level` (from 1): that
-/// level's recipients, and the service's own (level 0) when its policy
-/// notifies `escalated` too. Ids name the incident and level, so a level is
-/// notified once however often it is planned.
+/// level's recipients on the channels whose minimum severity
+/// (`min_severity_by_channel`, else `min_severity`) the incident reaches,
+/// and the service's own (level 0) when its policy notifies `escalated` too.
+/// Ids name the incident and level, so a level is notified once however
+/// often it is planned. A level's own recipients do not depend on `on`
+/// (see [`first_level`]).
 pub fn plan_level(incident: &Incident, service: &Service, level: u32, now: DateTime<Utc>) -> Vec<NotificationJob> {
     let Some(recipients) = level
         .checked_sub(1)
@@ -124,12 +142,15 @@ pub fn plan_level(incident: &Incident, service: &Service, level: u32, now: DateT
         incident: incident.clone(),
         event_id: EventId::new(format!("escalation:{}:{level}", incident.id)),
     };
+    let severe_enough = |channel: Channel| incident.severity >= service.policy.min_severity_of(channel);
     let mut jobs: Vec<NotificationJob> = recipients
         .email
         .iter()
-        .map(|e| job(Channel::Email, e.as_str().to_owned()))
-        .chain(recipients.sms.iter().map(|n| job(Channel::Sms, n.as_str().to_owned())))
-        .chain(recipients.slack.iter().map(|c| job(Channel::Slack, c.clone())))
+        .map(|e| (Channel::Email, e.as_str().to_owned()))
+        .chain(recipients.sms.iter().map(|n| (Channel::Sms, n.as_str().to_owned())))
+        .chain(recipients.slack.iter().map(|c| (Channel::Slack, c.clone())))
+        .filter(|(channel, _)| severe_enough(*channel))
+        .map(|(channel, to)| job(channel, to))
         .chain(
             plan(&transition, service, now)
                 .into_iter()
@@ -384,7 +405,13 @@ services:
         /// An incident of checkout opened at `opened`, its triggered
         /// transition dispatched.
         async fn open(&self, dedup: &str, opened: DateTime<Utc>) -> Incident {
+            let severity = crate::render::fixtures::incident(TransitionKind::Triggered).severity;
+            self.open_at(dedup, opened, severity).await
+        }
+
+        async fn open_at(&self, dedup: &str, opened: DateTime<Utc>, severity: crate::event::Severity) -> Incident {
             let mut incident = crate::render::fixtures::incident(TransitionKind::Triggered);
+            incident.severity = severity;
             let key = DedupKey::parse(dedup).expect("a key");
             incident.id = IncidentId::for_opening(&incident.service, &key, &EventId::new(dedup));
             incident.dedup_key = key;
@@ -647,6 +674,98 @@ services:
                     (Channel::Sms, "+15555550100".to_owned()),
                     (Channel::Email, "oncall@example.com".to_owned()),
                 ]
+            );
+        });
+    }
+
+    #[test]
+    fn a_level_skips_channels_below_their_minimum_severity() {
+        use crate::event::Severity;
+        let config = CONFIG.replace("      on:", "      min_severity_by_channel: {sms: critical}\n      on:");
+        let setup = Setup::new(&config);
+        block_on(async {
+            let warning = setup.open_at("disk", at(0), Severity::Warning).await;
+            let escalation = setup.escalation();
+            let done = escalation.run_due(at(5)).await.expect("tick");
+            assert_eq!((done.escalated, done.jobs), (1, 0), "level 1 is SMS only");
+            escalation.run_due(at(15)).await.expect("tick");
+            assert_eq!(
+                setup.escalation_jobs(),
+                [
+                    (Channel::Email, "lead@example.com".to_owned()),
+                    (Channel::Slack, "#incidents".to_owned()),
+                ]
+            );
+            assert_eq!(
+                setup.described(&warning).await,
+                [
+                    "escalated to level 1 (0 notifications)",
+                    "escalated to level 2 (2 notifications)"
+                ]
+            );
+        });
+        let setup = Setup::new(&config);
+        block_on(async {
+            setup.open_at("disk", at(0), Severity::Critical).await;
+            setup.escalation().run_due(at(5)).await.expect("tick");
+            assert_eq!(setup.escalation_jobs(), [(Channel::Sms, "+15555550100".to_owned())]);
+        });
+    }
+
+    #[test]
+    fn a_channel_with_a_lower_minimum_still_escalates_below_the_policys() {
+        use crate::event::Severity;
+        let config = CONFIG.replace(
+            "      on:",
+            "      min_severity: critical\n      min_severity_by_channel: {email: warning}\n      on:",
+        );
+        let setup = Setup::new(&config);
+        block_on(async {
+            setup.open_at("disk", at(0), Severity::Warning).await;
+            let escalation = setup.escalation();
+            escalation.run_due(at(5)).await.expect("tick");
+            escalation.run_due(at(15)).await.expect("tick");
+            assert_eq!(
+                setup.escalation_jobs(),
+                [(Channel::Email, "lead@example.com".to_owned())]
+            );
+        });
+        // Info reaches no level's channel: nothing is scheduled.
+        let setup = Setup::new(&config);
+        block_on(async {
+            setup.open_at("disk", at(0), Severity::Info).await;
+            assert_eq!(
+                setup.escalation().run_due(at(600)).await.expect("tick"),
+                Escalated::default()
+            );
+        });
+    }
+
+    #[test]
+    fn levels_page_whatever_on_says_and_on_escalated_keeps_level_0_minimums() {
+        use crate::event::Severity;
+        // Level 0 hears of resolutions only; the levels still page.
+        let setup = Setup::new(&CONFIG.replace("on: [triggered, acknowledged, resolved]", "on: [resolved]"));
+        block_on(async {
+            setup.open("disk", at(0)).await;
+            assert!(
+                setup.store.queued_jobs().is_empty(),
+                "level 0 is not told of the trigger"
+            );
+            assert_eq!(setup.escalation().run_due(at(5)).await.expect("tick").escalated, 1);
+            assert_eq!(setup.escalation_jobs(), [(Channel::Sms, "+15555550100".to_owned())]);
+        });
+        // Level 0 told of escalations: under its own channel minimums.
+        let config = CONFIG
+            .replace("on: [triggered,", "on: [escalated, triggered,")
+            .replace("      email: [oncall@example.com]\n", "      email: [oncall@example.com]\n      sms: [\"+15555550111\"]\n      min_severity_by_channel: {sms: critical}\n");
+        let setup = Setup::new(&config);
+        block_on(async {
+            setup.open_at("disk", at(0), Severity::Error).await;
+            setup.escalation().run_due(at(5)).await.expect("tick");
+            assert_eq!(
+                setup.escalation_jobs(),
+                [(Channel::Email, "oncall@example.com".to_owned())]
             );
         });
     }

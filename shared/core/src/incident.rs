@@ -118,6 +118,13 @@ pub struct Incident {
     pub acknowledged_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<DateTime<Utc>>,
+    /// Who acknowledged it, as [`actor_name`] puts it; absent from incidents
+    /// stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
+    /// Who resolved it, as [`actor_name`] puts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
     /// Bumped on every write; stores use it for conditional writes.
     pub version: u64,
 }
@@ -354,6 +361,7 @@ pub fn decide(latest: Option<&Incident>, event: &Event, now: DateTime<Utc>) -> D
             let mut next = incident.clone();
             next.status = IncidentStatus::Acknowledged;
             next.acknowledged_at = Some(at);
+            next.acknowledged_by = Some(actor_name(&event.origin));
             next.last_transition_at = at;
             next.transition_clock = TransitionClock::of(event);
             next.updated_at = now;
@@ -367,6 +375,7 @@ pub fn decide(latest: Option<&Incident>, event: &Event, now: DateTime<Utc>) -> D
             let mut next = incident.clone();
             next.status = IncidentStatus::Resolved;
             next.resolved_at = Some(at);
+            next.resolved_by = Some(actor_name(&event.origin));
             next.last_transition_at = at;
             next.transition_clock = TransitionClock::of(event);
             next.updated_at = now;
@@ -407,7 +416,149 @@ fn open(event: &Event, now: DateTime<Utc>) -> Decision {
             transition_clock: TransitionClock::of(event),
             acknowledged_at: None,
             resolved_at: None,
+            acknowledged_by: None,
+            resolved_by: None,
             version: 1,
         },
+    }
+}
+
+/// Who made a transition, short enough for a message: the API actor as
+/// recorded (`slack:@alice (U123)`, `link:oncall@example.com`,
+/// `api-key:deploy-bot`), the monitoring tool (`prometheus`), or the
+/// heartbeat (`heartbeat nightly-backup`).
+pub fn actor_name(origin: &Origin) -> String {
+    match origin {
+        Origin::Api { actor } => actor.clone(),
+        Origin::Integration { provider, .. } => provider.as_str().to_owned(),
+        Origin::Heartbeat { heartbeat } => format!("heartbeat {heartbeat}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+
+    use super::*;
+    use crate::event::{Alert, Payload, Severity};
+    use crate::providers::ProviderKind;
+    use crate::slack::payload::SlackUser;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_718_000_000, 0).single().expect("a valid time") + Duration::seconds(secs)
+    }
+
+    fn prometheus() -> Origin {
+        Origin::Integration {
+            integration: IntegrationId::parse("alertmanager").expect("a valid id"),
+            provider: ProviderKind::Prometheus,
+        }
+    }
+
+    fn event(action: Action, origin: Origin, secs: i64) -> Event {
+        Event {
+            id: EventId::generate(),
+            service: ServiceId::parse("checkout").expect("a valid service"),
+            origin,
+            received_at: at(secs),
+            alert: Alert {
+                event_action: action,
+                dedup_key: DedupKey::parse("disk-full").expect("a valid key"),
+                payload: (action == Action::Trigger).then(|| Payload {
+                    summary: "Disk full".into(),
+                    source: "db-1".into(),
+                    severity: Severity::Critical,
+                    timestamp: None,
+                    component: None,
+                    group: None,
+                    class: None,
+                    custom_details: None,
+                }),
+                links: Vec::new(),
+                images: Vec::new(),
+                client: None,
+                client_url: None,
+            },
+        }
+    }
+
+    fn opened() -> Incident {
+        match decide(None, &event(Action::Trigger, prometheus(), 0), at(0)) {
+            Decision::Open { incident } => incident,
+            other => panic!("expected an open, got {other:?}"),
+        }
+    }
+
+    fn transitioned(decision: Decision) -> Incident {
+        match decision {
+            Decision::Transition { incident, .. } => incident,
+            other => panic!("expected a transition, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_acknowledge_from_slack_records_the_slack_user() {
+        let incident = opened();
+        assert_eq!((&incident.acknowledged_by, &incident.resolved_by), (&None, &None));
+        let user = SlackUser {
+            id: "U024BE7LH".into(),
+            name: "alice".into(),
+        };
+        let ack = crate::slack::responder_event(&incident, Action::Acknowledge, &user, at(60));
+        let acknowledged = transitioned(decide(Some(&incident), &ack, at(60)));
+        assert_eq!(
+            acknowledged.acknowledged_by.as_deref(),
+            Some("slack:@alice (U024BE7LH)")
+        );
+        assert_eq!(acknowledged.resolved_by, None);
+    }
+
+    #[test]
+    fn a_resolve_from_an_integration_records_the_tool_and_keeps_who_acknowledged() {
+        let incident = opened();
+        let ack = event(
+            Action::Acknowledge,
+            Origin::Api {
+                actor: "link:oncall@example.com".into(),
+            },
+            60,
+        );
+        let acknowledged = transitioned(decide(Some(&incident), &ack, at(60)));
+        let resolve = event(Action::Resolve, prometheus(), 120);
+        let resolved = transitioned(decide(Some(&acknowledged), &resolve, at(120)));
+        assert_eq!(resolved.resolved_by.as_deref(), Some("prometheus"));
+        assert_eq!(resolved.acknowledged_by.as_deref(), Some("link:oncall@example.com"));
+    }
+
+    #[test]
+    fn a_heartbeat_is_named_as_such() {
+        let heartbeat = Origin::Heartbeat {
+            heartbeat: crate::event::HeartbeatId::parse("nightly-backup").expect("a heartbeat id"),
+        };
+        assert_eq!(actor_name(&heartbeat), "heartbeat nightly-backup");
+    }
+
+    #[test]
+    fn an_incident_stored_before_the_actors_were_recorded_still_reads() {
+        let mut stored = serde_json::to_value(opened()).expect("serializes");
+        let object = stored.as_object_mut().expect("an object");
+        assert!(!object.contains_key("acknowledged_by") && !object.contains_key("resolved_by"));
+        object.insert("status".into(), "acknowledged".into());
+        object.insert("acknowledged_at".into(), serde_json::json!(at(60)));
+        let old: Incident = serde_json::from_value(stored).expect("an old incident parses");
+        assert_eq!(old.status, IncidentStatus::Acknowledged);
+        assert_eq!((old.acknowledged_by, old.resolved_by), (None, None));
+
+        // A queued transition from before parses too, and new ones round-trip.
+        let mut resolved = opened();
+        resolved.resolved_by = Some("prometheus".into());
+        let transition = Transition {
+            kind: TransitionKind::Resolved,
+            incident: resolved,
+            event_id: EventId::generate(),
+        };
+        let json = serde_json::to_string(&transition).expect("serializes");
+        assert!(json.contains(r#""resolved_by":"prometheus""#), "{json}");
+        assert_eq!(serde_json::from_str::<Transition>(&json).expect("parses"), transition);
     }
 }

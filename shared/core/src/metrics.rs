@@ -4,7 +4,7 @@
 //! call on the request path and no permission beyond writing logs.
 //!
 //! Dimensions are few and of low cardinality (function role, provider,
-//! channel, outcome, refusal reason, action): every distinct combination is a
+//! channel, outcome, refusal reason, action and the way it came): every distinct combination is a
 //! metric that is billed. Integration ids travel as properties, searchable
 //! in Logs Insights; keys, incident ids, dedup keys and recipients never
 //! appear at all.
@@ -62,7 +62,8 @@ pub mod name {
     /// Scheduler: incidents still open when their maintenance ended, and
     /// notified then.
     pub const INCIDENTS_RELEASED: &str = "IncidentsReleased";
-    /// API: incidents acknowledged or resolved.
+    /// API and Slack: incidents acknowledged or resolved, by the way people
+    /// took (`Via`: the incidents API, an action link, Slack).
     pub const INCIDENT_ACTIONS: &str = "IncidentActions";
 
     pub const ALL: [&str; 16] = [
@@ -96,20 +97,46 @@ pub mod dimension {
     /// What applying an event did (`opened`, `repeated`, …).
     pub const OUTCOME: &str = "Outcome";
     pub const CHANNEL: &str = "Channel";
-    /// What the API did to an incident (`acknowledge`, `resolve`).
+    /// What someone did to an incident (`acknowledge`, `resolve`).
     pub const ACTION: &str = "Action";
+    /// The way they did it ([`super::ActionVia`]: `api`, `link`, `slack`).
+    pub const VIA: &str = "Via";
 
-    pub const ALL: [&str; 6] = [FUNCTION, PROVIDER, REASON, OUTCOME, CHANNEL, ACTION];
+    pub const ALL: [&str; 7] = [FUNCTION, PROVIDER, REASON, OUTCOME, CHANNEL, ACTION, VIA];
 }
 
 /// The `Function` dimension's values.
 pub mod function {
+    /// The Slack app's buttons and slash command (slack-interactions).
+    pub const SLACK: &str = "slack";
     pub const INGEST: &str = "ingest";
     pub const PROCESSOR: &str = "processor";
     pub const NOTIFY: &str = "notify";
     pub const DISPATCH: &str = "dispatch";
     pub const SCHEDULER: &str = "scheduler";
     pub const API: &str = "api";
+}
+
+/// The way someone acknowledged or resolved an incident: the `Via`
+/// dimension of [`name::INCIDENT_ACTIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionVia {
+    /// `POST /incidents/{id}/acknowledge` or `/resolve`, with an API key.
+    Api,
+    /// The confirmation of a signed one-click link (`POST /act/{token}`).
+    Link,
+    /// A Slack button or the `/tocsin` slash command.
+    Slack,
+}
+
+impl ActionVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionVia::Api => "api",
+            ActionVia::Link => "link",
+            ActionVia::Slack => "slack",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +243,9 @@ const BY_PROVIDER: DimensionSets = &[&[], &[dimension::PROVIDER]];
 const BY_PROVIDER_AND_REASON: DimensionSets = &[&[], &[dimension::PROVIDER], &[dimension::REASON]];
 const BY_OUTCOME: DimensionSets = &[&[], &[dimension::OUTCOME]];
 const BY_CHANNEL: DimensionSets = &[&[], &[dimension::CHANNEL]];
-const BY_ACTION: DimensionSets = &[&[], &[dimension::ACTION]];
+/// By action alone too, so that dashboards and alarms made before `Via`
+/// keep their metric.
+const BY_ACTION_AND_VIA: DimensionSets = &[&[], &[dimension::ACTION], &[dimension::ACTION, dimension::VIA]];
 
 impl Metrics {
     pub fn new(function: &'static str, sink: Arc<dyn MetricsSink>) -> Self {
@@ -351,13 +380,21 @@ impl Metrics {
         self.emit(document);
     }
 
-    /// One incident acknowledged or resolved through the API; its id only
-    /// as a property.
+    /// One incident acknowledged or resolved through the incidents API; its
+    /// id only as a property.
     pub fn incident_action(&self, at: DateTime<Utc>, action: Action, incident: &str) {
+        self.incident_action_via(at, action, ActionVia::Api, incident);
+    }
+
+    /// One incident acknowledged or resolved `via` the API, a link or Slack
+    /// (a Slack action counts once queued: the processor applies it); its
+    /// id only as a property.
+    pub fn incident_action_via(&self, at: DateTime<Utc>, action: Action, via: ActionVia, incident: &str) {
         let mut document = Document::new(at);
         document.dimension(dimension::ACTION, action.as_str());
+        document.dimension(dimension::VIA, via.as_str());
         document.property("incident", Value::from(incident));
-        document.metric(name::INCIDENT_ACTIONS, Unit::Count, 1.0, BY_ACTION);
+        document.metric(name::INCIDENT_ACTIONS, Unit::Count, 1.0, BY_ACTION_AND_VIA);
         self.emit(document);
     }
 
@@ -785,13 +822,40 @@ mod tests {
         assert_eq!(documents[0]["Action"], "acknowledge");
         assert_eq!(documents[0]["IncidentActions"], 1.0);
         assert_eq!(documents[0]["incident"], "inc_0e87094c381efc1ba49c");
+        assert_eq!(documents[0]["Via"], "api");
         assert_eq!(documents[1]["Action"], "resolve");
         let declared = declared(&documents[1]);
         assert!(declared.contains(&pair(&["Function", "Action"], "IncidentActions")));
+        assert!(declared.contains(&pair(&["Function", "Action", "Via"], "IncidentActions")));
         assert!(
             declared.iter().all(|(set, _)| !set.iter().any(|d| d == "incident")),
             "the incident id is never a dimension"
         );
+    }
+
+    #[test]
+    fn link_and_slack_actions_are_counted_by_the_way_they_came() {
+        let (api, sink) = collecting(function::API);
+        api.incident_action_via(at(), Action::Resolve, ActionVia::Link, "inc_1");
+        let slack = Metrics::new(function::SLACK, sink.clone());
+        slack.incident_action_via(at(), Action::Acknowledge, ActionVia::Slack, "inc_2");
+        let documents = sink.documents();
+        let seen: Vec<(&str, &str, &str)> = documents
+            .iter()
+            .map(|d| {
+                check_emf(d).unwrap();
+                (
+                    d["Function"].as_str().unwrap(),
+                    d["Action"].as_str().unwrap(),
+                    d["Via"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, [("api", "resolve", "link"), ("slack", "acknowledge", "slack")]);
+        for document in &documents {
+            assert_eq!(document["IncidentActions"], 1.0);
+            assert!(declared(document).contains(&pair(&["Function", "Action", "Via"], "IncidentActions")));
+        }
     }
 
     #[test]
@@ -806,6 +870,7 @@ mod tests {
         metrics.heartbeats_checked(at(), 1);
         metrics.maintenance_released(at(), &Released::default());
         metrics.incident_action(at(), Action::Resolve, "inc_1");
+        metrics.incident_action_via(at(), Action::Acknowledge, ActionVia::Slack, "inc_1");
         for document in sink.documents() {
             for (set, metric) in declared(&document) {
                 assert!(name::ALL.contains(&metric.as_str()), "{metric} is not in name::ALL");

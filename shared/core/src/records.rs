@@ -69,6 +69,10 @@ pub struct WebhookRecord {
     pub format: crate::config::WebhookFormat,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Where the secret lives, when the config names it: only the name is
+    /// stored, never the value (as an integration's `secret_ref`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
 }
 
 impl std::fmt::Debug for WebhookRecord {
@@ -78,6 +82,7 @@ impl std::fmt::Debug for WebhookRecord {
             .field("host", &url.as_ref().map(|u| u.host()).unwrap_or("<invalid>"))
             .field("format", &self.format)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_ref", &self.secret_ref)
             .finish()
     }
 }
@@ -87,7 +92,14 @@ impl From<&crate::config::Webhook> for WebhookRecord {
         WebhookRecord {
             url: hook.url.expose().to_owned(),
             format: hook.format,
-            secret: hook.secret.as_ref().map(|s| s.expose().to_owned()),
+            secret: match &hook.secret {
+                Some(crate::config::ConfiguredSecret::Value(secret)) => Some(secret.expose().to_owned()),
+                _ => None,
+            },
+            secret_ref: match &hook.secret {
+                Some(crate::config::ConfiguredSecret::Reference(reference)) => Some(reference.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -99,7 +111,13 @@ impl TryFrom<WebhookRecord> for crate::config::Webhook {
         Ok(crate::config::Webhook {
             url: crate::config::WebhookUrl::parse(&record.url)?,
             format: record.format,
-            secret: record.secret.map(Secret::new),
+            // Written by this code, a record holds one or the other; the
+            // reference wins, as the newer form.
+            secret: match (record.secret_ref, record.secret) {
+                (Some(reference), _) => Some(crate::config::ConfiguredSecret::Reference(reference)),
+                (None, Some(value)) => Some(crate::config::ConfiguredSecret::Value(Secret::new(value))),
+                (None, None) => None,
+            },
         })
     }
 }
@@ -265,5 +283,34 @@ mod tests {
         let record: IntegrationRecord = serde_json::from_value(json).unwrap();
         assert_eq!(record.rate_limit_per_minute, crate::ratelimit::DEFAULT_PER_MINUTE);
         assert_eq!(record.cloudwatch, CloudWatchSettings::default());
+    }
+
+    #[test]
+    fn a_webhook_stores_a_literal_secret_as_before_and_only_the_name_of_a_reference() {
+        use crate::config::{ConfiguredSecret, Webhook, WebhookFormat, WebhookUrl};
+        let hook = |secret| Webhook {
+            url: WebhookUrl::parse("https://hooks.example.com/tocsin").unwrap(),
+            format: WebhookFormat::Generic,
+            secret,
+        };
+        let literal = hook(Some(ConfiguredSecret::Value(Secret::new("whsec-literal"))));
+        let json = serde_json::to_string(&WebhookRecord::from(&literal)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"url":"https://hooks.example.com/tocsin","format":"generic","secret":"whsec-literal"}"#
+        );
+        let named = hook(Some(ConfiguredSecret::Reference(SecretRef::SecretsManager(
+            "tocsin/checkout-hook".into(),
+        ))));
+        let json = serde_json::to_string(&WebhookRecord::from(&named)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"url":"https://hooks.example.com/tocsin","format":"generic","secret_ref":{"secrets_manager":"tocsin/checkout-hook"}}"#
+        );
+        for hook in [literal, named, hook(None)] {
+            let record: WebhookRecord =
+                serde_json::from_str(&serde_json::to_string(&WebhookRecord::from(&hook)).unwrap()).unwrap();
+            assert_eq!(Webhook::try_from(record).unwrap(), hook);
+        }
     }
 }

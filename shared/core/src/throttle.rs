@@ -8,10 +8,12 @@
 //! the scheduler sends ONE message for the whole bundle ("9 more incidents
 //! on Checkout (and 2 on Payments)"), which counts toward the limits too.
 //!
-//! The SMS defaults are close to GoAlert's per-number limits:
-//! [`DEFAULT_SMS_PER_MINUTE`], [`DEFAULT_SMS_PER_15_MINUTES`],
-//! [`DEFAULT_SMS_PER_HOUR`]. With `critical_bypass`, a critical incident's
-//! message is always sent (and still counted).
+//! SMS is throttled by default, locally and on AWS alike, with limits close
+//! to GoAlert's per-number ones: [`DEFAULT_SMS_PER_MINUTE`],
+//! [`DEFAULT_SMS_PER_15_MINUTES`], [`DEFAULT_SMS_PER_HOUR`]. It is turned
+//! off with `settings.throttle.sms.enabled: false` locally and
+//! `TOCSIN_THROTTLE_SMS=off` on AWS. With `critical_bypass`, a critical
+//! incident's message is always sent (and still counted).
 //!
 //! As with the ingest rate limit (crate::ratelimit), a failing store lets
 //! the message through: a bookkeeping failure must never cost a page.
@@ -82,13 +84,27 @@ impl ChannelLimits {
 }
 
 /// The throttles of the config (`settings.throttle`); a channel without
-/// one is never throttled.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// one is never throttled. The default throttles SMS with the default
+/// limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThrottleSettings {
     pub sms: Option<ChannelLimits>,
 }
 
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            sms: Some(ChannelLimits::sms_defaults()),
+        }
+    }
+}
+
 impl ThrottleSettings {
+    /// No channel throttled.
+    pub fn off() -> Self {
+        ThrottleSettings { sms: None }
+    }
+
     pub fn for_channel(&self, channel: Channel) -> Option<&ChannelLimits> {
         match channel {
             Channel::Sms => self.sms.as_ref(),
@@ -101,12 +117,13 @@ impl ThrottleSettings {
     }
 
     /// Parses `settings.throttle`; the error names the field and the reason.
+    /// Absent (or without `sms`): SMS throttled with the default limits.
     pub fn parse(entry: Option<ThrottleEntry>) -> Result<Self, (String, String)> {
         let Some(entry) = entry else {
             return Ok(ThrottleSettings::default());
         };
         let sms = match entry.sms {
-            None => None,
+            None => Some(ChannelLimits::sms_defaults()),
             Some(sms) if sms.enabled == Some(false) => None,
             Some(sms) => {
                 let pick = |value: Option<u32>, default: u32| value.filter(|v| *v > 0).unwrap_or(default);
@@ -138,18 +155,16 @@ impl ThrottleSettings {
 
 /// The AWS functions' form of the same settings, from their environment:
 /// `TOCSIN_THROTTLE_SMS` is `off`, or `<per minute>/<per 15 minutes>/<per
-/// hour>` (0 takes the default), absent meaning off;
-/// `TOCSIN_THROTTLE_SMS_CRITICAL_BYPASS` is `true` or `false`.
+/// hour>` (0 takes the default), absent or empty meaning the defaults, as
+/// locally; `TOCSIN_THROTTLE_SMS_CRITICAL_BYPASS` is `true` or `false`.
 pub fn settings_from_env(
     sms: Option<&str>,
     critical_bypass: Option<&str>,
 ) -> Result<ThrottleSettings, (String, String)> {
-    let Some(sms) = sms
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("off"))
-    else {
-        return Ok(ThrottleSettings::default());
-    };
+    let sms = sms.map(str::trim).filter(|v| !v.is_empty()).unwrap_or("0/0/0");
+    if sms.eq_ignore_ascii_case("off") {
+        return Ok(ThrottleSettings::off());
+    }
     let bad = |reason: &str| ("TOCSIN_THROTTLE_SMS".to_owned(), format!("{reason} (got {sms:?})"));
     let limits: Vec<u32> = sms
         .split('/')
@@ -685,10 +700,21 @@ mod tests {
     #[test]
     fn the_functions_read_the_same_settings_from_their_environment() {
         assert_eq!(settings_from_env(None, None).unwrap(), ThrottleSettings::default());
+        assert_eq!(settings_from_env(Some(" "), None).unwrap(), ThrottleSettings::default());
         assert_eq!(
-            settings_from_env(Some("off"), Some("true")).unwrap(),
-            ThrottleSettings::default()
+            ThrottleSettings::default().sms,
+            Some(ChannelLimits::sms_defaults()),
+            "throttled unless turned off, as locally"
         );
+        let bypass = settings_from_env(None, Some("true")).unwrap().sms.expect("on");
+        assert_eq!(bypass.windows, ChannelLimits::sms_defaults().windows);
+        assert!(bypass.critical_bypass);
+        for off in ["off", "OFF"] {
+            assert_eq!(
+                settings_from_env(Some(off), Some("true")).unwrap(),
+                ThrottleSettings::off()
+            );
+        }
         let on = settings_from_env(Some("1/3/5"), Some("true")).unwrap().sms.expect("on");
         assert_eq!(on.windows, ChannelLimits::sms_defaults().windows);
         assert!(on.critical_bypass);
@@ -741,8 +767,15 @@ mod tests {
 
     #[test]
     fn settings_take_defaults_for_absent_or_zero_limits_and_refuse_shrinking_ones() {
-        assert_eq!(ThrottleSettings::parse(None).unwrap(), ThrottleSettings::default());
+        let defaults = ThrottleSettings::parse(None).unwrap();
+        assert_eq!(
+            defaults.sms,
+            Some(ChannelLimits::sms_defaults()),
+            "throttled by default"
+        );
         let entry = |yaml: &str| serde_yaml::from_str::<ThrottleEntry>(yaml).expect("an entry");
+        assert_eq!(ThrottleSettings::parse(Some(entry("{}"))).unwrap(), defaults);
+        assert_eq!(ThrottleSettings::parse(Some(entry("sms: {}"))).unwrap(), defaults);
         let parsed = ThrottleSettings::parse(Some(entry("sms: {per_minute: 0, per_hour: 10, critical_bypass: true}")))
             .unwrap()
             .sms

@@ -73,6 +73,13 @@ pub enum StackError {
     LinkSecret(#[source] tocsin_core::secrets::SecretError),
     #[error("settings.link_signing_secret is unusable")]
     ShortLinkSecret(#[source] tocsin_core::links::ShortSecret),
+    #[error("cannot read the secret of webhook {index} of service {service}")]
+    WebhookSecret {
+        service: String,
+        index: usize,
+        #[source]
+        source: tocsin_core::secrets::SecretError,
+    },
 }
 
 /// A started stack: its address, and a handle to stop it.
@@ -109,6 +116,21 @@ impl RunningStack {
 }
 
 pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
+    // Webhook secrets are read again at each send (a rotated file or
+    // variable is picked up), but one the local stack cannot read at all
+    // (a Secrets Manager name, a missing file) is refused here rather than
+    // dead-lettering every delivery.
+    for service in &options.catalog.services {
+        for (index, hook) in service.policy.webhooks.iter().enumerate() {
+            if let Some(secret) = &hook.secret {
+                secret.read_locally().map_err(|source| StackError::WebhookSecret {
+                    service: service.id.to_string(),
+                    index,
+                    source,
+                })?;
+            }
+        }
+    }
     let store = Store::open(&options.data_dir).map_err(StackError::Store)?;
     let outbox_path = options.data_dir.join("outbox.jsonl");
     let outbox =
@@ -219,7 +241,11 @@ pub async fn start(options: StackOptions) -> Result<RunningStack, StackError> {
         incidents.clone(),
         DispatchService::new(config.clone(), Arc::new(store.clone())).with_timeline(Arc::new(store.clone())),
     );
-    let mut notify = NotifyService::new(notifiers, context).with_timeline(Arc::new(store.clone()));
+    // Email skips addresses suppressed in the data folder (`tocsin contacts
+    // suppress --data`), as notify-email does with SES's bounces.
+    let mut notify = NotifyService::new(notifiers, context)
+        .with_timeline(Arc::new(store.clone()))
+        .with_contacts(Arc::new(store.clone()));
     // settings.throttle (tocsin_core::throttle): bundles go out on the scheduler's tick.
     if !throttle.is_empty() {
         notify = notify.with_throttle(tocsin_core::throttle::Throttle::new(Arc::new(store.clone()), throttle));

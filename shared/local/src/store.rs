@@ -268,6 +268,15 @@ CREATE TABLE slack_threads (
     PRIMARY KEY (incident_id, channel)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Email contacts' bounces and complaints (tocsin_core::contacts), and
+-- suppressions set or cleared by hand (`tocsin contacts`).
+CREATE TABLE contacts (
+    address          TEXT PRIMARY KEY,            -- lowercased
+    last_feedback_id TEXT NOT NULL DEFAULT '',    -- skips a redelivery
+    body             TEXT NOT NULL                -- the ContactRow as JSON
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The queues of the local stack.
@@ -445,6 +454,8 @@ enum StoreError {
     Commit(#[source] Arc<rusqlite::Error>),
     #[error("the write was never run (its transaction was abandoned)")]
     NotRun,
+    #[error("the stored contact '{0}' is not one this build wrote")]
+    Contact(String),
 }
 
 impl Store {
@@ -1949,6 +1960,201 @@ fn stamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// A contact's [`ContactState`](tocsin_core::contacts::ContactState) as
+/// stored in the `contacts` table; the address is the row's key.
+#[derive(Serialize, serde::Deserialize)]
+struct ContactRow {
+    permanent_bounces: u64,
+    transient_bounces: u64,
+    complaints: u64,
+    last_bounce: Option<LastFeedbackRow>,
+    last_complaint: Option<LastFeedbackRow>,
+    suppressed: bool,
+    #[serde(default)]
+    last_change: Option<SuppressionChangeRow>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct LastFeedbackRow {
+    at: DateTime<Utc>,
+    kind: String,
+    message_id: String,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct SuppressionChangeRow {
+    suppressed: bool,
+    at: DateTime<Utc>,
+    by: String,
+}
+
+impl ContactRow {
+    fn of(state: &tocsin_core::contacts::ContactState) -> Self {
+        let last = |last: &tocsin_core::contacts::LastFeedback| LastFeedbackRow {
+            at: last.at,
+            kind: last.kind.as_str().to_owned(),
+            message_id: last.message_id.clone(),
+        };
+        ContactRow {
+            permanent_bounces: state.permanent_bounces,
+            transient_bounces: state.transient_bounces,
+            complaints: state.complaints,
+            last_bounce: state.last_bounce.as_ref().map(last),
+            last_complaint: state.last_complaint.as_ref().map(last),
+            suppressed: state.suppressed,
+            last_change: state.last_change.as_ref().map(|change| SuppressionChangeRow {
+                suppressed: change.suppressed,
+                at: change.at,
+                by: change.by.clone(),
+            }),
+        }
+    }
+
+    fn state(self, address: &str) -> Result<tocsin_core::contacts::ContactState, StoreError> {
+        use tocsin_core::contacts::{ContactState, FeedbackKind, LastFeedback, SuppressionChange};
+        let last = |row: LastFeedbackRow| -> Result<LastFeedback, StoreError> {
+            let kind = match row.kind.as_str() {
+                "permanent_bounce" => FeedbackKind::PermanentBounce,
+                "transient_bounce" => FeedbackKind::TransientBounce,
+                "complaint" => FeedbackKind::Complaint,
+                _ => return Err(StoreError::Contact(address.to_owned())),
+            };
+            Ok(LastFeedback {
+                at: row.at,
+                kind,
+                message_id: row.message_id,
+            })
+        };
+        Ok(ContactState {
+            address: tocsin_core::config::EmailAddress::parse(address)
+                .map_err(|_| StoreError::Contact(address.to_owned()))?,
+            permanent_bounces: self.permanent_bounces,
+            transient_bounces: self.transient_bounces,
+            complaints: self.complaints,
+            last_bounce: self.last_bounce.map(last).transpose()?,
+            last_complaint: self.last_complaint.map(last).transpose()?,
+            suppressed: self.suppressed,
+            last_change: self.last_change.map(|change| SuppressionChange {
+                suppressed: change.suppressed,
+                at: change.at,
+                by: change.by,
+            }),
+        })
+    }
+}
+
+/// The stored state of `address` (lowercased) and its latest feedback id.
+fn contact_row(
+    conn: &Connection,
+    address: &str,
+) -> Result<Option<(tocsin_core::contacts::ContactState, String)>, StoreError> {
+    let row = conn
+        .prepare_cached("SELECT body, last_feedback_id FROM contacts WHERE address = ?1")?
+        .query_row(params![address], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .optional()?;
+    row.map(|(body, feedback_id)| Ok((serde_json::from_str::<ContactRow>(&body)?.state(address)?, feedback_id)))
+        .transpose()
+}
+
+fn put_contact_row(
+    conn: &Connection,
+    state: &tocsin_core::contacts::ContactState,
+    feedback_id: &str,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_string(&ContactRow::of(state))?;
+    conn.prepare_cached(
+        "INSERT INTO contacts (address, last_feedback_id, body) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (address) DO UPDATE SET last_feedback_id = excluded.last_feedback_id, body = excluded.body",
+    )?
+    .execute(params![state.address.as_str(), feedback_id, body])?;
+    Ok(())
+}
+
+/// The local stack's bounces and complaints, and the suppressions
+/// `tocsin contacts --data` sets: the email notifier skips a suppressed
+/// address as notify-email does.
+#[async_trait]
+impl tocsin_core::contacts::ContactHealth for Store {
+    async fn record(&self, feedback: &tocsin_core::contacts::ContactFeedback) -> Result<bool, BackendError> {
+        let feedback = feedback.clone();
+        self.run("record a contact's feedback", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let address = feedback.address.as_str().to_lowercase();
+            let (mut state, last_id) = match contact_row(&tx, &address)? {
+                Some(found) => found,
+                None => (
+                    tocsin_core::contacts::ContactState::new(
+                        tocsin_core::config::EmailAddress::parse(&address)
+                            .map_err(|_| StoreError::Contact(address.clone()))?,
+                    ),
+                    String::new(),
+                ),
+            };
+            if !feedback.feedback_id.is_empty() && last_id == feedback.feedback_id {
+                return Ok(false);
+            }
+            state.apply(&feedback);
+            put_contact_row(&tx, &state, &feedback.feedback_id)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn contact(
+        &self,
+        address: &tocsin_core::config::EmailAddress,
+    ) -> Result<Option<tocsin_core::contacts::ContactState>, BackendError> {
+        let address = address.as_str().to_lowercase();
+        self.run("read a contact", move |conn| {
+            Ok(contact_row(conn, &address)?.map(|(state, _)| state))
+        })
+        .await
+    }
+
+    async fn contacts(&self) -> Result<Vec<tocsin_core::contacts::ContactState>, BackendError> {
+        self.run("list contacts", move |conn| {
+            let mut statement = conn.prepare_cached("SELECT address, body FROM contacts ORDER BY address")?;
+            let rows = statement
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(address, body)| serde_json::from_str::<ContactRow>(&body)?.state(&address))
+                .collect()
+        })
+        .await
+    }
+
+    async fn change_suppression(
+        &self,
+        address: &tocsin_core::config::EmailAddress,
+        change: &tocsin_core::contacts::SuppressionChange,
+    ) -> Result<tocsin_core::contacts::ContactState, BackendError> {
+        let address = address.as_str().to_lowercase();
+        let change = change.clone();
+        self.run("change a contact's suppression", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (mut state, last_id) = match contact_row(&tx, &address)? {
+                Some(found) => found,
+                None => (
+                    tocsin_core::contacts::ContactState::new(
+                        tocsin_core::config::EmailAddress::parse(&address)
+                            .map_err(|_| StoreError::Contact(address.clone()))?,
+                    ),
+                    String::new(),
+                ),
+            };
+            state.change(&change);
+            put_contact_row(&tx, &state, &last_id)?;
+            tx.commit()?;
+            Ok(state)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tocsin_core::event::{Action, Alert, Origin, Payload, Severity};
@@ -2042,6 +2248,7 @@ mod tests {
         tocsin_core::contract::notification_queue(&store).await;
         tocsin_core::contract::ingest_stats(&store).await;
         tocsin_core::contract::ingest_stats_count_concurrent_requests_exactly(&store).await;
+        tocsin_core::contacts::contract(&store).await;
         tocsin_core::contract::maintenance_store(&store).await;
         tocsin_core::contract::escalations(&store).await;
         tocsin_core::contract::throttle_store(&store).await;

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tocsin_core::config::{Secret, SlackDelivery};
 use tocsin_core::incident::TransitionKind;
 use tocsin_core::notify::{Channel, Message, NotificationJob, Notifier, NotifyError, Receipt};
+use tocsin_core::render;
 use tocsin_core::slack::threads::{SlackThread, SlackThreads};
 
 /// How Slack is reached. The webhook URL and the token are secrets: they are
@@ -310,7 +311,7 @@ impl SlackNotifier {
         let reply = serde_json::json!({
             "channel": first.channel_id,
             "thread_ts": first.ts,
-            "text": reply_text(job.transition),
+            "text": reply_text(job),
         });
         Ok(self.api_call(token, api_base, "chat.postMessage", &reply).await?.ts)
     }
@@ -319,13 +320,19 @@ impl SlackNotifier {
 /// `chat.update` refusals no retry fixes: the message is gone or too old.
 const UPDATE_REFUSALS: &[&str] = &["message_not_found", "cant_update_message", "edit_window_closed"];
 
-/// The short reply in the first message's thread.
-fn reply_text(transition: TransitionKind) -> &'static str {
-    match transition {
-        TransitionKind::Triggered => ":rotating_light: Triggered again",
-        TransitionKind::Acknowledged => ":eyes: Acknowledged",
-        TransitionKind::Resolved => ":white_check_mark: Resolved",
-        TransitionKind::Escalated => ":rotating_light: Escalated: still not acknowledged",
+/// The short reply in the first message's thread, naming who acknowledged
+/// or resolved where the incident records it.
+fn reply_text(job: &NotificationJob) -> String {
+    let incident = &job.incident;
+    let (text, by) = match job.transition {
+        TransitionKind::Triggered => (":rotating_light: Triggered again", None),
+        TransitionKind::Acknowledged => (":eyes: Acknowledged", incident.acknowledged_by.as_deref()),
+        TransitionKind::Resolved => (":white_check_mark: Resolved", incident.resolved_by.as_deref()),
+        TransitionKind::Escalated => (":rotating_light: Escalated: still not acknowledged", None),
+    };
+    match by {
+        Some(by) => format!("{text} by {}", render::slack::escape(&render::actor_title(by))),
+        None => text.to_owned(),
     }
 }
 
@@ -803,6 +810,12 @@ mod tests {
             TransitionKind::Resolved => tocsin_core::incident::IncidentStatus::Resolved,
             _ => tocsin_core::incident::IncidentStatus::Open,
         };
+        if matches!(kind, TransitionKind::Acknowledged | TransitionKind::Resolved) {
+            job.incident.acknowledged_by = Some("slack:@alice (U024BE7LH)".to_owned());
+        }
+        if kind == TransitionKind::Resolved {
+            job.incident.resolved_by = Some("prometheus".to_owned());
+        }
         job
     }
 
@@ -841,8 +854,16 @@ mod tests {
         );
 
         for (kind, reply, buttons) in [
-            (TransitionKind::Acknowledged, ":eyes: Acknowledged", true),
-            (TransitionKind::Resolved, ":white_check_mark: Resolved", false),
+            (
+                TransitionKind::Acknowledged,
+                ":eyes: Acknowledged by alice (Slack)",
+                true,
+            ),
+            (
+                TransitionKind::Resolved,
+                ":white_check_mark: Resolved by prometheus",
+                false,
+            ),
         ] {
             let job = transition(kind);
             let message = slack_message(&job);
@@ -873,6 +894,22 @@ mod tests {
                 "the reply's own ts"
             );
         }
+    }
+
+    #[test]
+    fn the_reply_names_who_made_the_transition_and_escapes_it() {
+        let mut job = transition(TransitionKind::Acknowledged);
+        job.incident.acknowledged_by = Some("slack:@<!channel> & co (U1)".to_owned());
+        assert_eq!(
+            reply_text(&job),
+            ":eyes: Acknowledged by &lt;!channel&gt; &amp; co (Slack)"
+        );
+        // Incidents stored before it was recorded name no one.
+        job.incident.acknowledged_by = None;
+        assert_eq!(reply_text(&job), ":eyes: Acknowledged");
+        // A resolve names who resolved, not who acknowledged.
+        let job = transition(TransitionKind::Resolved);
+        assert_eq!(reply_text(&job), ":white_check_mark: Resolved by prometheus");
     }
 
     #[tokio::test]

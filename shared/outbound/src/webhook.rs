@@ -13,9 +13,10 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use tocsin_core::config::{Secret, Webhook, WebhookFormat, WebhookTarget};
+use tocsin_core::config::{ConfiguredSecret, Secret, Webhook, WebhookFormat, WebhookTarget};
 use tocsin_core::notify::{Channel, Message, NotificationJob, Notifier, NotifyError, Receipt};
 use tocsin_core::ports::ConfigStore;
+use tocsin_core::secrets::{LocalSecrets, SecretSource};
 
 /// The event of a delivery: `incident.triggered`, … (every format).
 pub const EVENT_HEADER: &str = "X-Webhook-Event";
@@ -37,6 +38,9 @@ pub fn signature(secret: &Secret, body: &[u8]) -> String {
 pub struct WebhookNotifier {
     client: reqwest::Client,
     config: Arc<dyn ConfigStore>,
+    /// Reads a secret the config names (`secret: {env: …}`); on AWS the
+    /// cached Secrets Manager reader of the integrations.
+    secrets: Arc<dyn SecretSource>,
 }
 
 impl fmt::Debug for WebhookNotifier {
@@ -58,7 +62,41 @@ impl WebhookNotifier {
             // Only a TLS backend that cannot start fails here (rustls with
             // bundled roots always starts): stop at start-up.
             .expect("an HTTPS client with rustls builds");
-        WebhookNotifier { client, config }
+        WebhookNotifier {
+            client,
+            config,
+            secrets: Arc::new(LocalSecrets),
+        }
+    }
+
+    /// Reads the secrets the config names through `secrets` instead of
+    /// the environment and files only.
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretSource>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The signing secret of `hook`, read if the config names it. One that
+    /// cannot be read fails the delivery for a retry (then the dead-letter
+    /// queue): a generic webhook with a secret is never posted unsigned.
+    async fn signing_secret(&self, hook: &Webhook) -> Result<Option<Secret>, NotifyError> {
+        match (hook.format, &hook.secret) {
+            (WebhookFormat::Generic, Some(ConfiguredSecret::Value(secret))) => Ok(Some(secret.clone())),
+            (WebhookFormat::Generic, Some(ConfiguredSecret::Reference(reference))) => self
+                .secrets
+                .fetch(reference)
+                .await
+                .map(Some)
+                .map_err(|e| NotifyError::Transient {
+                    reason: format!(
+                        "could not read the signing secret of the webhook to {}",
+                        hook.url.host()
+                    ),
+                    retry_after_secs: None,
+                    source: Some(Box::new(e)),
+                }),
+            _ => Ok(None),
+        }
     }
 
     /// The webhook a job names, if the service still has it: same index,
@@ -100,13 +138,14 @@ impl WebhookNotifier {
             reason: "the webhook body did not serialize".to_owned(),
             source: Some(Box::new(e)),
         })?;
+        let secret = self.signing_secret(hook).await?;
         let mut request = self
             .client
             .post(hook.url.expose())
             .header(CONTENT_TYPE, "application/json")
             .header(EVENT_HEADER, event)
             .header(DELIVERY_HEADER, delivery_id);
-        if let (WebhookFormat::Generic, Some(secret)) = (hook.format, &hook.secret) {
+        if let Some(secret) = &secret {
             request = request.header(SIGNATURE_HEADER, signature(secret, &bytes));
         }
         let host = hook.url.host();
@@ -290,7 +329,7 @@ mod tests {
         Webhook {
             url: WebhookUrl::parse(url).expect("url"),
             format,
-            secret: secret.map(Secret::new),
+            secret: secret.map(|s| ConfiguredSecret::Value(Secret::new(s))),
         }
     }
 
@@ -325,6 +364,43 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(body).expect("json");
         assert_eq!(json["event"], "incident.triggered");
         assert_eq!(json["incident"]["summary"], "Disk full");
+    }
+
+    #[tokio::test]
+    async fn a_secret_named_by_environment_variable_signs_and_one_unreadable_fails_for_a_retry() {
+        use tocsin_core::secrets::SecretRef;
+
+        let (base, received) = receiver().await;
+        let variable = "TOCSIN_TEST_WEBHOOK_SECRET_FROM_ENV";
+        // Only this test reads or sets the variable.
+        std::env::set_var(variable, "whsec-from-env\n");
+        let mut named = hook(&format!("{base}/hook"), WebhookFormat::Generic, None);
+        named.secret = Some(ConfiguredSecret::Reference(SecretRef::Env(variable.into())));
+        let mut unreadable = named.clone();
+        unreadable.secret = Some(ConfiguredSecret::Reference(SecretRef::Env(
+            "TOCSIN_TEST_SURELY_UNSET_WEBHOOK_SECRET".into(),
+        )));
+        let notifier = notifier(vec![named.clone(), unreadable.clone()]);
+
+        let job = job_for(&named, 0);
+        notifier
+            .deliver(&job, &render(&job, &RenderContext::default()))
+            .await
+            .expect("delivered");
+        let job = job_for(&unreadable, 1);
+        let error = notifier
+            .deliver(&job, &render(&job, &RenderContext::default()))
+            .await
+            .expect_err("no secret, no delivery");
+        assert!(matches!(error, NotifyError::Transient { .. }), "{error:?}");
+
+        let received = received.lock().expect("lock");
+        assert_eq!(received.len(), 1, "nothing is posted unsigned");
+        let (headers, body) = &received[0];
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec-from-env").expect("key");
+        mac.update(body);
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(headers["x-webhook-signature"], expected.as_str());
     }
 
     #[tokio::test]

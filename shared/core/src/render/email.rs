@@ -4,8 +4,8 @@
 
 use super::escape_html as escape;
 use super::{
-    action_links, color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title, status_title,
-    summary, timestamp, transition_title, truncate_chars, ActionLink, RenderContext,
+    action_links, actor_title, color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title,
+    status_title, summary, timestamp, transition_title, truncate_chars, ActionLink, RenderContext,
 };
 use crate::links::LinkAction;
 use crate::notify::{Message, NotificationJob};
@@ -55,8 +55,14 @@ impl<'a> Body<'a> {
         if let Some(at) = incident.acknowledged_at {
             facts.push(("Acknowledged", timestamp(at)));
         }
+        if let Some(by) = &incident.acknowledged_by {
+            facts.push(("Acknowledged by", actor_title(by)));
+        }
         if let Some(at) = incident.resolved_at {
             facts.push(("Resolved", timestamp(at)));
+        }
+        if let Some(by) = &incident.resolved_by {
+            facts.push(("Resolved by", actor_title(by)));
         }
         facts.push(("Incident", incident.id.to_string()));
 

@@ -101,6 +101,30 @@ fn action_links(
         .collect()
 }
 
+/// Who made a transition, for people: the actor an incident records
+/// (crate::incident::actor_name) with its prefix spelled out, so
+/// `slack:@alice (U024BE7LH)` reads `alice (Slack)` and `api-key:deploy`
+/// reads `deploy (API key)`. On one line, at most 80 characters.
+pub fn actor_title(by: &str) -> String {
+    let by = one_line(by);
+    let title = if let Some(user) = by.strip_prefix("slack:") {
+        // `@name (U…)`, `@name` or `U…`: the name where Slack sent one.
+        let name = user
+            .strip_prefix('@')
+            .map_or(user, |named| named.rsplit_once(" (").map_or(named, |(name, _)| name));
+        format!("{name} (Slack)")
+    } else if let Some(key) = by.strip_prefix("api-key:") {
+        format!("{key} (API key)")
+    } else if let Some(recipient) = by.strip_prefix("link:") {
+        format!("{recipient} (action link)")
+    } else if by == "link" {
+        "an action link".to_owned()
+    } else {
+        by
+    };
+    truncate_chars(&title, 80).into_owned()
+}
+
 /// `[CRITICAL] Triggered: <summary> (<service>)`, or `[RESOLVED] <summary>
 /// (<service>)`, in at most `max_chars` characters: the summary gives way.
 fn headline(job: &NotificationJob, max_chars: usize) -> String {
@@ -334,12 +358,15 @@ pub(crate) mod fixtures {
             },
             acknowledged_at: None,
             resolved_at: None,
+            acknowledged_by: None,
+            resolved_by: None,
             version: 1,
         };
         // Escalated: still open, as when triggered.
         if matches!(kind, TransitionKind::Acknowledged | TransitionKind::Resolved) {
             incident.status = IncidentStatus::Acknowledged;
             incident.acknowledged_at = Some(acknowledged);
+            incident.acknowledged_by = Some("slack:@alice (U024BE7LH)".to_owned());
             incident.last_transition_at = acknowledged;
             incident.updated_at = acknowledged;
             incident.version = 4;
@@ -347,6 +374,7 @@ pub(crate) mod fixtures {
         if kind == TransitionKind::Resolved {
             incident.status = IncidentStatus::Resolved;
             incident.resolved_at = Some(resolved);
+            incident.resolved_by = Some("prometheus".to_owned());
             incident.last_transition_at = resolved;
             incident.updated_at = resolved;
             incident.version = 5;
@@ -439,6 +467,22 @@ mod tests {
         assert_eq!(duration(t, t + Duration::seconds(3 * 3600 + 300)), "3h 5m");
         assert_eq!(duration(t, t + Duration::seconds(2 * 86_400 + 4 * 3600)), "2d 4h");
         assert_eq!(duration(t, t - Duration::seconds(5)), "0s");
+    }
+
+    #[test]
+    fn actors_read_as_people_name_them() {
+        assert_eq!(actor_title("slack:@alice (U024BE7LH)"), "alice (Slack)");
+        assert_eq!(actor_title("slack:@alice"), "alice (Slack)");
+        assert_eq!(actor_title("slack:U024BE7LH"), "U024BE7LH (Slack)");
+        assert_eq!(actor_title("api-key:deploy-bot"), "deploy-bot (API key)");
+        assert_eq!(
+            actor_title("link:oncall@example.com"),
+            "oncall@example.com (action link)"
+        );
+        assert_eq!(actor_title("link"), "an action link");
+        assert_eq!(actor_title("prometheus"), "prometheus");
+        assert_eq!(actor_title("heartbeat nightly\nbackup"), "heartbeat nightly backup");
+        assert_eq!(actor_title(&"x".repeat(200)).chars().count(), 80);
     }
 
     #[test]

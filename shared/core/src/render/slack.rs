@@ -8,8 +8,8 @@
 use serde_json::{json, Value};
 
 use super::{
-    color, detail_rows, duration, headline, incident_url, is_web_link, one_line, severity_title, status_title, summary,
-    timestamp, transition_title, truncate_chars, RenderContext,
+    actor_title, color, detail_rows, duration, headline, incident_url, is_web_link, one_line, severity_title,
+    status_title, summary, timestamp, transition_title, truncate_chars, RenderContext,
 };
 use crate::incident::{Incident, IncidentStatus, TransitionKind};
 use crate::notify::{Message, NotificationJob};
@@ -43,6 +43,7 @@ pub fn render(job: &NotificationJob, ctx: &RenderContext) -> Message {
         summary_section(incident, url.as_deref()),
         fields_section(job),
     ];
+    blocks.extend(actors_context(incident));
     blocks.extend(details_section(incident));
     blocks.extend(links_context(incident));
     blocks.extend(actions(incident, url.as_deref()));
@@ -189,6 +190,26 @@ fn fields_section(job: &NotificationJob) -> Value {
         })
         .collect();
     json!({ "type": "section", "fields": fields })
+}
+
+/// `Acknowledged by alice (Slack)  ·  Resolved by prometheus`, once
+/// someone or something has.
+fn actors_context(incident: &Incident) -> Option<Value> {
+    let text = actors_line(incident)?;
+    Some(json!({ "type": "context", "elements": [mrkdwn(text)] }))
+}
+
+/// Who acknowledged and who resolved, escaped for mrkdwn: also the thread
+/// reply's wording (tocsin-outbound).
+pub fn actors_line(incident: &Incident) -> Option<String> {
+    let parts: Vec<String> = [
+        ("Acknowledged", incident.acknowledged_by.as_deref()),
+        ("Resolved", incident.resolved_by.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(what, by)| Some(format!("{what} by {}", escape(&actor_title(by?)))))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join("  ·  "))
 }
 
 /// The custom details as `key: value` lines, as many as fit one section.
@@ -505,7 +526,11 @@ mod tests {
         // Slack advises keeping the fallback under 4,000 characters.
         assert!(text.chars().count() < 2_000, "{}", text.len());
         assert_within_limits(&attachments);
-        let details = blocks(&attachments)[3]["text"]["text"].as_str().expect("details");
+        let details = blocks(&attachments)
+            .iter()
+            .filter_map(|b| b["text"]["text"].as_str())
+            .find(|text| text.starts_with("*Details*"))
+            .expect("details");
         assert!(details.ends_with(" more_"), "{details}");
         // An entity is never cut in two.
         let summary = blocks(&attachments)[1]["text"]["text"].as_str().expect("summary");

@@ -8,8 +8,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{
-    color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title, status_title, summary,
-    timestamp, transition_title, truncate_chars, RenderContext,
+    actor_title, color, detail_rows, headline, incident_url, is_web_link, one_line, severity_title, status_title,
+    summary, timestamp, transition_title, truncate_chars, RenderContext,
 };
 use crate::config::{WebhookFormat, WebhookTarget};
 use crate::incident::TransitionKind;
@@ -78,6 +78,12 @@ fn generic(job: &NotificationJob, ctx: &RenderContext) -> Value {
     if let Some(url) = incident_url(ctx, incident) {
         body["url"] = Value::String(url);
     }
+    if let Some(by) = &incident.acknowledged_by {
+        body["acknowledged_by"] = Value::String(by.clone());
+    }
+    if let Some(by) = &incident.resolved_by {
+        body["resolved_by"] = Value::String(by.clone());
+    }
     json!({
         "event": event_name(job.transition),
         // The same for every attempt of one job: receivers deduplicate on it.
@@ -97,6 +103,12 @@ fn fact_rows(job: &NotificationJob) -> Vec<(String, String)> {
         ("Service".to_owned(), one_line(&job.service_name)),
         ("Dedup key".to_owned(), incident.dedup_key.to_string()),
     ];
+    if let Some(by) = &incident.acknowledged_by {
+        rows.push(("Acknowledged by".to_owned(), actor_title(by)));
+    }
+    if let Some(by) = &incident.resolved_by {
+        rows.push(("Resolved by".to_owned(), actor_title(by)));
+    }
     rows.extend(
         detail_rows(incident.custom_details.as_ref())
             .into_iter()

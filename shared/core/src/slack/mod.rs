@@ -20,6 +20,7 @@ use crate::answer::{empty_answer, error_answer, json_answer, Answer};
 use crate::config::Secret;
 use crate::event::{Action, Alert, Event, EventId, Origin};
 use crate::incident::{Incident, IncidentId, IncidentStatus};
+use crate::metrics::{ActionVia, Metrics};
 use crate::ports::{EventQueue, IncidentFilter, IncidentStore};
 use crate::render::slack::escape;
 use payload::{parse_command, parse_interaction, CommandRequest, Interaction, MalformedRequest, SlackUser};
@@ -38,6 +39,8 @@ pub struct SlackInteractions {
     incidents: Arc<dyn IncidentStore>,
     queue: Arc<dyn EventQueue>,
     signing_secrets: Vec<Secret>,
+    /// Counts the actions queued (IncidentActions, Via `slack`).
+    metrics: Metrics,
 }
 
 impl SlackInteractions {
@@ -46,7 +49,14 @@ impl SlackInteractions {
             incidents,
             queue,
             signing_secrets: vec![signing_secret],
+            metrics: Metrics::disabled(crate::metrics::function::SLACK),
         }
+    }
+
+    /// Counts every action queued in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A button pressed: `acknowledge` / `resolve` become events; anything
@@ -140,6 +150,8 @@ impl SlackInteractions {
             );
         }
         tracing::info!(incident = %id, action = %action, event = %event.id, "queued from Slack");
+        self.metrics
+            .incident_action_via(now, action, ActionVia::Slack, id.as_str());
         let doing = match action {
             Action::Resolve => "Resolving",
             _ => "Acknowledging",
@@ -422,6 +434,39 @@ mod tests {
         // What the queue carries reads back as the same event.
         let json = serde_json::to_string(event).unwrap();
         assert_eq!(&serde_json::from_str::<Event>(&json).unwrap(), event);
+    }
+
+    #[test]
+    fn a_queued_button_press_or_command_counts_as_a_slack_incident_action() {
+        let (store, slack, id) = setup();
+        let sink = Arc::new(crate::metrics::CollectingSink::default());
+        let slack = slack.with_metrics(Metrics::new(crate::metrics::function::SLACK, sink.clone()));
+        let press = |body: Vec<u8>| block_on(slack.interaction(&signed(&body, now().timestamp()), &body, now()));
+        let run = |text: &str| {
+            let body = command(text);
+            block_on(slack.command(&signed(&body, now().timestamp()), &body, now()))
+        };
+
+        press(button(ACKNOWLEDGE_ACTION_ID, id.as_str()));
+        // Refused, unknown or a listing: nothing done, nothing counted.
+        let body = button(RESOLVE_ACTION_ID, id.as_str());
+        block_on(slack.interaction(&HeaderMap::new(), &body, now()));
+        press(button(RESOLVE_ACTION_ID, "inc_00000000000000000000"));
+        run("incidents");
+        run(&format!("resolve {id}"));
+
+        assert_eq!(store.queued_events().len(), 2);
+        let counted: Vec<(String, String, String, String)> = sink
+            .documents()
+            .iter()
+            .map(|d| {
+                assert_eq!(d["IncidentActions"], 1.0, "{d}");
+                let field = |name: &str| d[name].as_str().unwrap_or_default().to_owned();
+                (field("Function"), field("Action"), field("Via"), field("incident"))
+            })
+            .collect();
+        let expected = |action: &str| ("slack".into(), action.into(), "slack".into(), id.to_string());
+        assert_eq!(counted, [expected("acknowledge"), expected("resolve")]);
     }
 
     #[test]
