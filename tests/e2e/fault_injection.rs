@@ -181,11 +181,12 @@ fn add_fault_rules(stack: &Stack, poison: &str) {
         Rule::new(Fault::Drop, fraction(0.02, 16))
             .callers(ingest.clone())
             .service("dynamodb"),
-        // The processor: the key's Query and the commit.
+        // The processor: the key's Query and the commit (a transaction, or
+        // for a repeat the incident's PutItem and its timeline entry's).
         Rule::new(Fault::ResetAfter, fraction(0.04, 21))
             .callers(processors_random.clone())
             .service("dynamodb")
-            .operations(["TransactWriteItems"]),
+            .operations(["TransactWriteItems", "PutItem"]),
         Rule::new(Fault::Drop, fraction(0.02, 22))
             .callers(processors.clone())
             .service("dynamodb"),
@@ -410,6 +411,9 @@ async fn every_accepted_alert_is_applied_once_or_dead_lettered_under_aws_faults(
     };
     let mut applied: HashMap<String, Option<String>> = HashMap::new();
     let mut occurrences: HashMap<String, u64> = HashMap::new();
+    // A repeat has no applied record: its tag in the incident's item says
+    // it was applied (fewer than RECENT_EVENTS_KEPT events per incident here).
+    let mut recent: HashMap<String, String> = HashMap::new();
     for item in &items {
         match text(item, "type").as_deref() {
             Some("applied") => {
@@ -425,9 +429,33 @@ async fn every_accepted_alert_is_applied_once_or_dead_lettered_under_aws_faults(
                     data["id"].as_str().unwrap().to_owned(),
                     data["occurrences"].as_u64().unwrap(),
                 );
+                if let Some(aws_sdk_dynamodb::types::AttributeValue::L(tags)) =
+                    item.get(tocsin_aws::dynamodb::attr::RECENT)
+                {
+                    for tag in tags.iter().filter_map(|t| t.as_s().ok()) {
+                        recent.insert(tag.clone(), data["id"].as_str().unwrap().to_owned());
+                    }
+                }
             }
             _ => {}
         }
+    }
+    for id in alerts.iter().filter_map(|(a, _)| a.event_id.as_deref()) {
+        if let Some(incident) = recent.get(&tocsin_aws::dynamodb::event_tag(&EventId::new(id))) {
+            let previous = applied.insert(id.to_owned(), Some(incident.clone()));
+            assert!(
+                previous.is_none() || previous == Some(Some(incident.clone())),
+                "{id}: applied to two incidents"
+            );
+        }
+    }
+    let sent_tags: HashSet<String> = alerts
+        .iter()
+        .filter_map(|(a, _)| a.event_id.as_deref())
+        .map(|id| tocsin_aws::dynamodb::event_tag(&EventId::new(id)))
+        .collect();
+    for (tag, incident) in &recent {
+        assert!(sent_tags.contains(tag), "{incident} names an event nobody sent ({tag})");
     }
     let dead: HashSet<String> = stack
         .take_dead_letters(&stack.events)

@@ -127,8 +127,19 @@ async fn redeliveries_and_duplicate_messages_make_the_incidents_and_notification
 
     let items = stack.scan().await;
     let kind = |item: &tocsin_aws::dynamodb::Item, k: &str| item.get("type") == Some(&AttributeValue::S(k.into()));
+    // Openings leave an applied record; a repeat leaves only its tag in the
+    // incident's item (tocsin_aws::dynamodb::attr::RECENT).
     let applied = items.iter().filter(|i| kind(i, "applied")).count();
-    assert_eq!(applied, 3, "two GitHub failures and one alarm, each applied once");
+    assert_eq!(applied, 2, "two incidents opened, each by one event");
+    let tags: usize = items
+        .iter()
+        .filter(|i| kind(i, "incident"))
+        .map(|i| match i.get(tocsin_aws::dynamodb::attr::RECENT) {
+            Some(AttributeValue::L(tags)) => tags.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(tags, 3, "two GitHub failures and one alarm, each applied once");
     let mut occurrences: HashMap<String, u64> = HashMap::new();
     for item in items.iter().filter(|i| kind(i, "incident")) {
         let Some(AttributeValue::S(data)) = item.get("data") else {

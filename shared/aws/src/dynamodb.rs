@@ -6,7 +6,11 @@
 //! A processed event costs two round trips: one strongly consistent Query of
 //! its key's partition ([`IncidentStore::latest`]) and one TransactWriteItems
 //! ([`IncidentStore::commit`]) that marks the event applied and writes the
-//! incident under a condition, atomically.
+//! incident under a condition, atomically. A repeat of an open incident (no
+//! transition) is cheaper: one conditional PutItem of the incident item,
+//! which keeps the tags of its last events ([`attr::RECENT`]) in place of an
+//! applied record, then a PutItem of its timeline entry. Opening an incident
+//! reads the key's partition once more, for the previous incident's tags.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -32,7 +36,7 @@ use tocsin_core::auth::{ApiKey, KeyHash, Scope};
 use tocsin_core::config::{EmailAddress, EscalationLevel, Integration, NotificationPolicy, PhoneNumber, Service};
 use tocsin_core::event::{DedupKey, EventId, FieldError, HeartbeatId, IntegrationId, ServiceId, Severity};
 use tocsin_core::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
-use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
+use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, RecentEvents, Transition, TransitionKind};
 use tocsin_core::ports::{
     BackendError, Commit, CommitOutcome, ConfigStore, Heartbeats, IgnoredEvent, IncidentFilter, IncidentStore,
     RateCounter, Timeline,
@@ -72,6 +76,11 @@ pub mod attr {
     pub const TRANSITION: &str = "transition";
     /// The id of the event that made that transition.
     pub const TRANSITION_EVENT: &str = "transition_event";
+    /// On an incident item: the tags ([`super::event_tag`]) of the last
+    /// [`super::RECENT_EVENTS_KEPT`] events applied to it, oldest first, a
+    /// list of strings. A repeat is recognised by them (it has no applied
+    /// record): see [`super::DynamoStore`]'s `commit`.
+    pub const RECENT: &str = "recent";
     /// On an open slot: the open incident's id and sort key.
     pub const OPEN_INCIDENT: &str = "open_incident";
     pub const OPEN_SK: &str = "open_sk";
@@ -108,6 +117,49 @@ pub mod index {
     pub const BY_STATUS: &str = "by_status";
     /// `service_status`, newest first by `created`.
     pub const BY_SERVICE_STATUS: &str = "by_service_status";
+}
+
+/// How many event tags an incident item keeps ([`attr::RECENT`]): 32 tags
+/// of 12 characters are about 420 bytes of the item. A redelivery comes
+/// within the events queue's visibility timeout, while FIFO holds back the
+/// later events of its key (only people's acknowledge and resolve can
+/// overtake it), so 32 is far more than a redelivered event can fall behind.
+pub const RECENT_EVENTS_KEPT: usize = 32;
+
+/// An event's tag in an incident's [`attr::RECENT`] list: the first 72 bits
+/// of the SHA-256 of its id, base64url, 12 characters. Short, because every
+/// KB of the incident item is a write unit on every write; a collision
+/// between two events of one incident's last 32 (about 2^-62) would take
+/// the second for a redelivery of the first.
+pub fn event_tag(event: &EventId) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let digest = Sha256::digest(event.as_str().as_bytes());
+    let mut tag = String::with_capacity(12);
+    for chunk in digest[..9].chunks(3) {
+        let bits = u32::from(chunk[0]) << 16 | u32::from(chunk[1]) << 8 | u32::from(chunk[2]);
+        for shift in [18, 12, 6, 0] {
+            tag.push(char::from(ALPHABET[(bits >> shift & 63) as usize]));
+        }
+    }
+    tag
+}
+
+/// The tags an incident's item keeps after `event` is applied to it: the
+/// ones it had, then the event's, the oldest dropped past
+/// [`RECENT_EVENTS_KEPT`].
+fn recent_after(incident: &Incident, event: &EventId) -> Vec<String> {
+    let tag = event_tag(event);
+    let mut recent: Vec<String> = incident
+        .recent_events
+        .0
+        .iter()
+        .filter(|t| **t != tag)
+        .cloned()
+        .collect();
+    recent.push(tag);
+    let excess = recent.len().saturating_sub(RECENT_EVENTS_KEPT);
+    recent.drain(..excess);
+    recent
 }
 
 /// How long an applied event is remembered: longer than an event can stay
@@ -351,6 +403,9 @@ pub fn api_key_key(key_hash: &KeyHash) -> Item {
 struct IncidentWrite<'a> {
     incident: &'a Incident,
     transition: Option<&'a Transition>,
+    /// The event applied by this write: its tag joins the item's
+    /// [`attr::RECENT`] list, carried from the incident as read.
+    event: &'a EventId,
 }
 
 impl TryFrom<IncidentWrite<'_>> for Item {
@@ -372,6 +427,10 @@ impl TryFrom<IncidentWrite<'_>> for Item {
             (attr::CREATED.to_owned(), s(created(incident))),
             (attr::VERSION.to_owned(), n(incident.version)),
             (attr::DATA.to_owned(), s(serde_json::to_string(incident)?)),
+            (
+                attr::RECENT.to_owned(),
+                AttributeValue::L(recent_after(incident, write.event).into_iter().map(s).collect()),
+            ),
         ]);
         if let Some(transition) = write.transition {
             item.insert(attr::TRANSITION.to_owned(), s(transition.kind.as_str()));
@@ -397,7 +456,26 @@ impl TryFrom<&Item> for StoredIncident {
         if string(item, attr::INCIDENT_ID)? != incident.id.as_str() {
             return Err(ItemError::Disagrees(attr::INCIDENT_ID));
         }
+        let mut incident = incident;
+        incident.recent_events = RecentEvents(recent_of(item)?);
         Ok(StoredIncident(incident))
+    }
+}
+
+/// An incident item's [`attr::RECENT`] tags; none on an item written
+/// before they were kept.
+fn recent_of(item: &Item) -> Result<Vec<String>, ItemError> {
+    let invalid = || ItemError::Attribute {
+        name: attr::RECENT,
+        expected: "list of strings",
+    };
+    match item.get(attr::RECENT) {
+        None => Ok(Vec::new()),
+        Some(AttributeValue::L(values)) => values
+            .iter()
+            .map(|v| v.as_s().cloned().map_err(|_| invalid()))
+            .collect(),
+        Some(_) => Err(invalid()),
     }
 }
 
@@ -932,6 +1010,7 @@ impl DynamoStore {
                 let item = Item::try_from(IncidentWrite {
                     incident,
                     transition: transition.as_ref(),
+                    event: event_id,
                 })
                 .map_err(encode)?;
                 let mut items = vec![self.claim_event(event_id, Some(&incident.id), now)?];
@@ -1204,6 +1283,38 @@ impl IncidentStore for DynamoStore {
     }
 
     async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, BackendError> {
+        if let Commit::Incident {
+            event_id,
+            incident,
+            expected_version,
+            transition,
+            timeline,
+        } = commit
+        {
+            match (expected_version, transition) {
+                (Some(expected), None) => {
+                    return self
+                        .commit_repeat(event_id, incident, *expected, timeline.as_ref())
+                        .await;
+                }
+                (None, _) => {
+                    // A trigger applied as a repeat to the key's previous
+                    // incident has no applied record: if that incident was
+                    // resolved since, its redelivery decides to open a new
+                    // one. The previous incident's tags tell (one Query, on
+                    // opening only). Not atomic with the transaction: only
+                    // a new incident opened, repeated by this same event
+                    // and resolved between the two would slip through.
+                    let tag = event_tag(event_id);
+                    let previous = self.latest(&incident.service, &incident.dedup_key).await?;
+                    if previous.is_some_and(|p| p.recent_events.0.contains(&tag)) {
+                        tracing::debug!("opening event applied before to the previous incident");
+                        return Ok(CommitOutcome::AlreadyApplied);
+                    }
+                }
+                (Some(_), Some(_)) => {}
+            }
+        }
         let items = self.transaction(commit, Utc::now())?;
         let result = self
             .client
@@ -1222,6 +1333,84 @@ impl IncidentStore for DynamoStore {
                 }
                 Err(BackendError::new("dynamodb TransactWriteItems", err))
             }
+        }
+    }
+}
+
+impl DynamoStore {
+    /// A repeat (no transition): one conditional PutItem of the incident
+    /// item, instead of a transaction with an applied record (transactional
+    /// writes cost twice the units, and the applied record is one more
+    /// item). The event's idempotency is in the item itself: its tag joins
+    /// the [`attr::RECENT`] list, and the write is refused if the version
+    /// moved or the tag is already there. A refusal is told apart by reading
+    /// the item: the tag there means applied before (whatever was written
+    /// since: every incident write, transactions too, carries the list
+    /// forward), else another writer got in first.
+    ///
+    /// The timeline entry follows as a plain PutItem (one unit, not two in
+    /// the transaction). If the function dies between the two writes, the
+    /// redelivered event is answered AlreadyApplied and the entry written
+    /// then, if it is still missing: it tells the redelivery's view of the
+    /// incident (its occurrences may be one more than when it was applied).
+    /// If the event is never redelivered (dead-lettered after it was
+    /// applied), that repeat's line is missing from the timeline: the
+    /// trade-off for the cheaper write.
+    async fn commit_repeat(
+        &self,
+        event: &EventId,
+        incident: &Incident,
+        expected: u64,
+        timeline: Option<&TimelineEntry>,
+    ) -> Result<CommitOutcome, BackendError> {
+        let encode = |e| BackendError::new("dynamodb encode a commit", e);
+        let item = Item::try_from(IncidentWrite {
+            incident,
+            transition: None,
+            event,
+        })
+        .map_err(encode)?;
+        let tag = event_tag(event);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("#version = :expected AND NOT contains(#recent, :tag)")
+            .expression_attribute_names("#version", attr::VERSION)
+            .expression_attribute_names("#recent", attr::RECENT)
+            .expression_attribute_values(":expected", n(expected))
+            .expression_attribute_values(":tag", s(tag.clone()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                if let Some(entry) = timeline {
+                    self.put_item(timeline_item(entry).map_err(encode)?).await?;
+                }
+                Ok(CommitOutcome::Written)
+            }
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => {
+                let read = |e| BackendError::new("dynamodb read an incident", e);
+                let stored = match self.get_item(incident_key(incident), true).await? {
+                    Some(item) => Some(StoredIncident::try_from(&item).map_err(read)?.0),
+                    None => None,
+                };
+                if !stored.is_some_and(|s| s.recent_events.0.contains(&tag)) {
+                    tracing::debug!("repeat refused: the incident changed");
+                    return Ok(CommitOutcome::Conflict);
+                }
+                tracing::debug!("repeat applied before");
+                if let Some(entry) = timeline {
+                    self.put_if_absent(
+                        timeline_item(entry).map_err(encode)?,
+                        "dynamodb PutItem a timeline entry",
+                    )
+                    .await?;
+                }
+                Ok(CommitOutcome::AlreadyApplied)
+            }
+            Err(error) => Err(BackendError::new("dynamodb PutItem an incident", error)),
         }
     }
 }
@@ -2288,6 +2477,53 @@ impl tocsin_core::slack::threads::SlackThreads for DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_tag_is_twelve_url_safe_characters_of_its_id() {
+        let tag = event_tag(&EventId::new("e1"));
+        assert_eq!(tag.len(), 12);
+        assert!(
+            tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{tag}"
+        );
+        assert_eq!(tag, event_tag(&EventId::new("e1")));
+        assert_ne!(tag, event_tag(&EventId::new("e2")));
+        // The first 9 bytes of SHA-256("e1"), base64url.
+        let digest = Sha256::digest(b"e1");
+        let expected: String = hex::encode(&digest[..9]);
+        let decoded: Vec<u8> = tag
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' => b - b'A',
+                b'a'..=b'z' => b - b'a' + 26,
+                b'0'..=b'9' => b - b'0' + 52,
+                b'-' => 62,
+                _ => 63,
+            })
+            .collect::<Vec<u8>>()
+            .chunks(4)
+            .flat_map(|c| {
+                let bits = u32::from(c[0]) << 18 | u32::from(c[1]) << 12 | u32::from(c[2]) << 6 | u32::from(c[3]);
+                [(bits >> 16) as u8, (bits >> 8) as u8, bits as u8]
+            })
+            .collect();
+        assert_eq!(hex::encode(decoded), expected);
+    }
+
+    #[test]
+    fn an_incident_keeps_the_tags_of_its_last_events_once_each() {
+        let event = |i: usize| EventId::new(format!("e{i}"));
+        let mut incident = tocsin_core::contract::sample_job(tocsin_core::notify::Channel::Email, "x").incident;
+        for i in 0..40 {
+            incident.recent_events = RecentEvents(recent_after(&incident, &event(i)));
+        }
+        let expected: Vec<String> = (8..40).map(|i| event_tag(&event(i))).collect();
+        assert_eq!(incident.recent_events.0, expected, "the newest 32, oldest first");
+        let again = recent_after(&incident, &event(20));
+        assert_eq!(again.len(), RECENT_EVENTS_KEPT);
+        assert_eq!(again.iter().filter(|t| **t == event_tag(&event(20))).count(), 1);
+        assert_eq!(again.last(), Some(&event_tag(&event(20))));
+    }
 
     #[test]
     fn a_services_channel_minimums_survive_its_stored_form() {

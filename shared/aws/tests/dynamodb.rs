@@ -807,3 +807,152 @@ async fn an_escalation_recorded_by_the_dispatcher_fires_when_due_unless_acknowle
         ["escalation to level 1 cancelled (acknowledged)"]
     );
 }
+
+/// The tags an incident item keeps, oldest first.
+fn recent(item: &Item) -> Vec<String> {
+    match item.get(attr::RECENT) {
+        Some(AttributeValue::L(values)) => values.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The ids of the events in an incident's timeline.
+async fn timeline_events(store: &DynamoStore, incident: &IncidentId) -> Vec<EventId> {
+    use tocsin_core::ports::Timeline;
+    use tocsin_core::timeline::Happened;
+    store
+        .timeline(incident)
+        .await
+        .expect("timeline")
+        .into_iter()
+        .filter_map(|entry| match entry.what {
+            Happened::Event { event_id, .. } | Happened::Ignored { event_id, .. } => Some(event_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_repeat_is_one_put_of_the_incident_and_is_applied_once() {
+    let (client, store) = table().await;
+    let svc = service("checkout");
+    let t0 = now();
+    let trigger = event(&svc, "disk", Action::Trigger, t0);
+    let (decision, _) = apply(&store, &trigger).await;
+    let opened = incident_of(decision);
+    let key = dynamodb::incident_key(&opened);
+
+    let repeat = event(&svc, "disk", Action::Trigger, t0 + TimeDelta::seconds(1));
+    let latest = store.latest(&svc, repeat.dedup_key()).await.expect("latest");
+    let decision = decide(latest.as_ref(), &repeat, repeat.received_at);
+    let commit = Commit::of(&decision, &repeat, repeat.received_at);
+    assert_eq!(store.commit(&commit).await.expect("commit"), CommitOutcome::Written);
+
+    let item = raw(&client, &store, key.clone()).await.expect("the incident");
+    assert_eq!(number(&item, attr::VERSION), Some(2));
+    assert_eq!(
+        recent(&item),
+        [dynamodb::event_tag(&trigger.id), dynamodb::event_tag(&repeat.id)],
+        "the item keeps the tags of the events applied to it"
+    );
+    assert_eq!(
+        raw(&client, &store, dynamodb::applied_key(&repeat.id)).await,
+        None,
+        "a repeat writes no applied record"
+    );
+    assert_eq!(
+        timeline_events(&store, &opened.id).await,
+        [trigger.id.clone(), repeat.id.clone()]
+    );
+
+    // The same commit again (a retry after a lost answer) …
+    assert_eq!(
+        store.commit(&commit).await.expect("commit"),
+        CommitOutcome::AlreadyApplied
+    );
+    // … the same event decided again on the new state (a redelivery) …
+    let (_, outcome) = apply(&store, &repeat).await;
+    assert_eq!(outcome, CommitOutcome::AlreadyApplied);
+    // … and the opening event redelivered, now decided as a repeat.
+    let (decision, outcome) = apply(&store, &trigger).await;
+    assert!(matches!(decision, Decision::Repeat { .. }));
+    assert_eq!(outcome, CommitOutcome::AlreadyApplied);
+
+    let stored = store.get(&opened.id).await.expect("get").expect("the incident");
+    assert_eq!((stored.occurrences, stored.version), (2, 2), "each event counted once");
+    assert_eq!(timeline_events(&store, &opened.id).await, [trigger.id, repeat.id]);
+}
+
+#[tokio::test]
+async fn a_repeat_redelivered_after_the_incident_changed_is_still_recognised() {
+    let (client, store) = table().await;
+    let svc = service("checkout");
+    let t0 = now();
+    let (decision, _) = apply(&store, &event(&svc, "disk", Action::Trigger, t0)).await;
+    let opened = incident_of(decision);
+    let repeat = event(&svc, "disk", Action::Trigger, t0 + TimeDelta::seconds(1));
+    let (_, outcome) = apply(&store, &repeat).await;
+    assert_eq!(outcome, CommitOutcome::Written);
+
+    // Acknowledged since (a transaction, version 3): the repeat's tag is
+    // carried forward, so its redelivery is recognised.
+    let ack = event(&svc, "disk", Action::Acknowledge, t0 + TimeDelta::seconds(2));
+    let (_, outcome) = apply(&store, &ack).await;
+    assert_eq!(outcome, CommitOutcome::Written);
+    let item = raw(&client, &store, dynamodb::incident_key(&opened))
+        .await
+        .expect("the incident");
+    assert!(recent(&item).contains(&dynamodb::event_tag(&repeat.id)), "{item:?}");
+    let (decision, outcome) = apply(&store, &repeat).await;
+    assert!(matches!(decision, Decision::Repeat { .. }), "{decision:?}");
+    assert_eq!(outcome, CommitOutcome::AlreadyApplied);
+    let stored = store.get(&opened.id).await.expect("get").expect("the incident");
+    assert_eq!((stored.occurrences, stored.version), (2, 3));
+
+    // Resolved since: a redelivery that decides to open a new incident is
+    // recognised by the previous incident's tags.
+    let resolve = event(&svc, "disk", Action::Resolve, t0 + TimeDelta::seconds(3));
+    let (_, outcome) = apply(&store, &resolve).await;
+    assert_eq!(outcome, CommitOutcome::Written);
+    let reopening = decide(None, &repeat, t0 + TimeDelta::seconds(4));
+    assert!(matches!(reopening, Decision::Open { .. }));
+    let outcome = store
+        .commit(&Commit::of(&reopening, &repeat, t0 + TimeDelta::seconds(4)))
+        .await
+        .expect("commit");
+    assert_eq!(outcome, CommitOutcome::AlreadyApplied);
+    let latest = store.latest(&svc, repeat.dedup_key()).await.expect("latest");
+    assert_eq!(
+        latest.map(|i| (i.id, i.status)),
+        Some((opened.id, IncidentStatus::Resolved))
+    );
+}
+
+#[tokio::test]
+async fn concurrent_repeats_on_one_version_write_once_and_the_other_retries() {
+    let (_, store) = table().await;
+    let svc = service("checkout");
+    let t0 = now();
+    let (decision, _) = apply(&store, &event(&svc, "disk", Action::Trigger, t0)).await;
+    let opened = incident_of(decision);
+
+    let first = event(&svc, "disk", Action::Trigger, t0 + TimeDelta::seconds(1));
+    let second = event(&svc, "disk", Action::Trigger, t0 + TimeDelta::seconds(1));
+    let commit_of = |e: &Event| Commit::of(&decide(Some(&opened), e, e.received_at), e, e.received_at);
+    let (a, b) = (commit_of(&first), commit_of(&second));
+    let (a, b) = tokio::join!(store.commit(&a), store.commit(&b));
+    let mut outcomes = [a.expect("commit"), b.expect("commit")];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(outcomes, [CommitOutcome::Conflict, CommitOutcome::Written]);
+
+    // The processor re-reads and decides again: both are counted, once.
+    for e in [&first, &second] {
+        let (_, outcome) = apply(&store, e).await;
+        assert!(
+            matches!(outcome, CommitOutcome::Written | CommitOutcome::AlreadyApplied),
+            "{outcome:?}"
+        );
+    }
+    let stored = store.get(&opened.id).await.expect("get").expect("the incident");
+    assert_eq!((stored.occurrences, stored.version), (3, 3));
+}

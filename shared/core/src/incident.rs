@@ -127,6 +127,27 @@ pub struct Incident {
     pub resolved_by: Option<String>,
     /// Bumped on every write; stores use it for conditional writes.
     pub version: u64,
+    /// Store bookkeeping, not part of the incident: see [`RecentEvents`].
+    #[serde(skip)]
+    pub recent_events: RecentEvents,
+}
+
+/// Short tags of the last events a store applied to an incident, kept by a
+/// store that needs them (the DynamoDB adapter keeps them in the incident's
+/// item, to recognise a redelivered repeat without a separate idempotency
+/// record). Core logic never reads or changes them; it only carries them
+/// from the incident it read to the one it writes (`decide` clones).
+///
+/// Never serialized with the incident (API answers, local stores) and never
+/// part of its equality: two incidents are the same state whatever a store
+/// remembers about the events that made it.
+#[derive(Debug, Clone, Default)]
+pub struct RecentEvents(pub Vec<String>);
+
+impl PartialEq for RecentEvents {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 /// When the last transition happened, by each clock that can be trusted to
@@ -419,6 +440,7 @@ fn open(event: &Event, now: DateTime<Utc>) -> Decision {
             acknowledged_by: None,
             resolved_by: None,
             version: 1,
+            recent_events: Default::default(),
         },
     }
 }

@@ -106,7 +106,8 @@ pub enum Commit {
         expected_version: Option<u64>,
         transition: Option<Transition>,
         /// The incident's timeline entry for this event, written with it
-        /// (the processor always sets it).
+        /// (the processor always sets it). The DynamoDB adapter writes a
+        /// repeat's entry just after the incident, not atomically with it.
         timeline: Option<TimelineEntry>,
     },
     /// Written with the event's entry in its incident's timeline, when it
@@ -172,6 +173,9 @@ pub trait IncidentStore: Send + Sync {
     async fn get(&self, id: &IncidentId) -> Result<Option<Incident>, BackendError>;
     /// Newest first.
     async fn list(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, BackendError>;
+    /// Whether the event left an applied record. Only `commit` decides
+    /// idempotency: the DynamoDB adapter keeps no record for a repeat (the
+    /// incident's item remembers it), so this is false for one.
     async fn is_applied(&self, event: &EventId) -> Result<bool, BackendError>;
     async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, BackendError>;
 }
