@@ -256,7 +256,9 @@ class Alerta:
 
 # The sample config's checkout service, alone, with its Prometheus
 # integration's rate limit off: the default (120 requests a minute) would
-# answer most of the stream with 429.
+# answer most of the stream with 429. The SMS throttle (on by default: a few
+# SMS a number per quarter hour) is off too, so that every transition is
+# notified on every channel, as the check after each run counts.
 TOCSIN_CONFIG = f"""
 api_keys:
   - {{name: peer-benchmark, key: {TOCSIN_API_KEY}, scopes: [incidents:read]}}
@@ -271,6 +273,8 @@ services:
       slack: "#checkout"
       on: [triggered, acknowledged, resolved]
       min_severity: info
+settings:
+  throttle: {{sms: {{enabled: false}}}}
 """
 
 
