@@ -233,29 +233,10 @@ impl ContactHealth for DynamoContactHealth {
 
     async fn contacts(&self) -> Result<Vec<ContactState>, BackendError> {
         let mut contacts = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let output = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("#type = :type")
-                .expression_attribute_names("#type", attr::TYPE)
-                .expression_attribute_values(":type", AttributeValue::S(KIND.to_owned()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| BackendError::new("dynamodb Scan contacts", e))?;
-            for item in output.items() {
-                let address = address_of(item)
-                    .ok_or_else(|| BackendError::new("dynamodb Scan contacts", ContactItemError(attr::PK)))?;
-                contacts.push(state(&address, item).map_err(|e| BackendError::new("dynamodb Scan contacts", e))?);
-            }
-            match output.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
+        for item in crate::dynamodb::scan_kind(&self.client, &self.table, KIND).await? {
+            let address = address_of(&item)
+                .ok_or_else(|| BackendError::new("dynamodb Scan contacts", ContactItemError(attr::PK)))?;
+            contacts.push(state(&address, &item).map_err(|e| BackendError::new("dynamodb Scan contacts", e))?);
         }
         contacts.sort_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
         Ok(contacts)

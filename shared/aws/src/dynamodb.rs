@@ -748,6 +748,31 @@ impl From<ApiKeyRecord> for ApiKey {
     }
 }
 
+/// Every item of one `type` in the table: a paginated, consistent Scan,
+/// for operators' listings (never on a request path).
+pub(crate) async fn scan_kind(client: &Client, table: &str, kind: &str) -> Result<Vec<Item>, BackendError> {
+    let mut items = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let output = client
+            .scan()
+            .table_name(table)
+            .filter_expression("#type = :type")
+            .expression_attribute_names("#type", attr::TYPE)
+            .expression_attribute_values(":type", s(kind))
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb Scan", e))?;
+        items.extend(output.items.unwrap_or_default());
+        match output.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return Ok(items),
+        }
+    }
+}
+
 /// A condition on one item of a transaction.
 struct Condition {
     expression: &'static str,
@@ -939,31 +964,15 @@ impl DynamoStore {
     /// Every integration in the table, for operators (`tocsin integrations
     /// list`): a paginated Scan, never on a request path.
     pub async fn list_integrations(&self) -> Result<Vec<Integration>, BackendError> {
-        let mut integrations = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let output = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("#type = :type")
-                .expression_attribute_names("#type", attr::TYPE)
-                .expression_attribute_values(":type", s(kind::INTEGRATION))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| BackendError::new("dynamodb Scan", e))?;
-            for item in output.items() {
-                let record: IntegrationRecord =
-                    record_of(item).map_err(|e| BackendError::new("dynamodb read a config record", e))?;
-                integrations.push(Integration::from(record));
-            }
-            match output.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(integrations),
-            }
-        }
+        scan_kind(&self.client, &self.table, kind::INTEGRATION)
+            .await?
+            .iter()
+            .map(|item| {
+                record_of::<IntegrationRecord>(item)
+                    .map(Integration::from)
+                    .map_err(|e| BackendError::new("dynamodb read a config record", e))
+            })
+            .collect()
     }
 
     /// The applied record of an event, claimed unless it exists and has not
