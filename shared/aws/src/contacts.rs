@@ -206,7 +206,7 @@ impl ContactHealth for DynamoContactHealth {
             Err(error)
                 if error
                     .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    .is_some_and(crate::dynamodb::is_condition_failure) =>
             {
                 Ok(false)
             }

@@ -606,22 +606,19 @@ impl From<&EscalationLevel> for EscalationLevelRecord {
     }
 }
 
+/// A stored list of recipients, each parsed again as the config does.
+fn parse_all<T>(values: &[String], parse: fn(&str) -> Result<T, FieldError>) -> Result<Vec<T>, FieldError> {
+    values.iter().map(|value| parse(value)).collect()
+}
+
 impl TryFrom<EscalationLevelRecord> for EscalationLevel {
     type Error = FieldError;
 
     fn try_from(record: EscalationLevelRecord) -> Result<Self, Self::Error> {
         Ok(EscalationLevel {
             after_seconds: record.after_seconds,
-            email: record
-                .email
-                .iter()
-                .map(|e| EmailAddress::parse(e))
-                .collect::<Result<_, _>>()?,
-            sms: record
-                .sms
-                .iter()
-                .map(|p| PhoneNumber::parse(p))
-                .collect::<Result<_, _>>()?,
+            email: parse_all(&record.email, EmailAddress::parse)?,
+            sms: parse_all(&record.sms, PhoneNumber::parse)?,
             slack: record.slack,
         })
     }
@@ -661,16 +658,8 @@ impl TryFrom<ServiceRecord> for Service {
             id: record.id,
             name: record.name,
             policy: NotificationPolicy {
-                email: record
-                    .email
-                    .iter()
-                    .map(|e| EmailAddress::parse(e))
-                    .collect::<Result<_, _>>()?,
-                sms: record
-                    .sms
-                    .iter()
-                    .map(|p| PhoneNumber::parse(p))
-                    .collect::<Result<_, _>>()?,
+                email: parse_all(&record.email, EmailAddress::parse)?,
+                sms: parse_all(&record.sms, PhoneNumber::parse)?,
                 slack: record.slack,
                 webhooks: record
                     .webhooks
@@ -1462,7 +1451,7 @@ fn monitor_of(item: &Item) -> Result<HeartbeatMonitor, BackendError> {
     })
 }
 
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error: &E) -> bool {
+pub(crate) fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error: &E) -> bool {
     error.code() == Some("ConditionalCheckFailedException")
 }
 
@@ -2381,13 +2370,7 @@ impl tocsin_core::ports::MaintenanceStore for DynamoStore {
         match result {
             Ok(_) => Ok(()),
             // Deleted since it was read: nothing left to mark.
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(()),
             Err(error) => Err(BackendError::new("dynamodb UpdateItem (maintenance released)", error)),
         }
     }
@@ -2419,13 +2402,7 @@ impl tocsin_core::ports::MaintenanceStore for DynamoStore {
         match result {
             Ok(_) => Ok(true),
             // Deleted or released since it was read: left as it is.
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(error) if error.as_service_error().is_some_and(is_condition_failure) => Ok(false),
             Err(error) => Err(BackendError::new("dynamodb UpdateItem (maintenance end)", error)),
         }
     }

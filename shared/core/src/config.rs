@@ -1000,6 +1000,27 @@ impl Catalog {
     }
 }
 
+/// Each of a list of recipients parsed; an error names the field of the
+/// first bad one (`field(i)`, e.g. `services[0].notify.sms[1]`).
+fn parse_each<T>(
+    values: &[String],
+    parse: fn(&str) -> Result<T, FieldError>,
+    field: impl Fn(usize) -> String,
+    file: &str,
+) -> Result<Vec<T>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            parse(value).map_err(|e| ConfigError {
+                file: file.to_owned(),
+                field: field(i),
+                reason: e.reason,
+            })
+        })
+        .collect()
+}
+
 /// A `notify` block as a policy; `prefix` names the block in errors
 /// (`services[0].notify`, `settings.default_notify`). A block without
 /// `slack` gets `default_slack` (`settings.slack_channel`); `slack: none`
@@ -1016,18 +1037,8 @@ fn notification_policy(
         field: field.to_owned(),
         reason,
     };
-    let email = notify
-        .email
-        .iter()
-        .enumerate()
-        .map(|(i, v)| EmailAddress::parse(v).map_err(|e| error(&at(&format!("email[{i}]")), e.reason)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let sms = notify
-        .sms
-        .iter()
-        .enumerate()
-        .map(|(i, v)| PhoneNumber::parse(v).map_err(|e| error(&at(&format!("sms[{i}]")), e.reason)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let email = parse_each(&notify.email, EmailAddress::parse, |i| at(&format!("email[{i}]")), file)?;
+    let sms = parse_each(&notify.sms, PhoneNumber::parse, |i| at(&format!("sms[{i}]")), file)?;
     let slack = match notify.slack {
         None => default_slack.map(str::to_owned),
         Some(none) if none == NO_SLACK => None,
@@ -1092,18 +1103,8 @@ fn notification_policy(
                     "must be 1 second to a day (1440 minutes)".into(),
                 ));
             }
-            let email = level
-                .email
-                .iter()
-                .enumerate()
-                .map(|(i, v)| EmailAddress::parse(v).map_err(|e| error(&at(&format!("email[{i}]")), e.reason)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let sms = level
-                .sms
-                .iter()
-                .enumerate()
-                .map(|(i, v)| PhoneNumber::parse(v).map_err(|e| error(&at(&format!("sms[{i}]")), e.reason)))
-                .collect::<Result<Vec<_>, _>>()?;
+            let email = parse_each(&level.email, EmailAddress::parse, |i| at(&format!("email[{i}]")), file)?;
+            let sms = parse_each(&level.sms, PhoneNumber::parse, |i| at(&format!("sms[{i}]")), file)?;
             if let Some(channel) = level.slack.as_deref().filter(|c| !is_slack_channel(c)) {
                 return Err(error(
                     &at("slack"),
