@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    tocsin_aws::function::run_ingest(tocsin_core::providers::ProviderKind::Bitbucket).await
+    tocsin_aws::function::run_ingest(&tocsin_core::providers::bitbucket::Bitbucket).await
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    tocsin_aws::function::run_ingest(tocsin_core::providers::ProviderKind::GoogleCloudMonitoring).await
+    tocsin_aws::function::run_ingest(&tocsin_core::providers::google_cloud_monitoring::GoogleCloudMonitoring).await
 }

@@ -10,7 +10,7 @@ use lambda_runtime::LambdaEvent;
 use tocsin_core::heartbeat::HeartbeatService;
 use tocsin_core::ingest::{IngestRequest, IngestService};
 use tocsin_core::process::ProcessService;
-use tocsin_core::providers::ProviderKind;
+use tocsin_core::providers::{cloudwatch, email, Provider, ProviderKind, Providers};
 
 use crate::dynamodb::DynamoStore;
 use crate::sqs::SqsEventQueue;
@@ -64,16 +64,70 @@ impl EventsConfig {
 
 /// Structured logs: JSON when the function's LoggingConfig asks for it
 /// (AWS_LAMBDA_LOG_FORMAT), level from AWS_LAMBDA_LOG_LEVEL or RUST_LOG.
+///
+/// lambda_runtime's `init_default_subscriber` does the same through an
+/// EnvFilter, whose regular expressions (for field-value directives no
+/// function uses) were 0.16 MB of every zip. A `Targets` filter takes the
+/// same `RUST_LOG` directives (`info`, `tocsin_aws=debug,warn`), and
+/// AWS_LAMBDA_LOG_LEVEL is the level of every target they do not name.
 pub fn init_tracing() {
-    lambda_runtime::tracing::init_default_subscriber();
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let level = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<LevelFilter>().ok());
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), level("AWS_LAMBDA_LOG_LEVEL"));
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // Lambda stamps every line itself; CloudWatch shows no colours.
+    let layer = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .with_writer(std::io::stdout);
+    let layer = if json { layer.json().boxed() } else { layer.boxed() };
+    // A second call (a test that runs two functions) keeps the first.
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init();
+}
+
+/// The filter of `RUST_LOG`'s directives, with `level` (else INFO) for
+/// every target they do not name; AWS_LAMBDA_LOG_LEVEL (`level`) wins over
+/// a bare level in RUST_LOG, as in lambda_runtime. Directives that do not
+/// parse are ignored, as EnvFilter's `from_env_lossy` does.
+fn log_filter(
+    rust_log: Option<&str>,
+    level: Option<tracing_subscriber::filter::LevelFilter>,
+) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+
+    let mut targets = Targets::new();
+    let mut bare = None;
+    for directive in rust_log
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        match directive.split_once('=') {
+            Some((target, target_level)) => {
+                if let Ok(target_level) = target_level.parse::<LevelFilter>() {
+                    targets = targets.with_target(target.to_owned(), target_level);
+                }
+            }
+            None => bare = directive.parse::<LevelFilter>().ok().or(bare),
+        }
+    }
+    targets.with_default(level.or(bare).unwrap_or(LevelFilter::INFO))
 }
 
 /// An ingest-<provider> function: API Gateway HTTP API requests to one
 /// provider endpoint.
-pub async fn run_ingest(provider: ProviderKind) -> Result<(), lambda_http::Error> {
+pub async fn run_ingest(provider: &'static dyn Provider) -> Result<(), lambda_http::Error> {
     init_tracing();
     let sdk = crate::trust::function_sdk_config().await;
-    serve_ingest(ingest_service(&sdk)?.limited(), provider).await
+    serve_ingest(ingest_service(&sdk, provider)?.limited(&sdk), provider.kind()).await
 }
 
 /// The ingest-cloudwatch function: as [`run_ingest`], with SNS signature
@@ -86,11 +140,15 @@ pub async fn run_ingest_cloudwatch() -> Result<(), lambda_http::Error> {
     let folder = optional("TOCSIN_SNS_CERTIFICATES").map(std::path::PathBuf::from);
     let sns = tocsin_outbound::sns::sns_support(folder)?;
     let sdk = crate::trust::function_sdk_config().await;
-    serve_ingest(ingest_service(&sdk)?.limited().with_sns(sns), ProviderKind::CloudWatch).await
+    let ingest = ingest_service(&sdk, &cloudwatch::CloudWatch)?
+        .limited(&sdk)
+        .with_sns(sns);
+    serve_ingest(ingest, ProviderKind::CloudWatch).await
 }
 
-/// The ingest service on the table (integrations) and the events queue.
-fn ingest_service(sdk: &aws_config::SdkConfig) -> Result<Ingest, MissingVariable> {
+/// The ingest service on the table (integrations) and the events queue,
+/// for the function's own provider alone.
+fn ingest_service(sdk: &aws_config::SdkConfig, provider: &'static dyn Provider) -> Result<Ingest, MissingVariable> {
     let config = EventsConfig::from_env()?;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table));
     // Counts each request's queued events for its metrics (crate::measured).
@@ -98,11 +156,7 @@ fn ingest_service(sdk: &aws_config::SdkConfig) -> Result<Ingest, MissingVariable
         aws_sdk_sqs::Client::new(sdk),
         config.events_queue_url,
     ))));
-    // Integrations' secrets named in the config (secret: {secrets_manager:
-    // tocsin/…}), read when a request needs one and cached per container.
-    let secrets = crate::secrets::AwsSecrets::new(aws_sdk_secretsmanager::Client::new(sdk));
-    let service = IngestService::new(store.clone(), queue, store.clone())
-        .with_secrets(Arc::new(tocsin_core::secrets::CachedSecrets::new(Arc::new(secrets))));
+    let service = IngestService::serving(Providers::one(provider), store.clone(), queue, store.clone());
     Ok(Ingest { service, store })
 }
 
@@ -116,9 +170,16 @@ impl Ingest {
     /// With each integration's rate limit counted in the table: for the
     /// HTTP endpoints, whose senders can back off on a 429. Deliveries AWS
     /// makes itself (SNS → Lambda, SES receipt rules) have no one to tell.
-    /// Their requests are also counted for `GET /integrations/health`.
-    fn limited(self) -> IngestService {
+    /// Their requests are also counted for `GET /integrations/health`, and
+    /// their signatures checked with integrations' secrets named in the
+    /// config (secret: {secrets_manager: tocsin/…}), read when a request
+    /// needs one and cached per container. SNS and SES deliveries are
+    /// checked by SNS's signature or not at all, so their functions carry
+    /// no Secrets Manager client.
+    fn limited(self, sdk: &aws_config::SdkConfig) -> IngestService {
+        let secrets = crate::secrets::AwsSecrets::new(aws_sdk_secretsmanager::Client::new(sdk));
         self.service
+            .with_secrets(Arc::new(tocsin_core::secrets::CachedSecrets::new(Arc::new(secrets))))
             .with_rate_limiter(self.store.clone())
             .with_stats(self.store)
     }
@@ -137,7 +198,7 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
     let bucket = required("TOCSIN_EMAIL_BUCKET")?;
     let prefix = optional("TOCSIN_EMAIL_PREFIX").unwrap_or_default();
     let sdk = crate::trust::function_sdk_config().await;
-    let ingest = ingest_service(&sdk)?.counted();
+    let ingest = ingest_service(&sdk, &email::Email)?.counted();
     // A custom endpoint (AWS_ENDPOINT_URL: moto, LocalStack, MinIO) serves
     // buckets by path; AWS itself by virtual host.
     let s3 = aws_sdk_s3::config::Builder::from(&sdk)
@@ -186,7 +247,7 @@ pub async fn run_ingest_email_ses() -> Result<(), lambda_runtime::Error> {
 pub async fn run_ingest_cloudwatch_sns() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let sdk = crate::trust::function_sdk_config().await;
-    let ingest = ingest_service(&sdk)?.counted();
+    let ingest = ingest_service(&sdk, &cloudwatch::CloudWatch)?.counted();
     let metrics = tocsin_core::metrics::Metrics::from_env(tocsin_core::metrics::function::INGEST);
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: LambdaEvent<aws_lambda_events::event::sns::SnsEvent>| {
@@ -877,6 +938,38 @@ mod tests {
     use tocsin_core::memory::MemoryStore;
 
     use super::*;
+
+    #[test]
+    fn the_log_filter_takes_rust_log_directives_and_lambdas_level() {
+        use tracing::Level;
+        use tracing_subscriber::filter::LevelFilter;
+
+        let on = |rust_log: Option<&str>, level: Option<LevelFilter>, target: &str, at: Level| {
+            log_filter(rust_log, level).would_enable(target, &at)
+        };
+        // Nothing set: INFO everywhere.
+        assert!(on(None, None, "tocsin_aws", Level::INFO));
+        assert!(!on(None, None, "tocsin_aws", Level::DEBUG));
+        // A bare level, and per-target directives over it.
+        assert!(!on(Some("warn"), None, "tocsin_aws", Level::INFO));
+        let directives = Some("tocsin_aws=debug, aws_smithy_runtime=error,warn");
+        assert!(on(directives, None, "tocsin_aws::dynamodb", Level::DEBUG));
+        assert!(!on(directives, None, "aws_smithy_runtime::client", Level::WARN));
+        assert!(!on(directives, None, "hyper", Level::INFO));
+        assert!(on(directives, None, "hyper", Level::WARN));
+        // Lambda's AWS_LAMBDA_LOG_LEVEL wins over RUST_LOG's bare level,
+        // not over its targets.
+        assert!(on(Some("error"), Some(LevelFilter::DEBUG), "hyper", Level::DEBUG));
+        assert!(!on(
+            directives,
+            Some(LevelFilter::TRACE),
+            "aws_smithy_runtime",
+            Level::WARN
+        ));
+        // What does not parse is left out, as EnvFilter's from_env_lossy does.
+        assert!(on(Some("loud,tocsin_aws=loud"), None, "tocsin_aws", Level::INFO));
+        assert!(!on(Some("loud,tocsin_aws=loud"), None, "tocsin_aws", Level::DEBUG));
+    }
 
     fn service() -> (IngestService, Arc<MemoryStore>) {
         let catalog = Catalog::from_yaml(include_str!("../../../cli/tocsin.sample.yaml"), "sample").unwrap();

@@ -23,7 +23,7 @@ use crate::health::{IngestFailure, IngestOutcome, OutcomeKind};
 use crate::incident::IncidentId;
 use crate::limits::{check_media_type, json_too_deep, MediaTypeError, MAX_ALERTS_PER_REQUEST, MAX_JSON_DEPTH};
 use crate::ports::{BackendError, ConfigStore, EventQueue, IncidentStore, IngestStats, RateCounter};
-use crate::providers::{provider, Accepted, Delivery, Inbound, IncidentHint, InvalidPayload, Provider, ProviderKind};
+use crate::providers::{Accepted, Delivery, Inbound, IncidentHint, InvalidPayload, Provider, ProviderKind, Providers};
 use crate::ratelimit::{Decision, Quota, RateLimiter};
 use crate::secrets::{CachedSecrets, LocalSecrets, SecretSource};
 use crate::signature::SignatureError;
@@ -52,6 +52,10 @@ pub enum IngestError {
     UnknownTopic(String),
     #[error("this key belongs to a {actual} integration; send it to {path}")]
     WrongProvider { actual: ProviderKind, path: &'static str },
+    /// A request for a provider this service does not take (a Lambda
+    /// function takes its own provider's only).
+    #[error("no {0} endpoint here")]
+    NotServed(ProviderKind),
     #[error("integration '{0}' is disabled")]
     Disabled(IntegrationId),
     #[error("signature check failed: {0}")]
@@ -82,9 +86,10 @@ impl IngestError {
             }
             IngestError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
-            IngestError::UnknownIntegration | IngestError::UnknownTopic(_) | IngestError::WrongProvider { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            IngestError::UnknownIntegration
+            | IngestError::UnknownTopic(_)
+            | IngestError::WrongProvider { .. }
+            | IngestError::NotServed(_) => StatusCode::NOT_FOUND,
             IngestError::Disabled(_) => StatusCode::FORBIDDEN,
             IngestError::Payload(_) => StatusCode::BAD_REQUEST,
             IngestError::Sns(error) => error.status(),
@@ -107,7 +112,8 @@ impl IngestError {
             | IngestError::SecretUnavailable(_)
             | IngestError::MissingKey
             | IngestError::MalformedKey
-            | IngestError::UnknownIntegration => self.to_string(),
+            | IngestError::UnknownIntegration
+            | IngestError::NotServed(_) => self.to_string(),
             IngestError::MediaType(_) => "unsupported media type".to_owned(),
             IngestError::UnknownTopic(_) => "the SNS topic is not listed by any cloudwatch integration".to_owned(),
             IngestError::WrongProvider { actual, .. } => format!("the key belongs to a {actual} integration"),
@@ -153,9 +159,10 @@ impl IngestError {
             IngestError::MissingKey | IngestError::MalformedKey | IngestError::Signature(_) => {
                 ("unauthorized", Vec::new())
             }
-            IngestError::UnknownIntegration | IngestError::UnknownTopic(_) | IngestError::WrongProvider { .. } => {
-                ("not found", Vec::new())
-            }
+            IngestError::UnknownIntegration
+            | IngestError::UnknownTopic(_)
+            | IngestError::WrongProvider { .. }
+            | IngestError::NotServed(_) => ("not found", Vec::new()),
             IngestError::Disabled(_) => ("forbidden", Vec::new()),
             IngestError::Sns(error) => match error.status() {
                 StatusCode::FORBIDDEN => ("forbidden", Vec::new()),
@@ -254,11 +261,25 @@ pub struct IngestService {
     limiter: Option<RateLimiter>,
     secrets: Arc<dyn SecretSource>,
     stats: Option<Arc<dyn IngestStats>>,
+    providers: Providers,
 }
 
 impl IngestService {
+    /// A service for every provider (the local stack, the tests).
     pub fn new(config: Arc<dyn ConfigStore>, queue: Arc<dyn EventQueue>, incidents: Arc<dyn IncidentStore>) -> Self {
+        Self::serving(Providers::every(), config, queue, incidents)
+    }
+
+    /// A service for `providers` alone: a Lambda function's, so that its
+    /// binary does not link every provider's parser.
+    pub fn serving(
+        providers: Providers,
+        config: Arc<dyn ConfigStore>,
+        queue: Arc<dyn EventQueue>,
+        incidents: Arc<dyn IncidentStore>,
+    ) -> Self {
         Self {
+            providers,
             config,
             queue,
             incidents,
@@ -272,6 +293,11 @@ impl IngestService {
     /// Counts every request that names an integration in `stats`, for
     /// `GET /integrations/health` (crate::health); without it nothing is
     /// counted. A failure to count is logged, never answered.
+    /// The provider of `kind`, if this service takes its requests.
+    fn provider(&self, kind: ProviderKind) -> Result<&'static dyn Provider, IngestError> {
+        self.providers.get(kind).ok_or(IngestError::NotServed(kind))
+    }
+
     pub fn with_stats(mut self, stats: Arc<dyn IngestStats>) -> Self {
         self.stats = Some(stats);
         self
@@ -415,7 +441,7 @@ impl IngestService {
         mode: Mode,
         tally: Option<&Tally>,
     ) -> Result<Answer, IngestError> {
-        let provider = provider(request.provider);
+        let provider = self.provider(request.provider)?;
         let limit = provider.max_body_bytes();
         if request.body.len() > limit {
             return Err(IngestError::TooLarge {
@@ -549,13 +575,13 @@ impl IngestService {
         notification: SnsNotification<'_>,
         tally: Option<&Tally>,
     ) -> Result<Answer, IngestError> {
-        let provider = provider(integration.provider);
-        if provider.delivery() != Delivery::Sns {
+        let provider = self.providers.get(integration.provider);
+        let Some(provider) = provider.filter(|p| p.delivery() == Delivery::Sns) else {
             return Err(IngestError::WrongProvider {
                 actual: integration.provider,
                 path: integration.provider.path(),
             });
-        }
+        };
         if !integration.enabled {
             return Err(IngestError::Disabled(integration.id.clone()));
         }
@@ -643,7 +669,7 @@ impl IngestService {
         received_at: DateTime<Utc>,
         tally: Option<&Tally>,
     ) -> Result<Answer, IngestError> {
-        let provider = provider(ProviderKind::Email);
+        let provider = self.provider(ProviderKind::Email)?;
         if raw.len() > provider.max_body_bytes() {
             return Err(IngestError::TooLarge {
                 size: raw.len(),
@@ -820,7 +846,7 @@ impl IngestService {
 
     async fn authenticate(&self, inbound: &Inbound<'_>, kind: ProviderKind) -> Result<Integration, IngestError> {
         let key = key_from_request(inbound.headers, inbound.query)
-            .or_else(|| provider(kind).key_in_body(inbound))
+            .or_else(|| self.providers.get(kind).and_then(|p| p.key_in_body(inbound)))
             .ok_or(IngestError::MissingKey)?;
         let key = IntegrationKey::parse(&key).map_err(|_| IngestError::MalformedKey)?;
         self.integration_for(&key, kind).await
@@ -908,6 +934,28 @@ services:
             received_at: Utc::now(),
         }));
         (answer, store)
+    }
+
+    #[test]
+    fn a_service_for_one_provider_refuses_the_others_requests_whole() {
+        let store = Arc::new(MemoryStore::new());
+        let catalog = Catalog::from_yaml(CONFIG, "test.yaml").unwrap();
+        let only = Providers::one(&crate::providers::prometheus::Prometheus);
+        let ingest = IngestService::serving(only, Arc::new(catalog), store.clone(), store.clone());
+        let body = serde_json::to_vec(&trigger(10)).unwrap();
+        let answer = block_on(ingest.handle(IngestRequest {
+            provider: ProviderKind::EventsV2,
+            headers: &HeaderMap::new(),
+            query: None,
+            body: &body,
+            received_at: Utc::now(),
+        }));
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        let answer: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
+        assert_eq!(answer["message"], "no events-v2 endpoint here", "{answer}");
+        assert!(store.queued_events().is_empty());
+        // The same request to a service for every provider is queued.
+        assert_eq!(post(&trigger(10)).0.status(), StatusCode::ACCEPTED);
     }
 
     fn trigger(details_bytes: usize) -> serde_json::Value {

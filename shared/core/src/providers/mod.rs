@@ -462,6 +462,46 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// The providers an ingest service takes requests for: every one (the
+/// local stack, the tests) or one Lambda function's own. A function's
+/// binary then links no other provider's parser: nothing in it names
+/// [`provider`], whose match reaches them all (docs/performance.md, zips).
+#[derive(Clone, Copy)]
+pub struct Providers(Served);
+
+#[derive(Clone, Copy)]
+enum Served {
+    Every(fn(ProviderKind) -> &'static dyn Provider),
+    One(&'static dyn Provider),
+}
+
+impl Providers {
+    pub fn every() -> Self {
+        Self(Served::Every(provider))
+    }
+
+    pub fn one(provider: &'static dyn Provider) -> Self {
+        Self(Served::One(provider))
+    }
+
+    /// The provider of `kind`, if served.
+    pub fn get(self, kind: ProviderKind) -> Option<&'static dyn Provider> {
+        match self.0 {
+            Served::Every(lookup) => Some(lookup(kind)),
+            Served::One(provider) => (provider.kind() == kind).then_some(provider),
+        }
+    }
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Served::Every(_) => f.write_str("Providers::every()"),
+            Served::One(provider) => write!(f, "Providers::one({})", provider.kind()),
+        }
+    }
+}
+
 /// The provider behind a kind.
 pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
     match kind {
@@ -542,6 +582,16 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
         assert_eq!(ProviderKind::parse("nagios"), None);
+    }
+
+    #[test]
+    fn one_provider_serves_its_own_kind_only() {
+        let one = Providers::one(&prometheus::Prometheus);
+        for &kind in ProviderKind::ALL {
+            assert_eq!(Providers::every().get(kind).map(|p| p.kind()), Some(kind));
+            let served = one.get(kind).map(|p| p.kind());
+            assert_eq!(served, (kind == ProviderKind::Prometheus).then_some(kind), "{kind}");
+        }
     }
 
     #[test]
