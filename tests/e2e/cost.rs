@@ -117,6 +117,28 @@ fn dedup_heavy(run: &str, alerts: usize) -> Scenario {
     }
 }
 
+/// Alertmanager's own stream: groups of ten alerts, each group sent ten
+/// times while it fires (Alertmanager re-sends a firing group every
+/// group_interval while it changes, every repeat_interval after): one
+/// incident and nine repeats per alert, ten alerts per webhook.
+fn groups_resent(run: &str, alerts: usize) -> Scenario {
+    let groups = (alerts / 100).max(1);
+    Scenario {
+        name: "10-alert groups, each sent 10 times",
+        requests: (0..10)
+            .flat_map(|send| {
+                (0..groups).map(move |g| {
+                    let group: Vec<FiringAlert> = (0..10)
+                        .map(|i| alert(format!("resent-{g}-{i}-{run}"), format!("{g}-{i}-{send}")))
+                        .collect();
+                    alertmanager_event(KEY, &group)
+                })
+            })
+            .collect(),
+        alerts: groups * 100,
+    }
+}
+
 async fn configure(stack: &Stack) {
     let service = ServiceId::parse("payments").unwrap();
     stack
@@ -528,4 +550,11 @@ async fn cost_of_alertmanager_groups_of_ten() {
 async fn cost_of_a_dedup_heavy_stream() {
     let run = uuid::Uuid::new_v4().simple().to_string();
     measure(dedup_heavy(&run[..8], alerts_wanted())).await;
+}
+
+#[tokio::test]
+#[ignore = "a benchmark: run by the command in this file's header"]
+async fn cost_of_alertmanager_groups_re_sent() {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    measure(groups_resent(&run[..8], alerts_wanted())).await;
 }
