@@ -411,8 +411,9 @@ async fn every_accepted_alert_is_applied_once_or_dead_lettered_under_aws_faults(
     };
     let mut applied: HashMap<String, Option<String>> = HashMap::new();
     let mut occurrences: HashMap<String, u64> = HashMap::new();
-    // A repeat has no applied record: its tag in the incident's item says
-    // it was applied (fewer than RECENT_EVENTS_KEPT events per incident here).
+    // Openings and repeats have no applied record: the event's tag in the
+    // incident's item says it was applied (fewer than RECENT_EVENTS_KEPT
+    // events per incident here).
     let mut recent: HashMap<String, String> = HashMap::new();
     for item in &items {
         match text(item, "type").as_deref() {

@@ -815,18 +815,20 @@ fn delete(table: &str, key: Item, condition: Condition) -> Result<TransactWriteI
         .build())
 }
 
-/// What a cancelled transaction means. The applied record is always the
-/// first item: its condition failing means the event was applied, whatever
-/// else failed. Any other failed condition, or another transaction writing
-/// the same items at the same time, means the incident or its key changed
-/// since it was read: the caller re-reads and decides again.
-fn outcome_of_cancellation(reasons: &[CancellationReason]) -> Option<CommitOutcome> {
+/// What a cancelled transaction means. When the transaction claims the
+/// event (`claims`: an applied record, always the first item), that
+/// condition failing means the event was applied, whatever else failed.
+/// Any other failed condition, or another transaction writing the same
+/// items at the same time, means the incident or its key changed since it
+/// was read: the caller re-reads and decides again (an opening's
+/// redelivery then finds its incident and its tag: AlreadyApplied).
+fn outcome_of_cancellation(reasons: &[CancellationReason], claims: bool) -> Option<CommitOutcome> {
     const CONDITION_FAILED: &str = "ConditionalCheckFailed";
     const TRANSACTION_CONFLICT: &str = "TransactionConflict";
     fn code(reason: &CancellationReason) -> &str {
         reason.code().unwrap_or("None")
     }
-    if reasons.first().map(code) == Some(CONDITION_FAILED) {
+    if claims && reasons.first().map(code) == Some(CONDITION_FAILED) {
         return Some(CommitOutcome::AlreadyApplied);
     }
     if reasons.iter().map(code).any(|c| c == CONDITION_FAILED) {
@@ -1011,8 +1013,12 @@ impl DynamoStore {
                     event: event_id,
                 })
                 .map_err(encode)?;
-                let mut items = vec![self.claim_event(event_id, Some(&incident.id), now)?];
+                let mut items = Vec::with_capacity(3);
                 match expected_version {
+                    // An opening claims no applied record: the new incident
+                    // holds its tag (`recent`), so a redelivery finds it and
+                    // is refused as a repeat applied before, and `commit`
+                    // reads the previous incident's tags before opening.
                     None => {
                         items.push(put(&self.table, item, Some(Condition::absent()))?);
                         if !incident.status.is_closed() {
@@ -1020,6 +1026,7 @@ impl DynamoStore {
                         }
                     }
                     Some(expected) => {
+                        items.push(self.claim_event(event_id, Some(&incident.id), now)?);
                         items.push(put(
                             &self.table,
                             item,
@@ -1281,38 +1288,58 @@ impl IncidentStore for DynamoStore {
     }
 
     async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, BackendError> {
-        if let Commit::Incident {
-            event_id,
-            incident,
-            expected_version,
-            transition,
-            timeline,
-        } = commit
-        {
-            match (expected_version, transition) {
-                (Some(expected), None) => {
-                    return self
-                        .commit_repeat(event_id, incident, *expected, timeline.as_ref())
-                        .await;
-                }
-                (None, _) => {
-                    // A trigger applied as a repeat to the key's previous
-                    // incident has no applied record: if that incident was
-                    // resolved since, its redelivery decides to open a new
-                    // one. The previous incident's tags tell (one Query, on
-                    // opening only). Not atomic with the transaction: only
-                    // a new incident opened, repeated by this same event
-                    // and resolved between the two would slip through.
-                    let tag = event_tag(event_id);
-                    let previous = self.latest(&incident.service, &incident.dedup_key).await?;
-                    if previous.is_some_and(|p| p.recent_events.0.contains(&tag)) {
-                        tracing::debug!("opening event applied before to the previous incident");
-                        return Ok(CommitOutcome::AlreadyApplied);
-                    }
-                }
-                (Some(_), Some(_)) => {}
+        match commit {
+            Commit::Incident {
+                event_id,
+                incident,
+                expected_version: Some(expected),
+                transition: None,
+                timeline,
+            } => {
+                return self
+                    .commit_repeat(event_id, incident, *expected, timeline.as_ref())
+                    .await;
             }
+            // A trigger that opened or repeated the key's previous incident
+            // left no applied record: if that incident was resolved since,
+            // its redelivery decides to open a new one, or to ignore it as
+            // stale. The previous incident's tags tell (one Query, on these
+            // two only). Not atomic with the transaction: only a new
+            // incident opened, repeated by this same event and resolved
+            // between the two would slip through.
+            Commit::Incident {
+                event_id,
+                incident,
+                expected_version: None,
+                ..
+            } => {
+                if self
+                    .applied_to_latest(&incident.service, &incident.dedup_key, event_id)
+                    .await?
+                {
+                    tracing::debug!("opening event applied before to the key's newest incident");
+                    return Ok(CommitOutcome::AlreadyApplied);
+                }
+            }
+            Commit::Ignored(ignored) => {
+                let event = &ignored.event;
+                if self
+                    .applied_to_latest(&event.service, event.dedup_key(), &event.id)
+                    .await?
+                {
+                    tracing::debug!("ignored event applied before to the key's newest incident");
+                    return Ok(CommitOutcome::AlreadyApplied);
+                }
+            }
+            Commit::Incident { .. } => {}
         }
+        let claims = !matches!(
+            commit,
+            Commit::Incident {
+                expected_version: None,
+                ..
+            }
+        );
         let items = self.transaction(commit, Utc::now())?;
         let result = self
             .client
@@ -1324,7 +1351,7 @@ impl IncidentStore for DynamoStore {
             Ok(_) => Ok(CommitOutcome::Written),
             Err(err) => {
                 if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
-                    if let Some(outcome) = outcome_of_cancellation(cancelled.cancellation_reasons()) {
+                    if let Some(outcome) = outcome_of_cancellation(cancelled.cancellation_reasons(), claims) {
                         tracing::debug!(?outcome, "transaction cancelled");
                         return Ok(outcome);
                     }
@@ -1336,6 +1363,18 @@ impl IncidentStore for DynamoStore {
 }
 
 impl DynamoStore {
+    /// Whether `event` is among the tags of the key's newest incident.
+    async fn applied_to_latest(
+        &self,
+        service: &ServiceId,
+        dedup_key: &DedupKey,
+        event: &EventId,
+    ) -> Result<bool, BackendError> {
+        let tag = event_tag(event);
+        let latest = self.latest(service, dedup_key).await?;
+        Ok(latest.is_some_and(|incident| incident.recent_events.0.contains(&tag)))
+    }
+
     /// A repeat (no transition): one conditional PutItem of the incident
     /// item, instead of a transaction with an applied record (transactional
     /// writes cost twice the units, and the applied record is one more
@@ -2567,7 +2606,24 @@ mod tests {
         ];
         for (codes, expected) in cases {
             let reasons: Vec<_> = codes.iter().map(|c| reason(c)).collect();
-            assert_eq!(outcome_of_cancellation(&reasons), expected, "{codes:?}");
+            assert_eq!(outcome_of_cancellation(&reasons, true), expected, "{codes:?}");
+        }
+    }
+
+    #[test]
+    fn an_opening_claims_nothing_so_its_failed_conditions_are_conflicts() {
+        // An opening's items: the incident, the open slot, the timeline entry.
+        for codes in [
+            vec!["ConditionalCheckFailed", "None", "None"],
+            vec!["None", "ConditionalCheckFailed", "None"],
+            vec!["TransactionConflict", "None", "None"],
+        ] {
+            let reasons: Vec<_> = codes.iter().map(|c| reason(c)).collect();
+            assert_eq!(
+                outcome_of_cancellation(&reasons, false),
+                Some(CommitOutcome::Conflict),
+                "{codes:?}"
+            );
         }
     }
 

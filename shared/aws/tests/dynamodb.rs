@@ -841,6 +841,15 @@ async fn a_repeat_is_one_put_of_the_incident_and_is_applied_once() {
     let (decision, _) = apply(&store, &trigger).await;
     let opened = incident_of(decision);
     let key = dynamodb::incident_key(&opened);
+    assert_eq!(
+        raw(&client, &store, dynamodb::applied_key(&trigger.id)).await,
+        None,
+        "an opening writes no applied record either: its tag is in the new incident"
+    );
+    assert_eq!(
+        recent(&raw(&client, &store, key.clone()).await.expect("the incident")),
+        [dynamodb::event_tag(&trigger.id)]
+    );
 
     let repeat = event(&svc, "disk", Action::Trigger, t0 + TimeDelta::seconds(1));
     let latest = store.latest(&svc, repeat.dedup_key()).await.expect("latest");

@@ -174,8 +174,9 @@ pub trait IncidentStore: Send + Sync {
     /// Newest first.
     async fn list(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, BackendError>;
     /// Whether the event left an applied record. Only `commit` decides
-    /// idempotency: the DynamoDB adapter keeps no record for a repeat (the
-    /// incident's item remembers it), so this is false for one.
+    /// idempotency: the DynamoDB adapter keeps no record for an opening or
+    /// a repeat (the incident's item remembers them), so this is false for
+    /// those.
     async fn is_applied(&self, event: &EventId) -> Result<bool, BackendError>;
     async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, BackendError>;
 }
