@@ -281,10 +281,14 @@ fn address_of(monitor: &Monitor) -> Option<String> {
 }
 
 /// Uptime Kuma leaves "https://" in the URL of monitors that have none.
+/// (`get`, not indexing: the scheme's length may fall inside a character.)
 fn is_http_url(url: &str) -> bool {
-    ["https://", "http://"]
-        .iter()
-        .any(|scheme| url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
+    ["https://", "http://"].iter().any(|scheme| {
+        url.len() > scheme.len()
+            && url
+                .get(..scheme.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+    })
 }
 
 /// The heartbeat whole, the message, and what identifies the monitor. The
@@ -840,6 +844,20 @@ mod tests {
         assert_eq!(alert.dedup_key.as_str(), "uptime-kuma:7");
         assert_eq!(payload(&alert).source, "db.internal:5432");
         assert!(alert.links.is_empty());
+    }
+
+    #[test]
+    fn a_url_with_a_wide_character_where_the_scheme_ends_is_not_a_panic() {
+        // Found by `tests/fuzz/run 60` (provider_uptime_kuma): byte 8 of
+        // the URL falls inside 'Ѧ', so slicing the scheme off panicked.
+        let body = with(TRIGGER, |v| {
+            v["monitor"]["url"] = json!("https:/Ѧheckout.example.com/health");
+            v["monitor"]["hostname"] = json!("checkout.example.com");
+        });
+        let alert = one(&body);
+        assert_eq!(payload(&alert).source, "checkout.example.com");
+        assert!(is_http_url("HTTPS://Ѧ.example.com"));
+        assert!(!is_http_url("http:/Ѧ"));
     }
 
     #[test]
