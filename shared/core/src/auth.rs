@@ -130,7 +130,9 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+/// `value` without `prefix`, matched ignoring ASCII case; `None` when it
+/// does not start with it (or the prefix's length falls inside a character).
+pub(crate) fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
     let head = value.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
 }

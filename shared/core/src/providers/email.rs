@@ -34,7 +34,7 @@ use chrono::{DateTime, Utc};
 use mail_parser::{Address, Message, MessageParser, MimeHeaders};
 use serde_json::{json, Map, Value};
 
-use crate::auth::{query_param, IntegrationKey, KeyHash};
+use crate::auth::{query_param, strip_prefix_ignore_case, IntegrationKey, KeyHash};
 use crate::config::Integration;
 use crate::event::{Action, Alert, DedupKey, Payload, Severity};
 use crate::providers::{Inbound, InvalidPayload, Provider, ProviderKind};
@@ -657,11 +657,6 @@ fn nagios_state(word: &str) -> Option<Option<Severity>> {
         "OK" | "UP" | "UNKNOWN" => Some(None),
         _ => None,
     }
-}
-
-fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = value.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::strip_prefix_ignore_case;
 use crate::config::Integration;
 use crate::event::{Action, Alert, DedupKey, FieldError, Link, Payload, Severity};
 use crate::providers::header_secret::verify_secret_header;
@@ -281,14 +282,10 @@ fn address_of(monitor: &Monitor) -> Option<String> {
 }
 
 /// Uptime Kuma leaves "https://" in the URL of monitors that have none.
-/// (`get`, not indexing: the scheme's length may fall inside a character.)
 fn is_http_url(url: &str) -> bool {
-    ["https://", "http://"].iter().any(|scheme| {
-        url.len() > scheme.len()
-            && url
-                .get(..scheme.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
-    })
+    ["https://", "http://"]
+        .iter()
+        .any(|scheme| strip_prefix_ignore_case(url, scheme).is_some_and(|rest| !rest.is_empty()))
 }
 
 /// The heartbeat whole, the message, and what identifies the monitor. The
