@@ -224,9 +224,23 @@ async fn a_stack_killed_mid_burst_applies_every_accepted_event_once_after_restar
         again
     };
 
+    // A notification job the killed process had received comes back, like
+    // an event, when its visibility timeout runs out, which may be after
+    // the last event was applied: wait for every incident's first one.
+    let outbox = crate::app::wait_for_within(deadline, "every incident to be notified after the restart", || {
+        let (app, incidents) = (app_ref, &incidents);
+        async move {
+            let outbox = app.outbox();
+            incidents
+                .iter()
+                .all(|i| count_transition(&outbox, i["id"].as_str().unwrap_or_default(), "triggered") >= 1)
+                .then_some(outbox)
+        }
+    })
+    .await;
+
     // …and at most once: per key, between the accepted and the accepted plus
     // the unanswered, on one incident, notified.
-    let outbox = app.outbox();
     let (mut applied, mut notified_again) = (0, 0);
     for (key, sent) in sends.iter().enumerate() {
         let of_key: Vec<&Value> = incidents
