@@ -17,7 +17,23 @@ use tocsin_core::notify::NotificationJob;
 use tocsin_core::ports::{BackendError, ConfigStore, NotificationQueue};
 use tracing::Instrument;
 
-use crate::dynamodb::{attr, kind};
+use crate::dynamodb::{attr, kind, DynamoStore};
+
+/// Where the dispatcher reads the custom details and links of an incident
+/// whose item keeps them apart ([`attr::DETAILS_APART`]): the stream's
+/// image has the rest of the incident, and the notifications show them.
+#[async_trait]
+pub trait IncidentDetails: Send + Sync {
+    /// Fills in `incident`'s custom details and links.
+    async fn read_details(&self, incident: &mut Incident) -> Result<(), BackendError>;
+}
+
+#[async_trait]
+impl IncidentDetails for DynamoStore {
+    async fn read_details(&self, incident: &mut Incident) -> Result<(), BackendError> {
+        DynamoStore::read_details(self, incident).await
+    }
+}
 
 /// Dispatches the batch's records in order. At the first failure it stops
 /// and reports that record: Lambda resumes the shard from the lowest
@@ -25,7 +41,15 @@ use crate::dynamodb::{attr, kind};
 /// and stopping keeps one incident's transitions in order. A record that
 /// keeps failing ends, after the mapping's retries and bisection, in its
 /// on-failure destination.
-pub async fn dispatch_records(dispatch: &DispatchService, event: Event, now: DateTime<Utc>) -> DynamoDbEventResponse {
+///
+/// `details` reads the details that incidents keep apart; without it, a
+/// record of such an incident fails.
+pub async fn dispatch_records(
+    dispatch: &DispatchService,
+    details: Option<&dyn IncidentDetails>,
+    event: Event,
+    now: DateTime<Utc>,
+) -> DynamoDbEventResponse {
     let mut response = DynamoDbEventResponse::default();
     for record in event.records {
         let sequence = record.change.sequence_number.clone();
@@ -34,7 +58,7 @@ pub async fn dispatch_records(dispatch: &DispatchService, event: Event, now: Dat
             event_id = %record.event_id,
             sequence = sequence.as_deref().unwrap_or_default()
         );
-        if let Err(error) = dispatch_record(dispatch, &record, now).instrument(span).await {
+        if let Err(error) = dispatch_record(dispatch, details, &record, now).instrument(span).await {
             tracing::warn!(
                 event_id = %record.event_id,
                 sequence = sequence.as_deref().unwrap_or_default(),
@@ -65,7 +89,7 @@ pub async fn dispatch_batch(
     event: Event,
     now: DateTime<Utc>,
 ) -> DynamoDbEventResponse {
-    dispatch_batch_holding(config, queue, None, event, now).await
+    dispatch_batch_holding(config, None, queue, None, event, now).await
 }
 
 /// What holds notifications during maintenance windows
@@ -81,9 +105,10 @@ pub struct Hold {
 
 /// [`dispatch_batch`], holding the notifications of services in a
 /// maintenance window when `hold` is given. Each service's windows are read
-/// once per batch.
+/// once per batch. `details` is as for [`dispatch_records`].
 pub async fn dispatch_batch_holding(
     config: Arc<dyn ConfigStore>,
+    details: Option<Arc<dyn IncidentDetails>>,
     queue: Arc<dyn NotificationQueue>,
     hold: Option<Hold>,
     event: Event,
@@ -109,7 +134,10 @@ pub async fn dispatch_batch_holding(
             sequence = sequence.as_deref().unwrap_or_default()
         );
         let planned = collected.len();
-        if let Err(error) = dispatch_record(&dispatch, &record, now).instrument(span).await {
+        if let Err(error) = dispatch_record(&dispatch, details.as_deref(), &record, now)
+            .instrument(span)
+            .await
+        {
             tracing::warn!(
                 event_id = %record.event_id,
                 sequence = sequence.as_deref().unwrap_or_default(),
@@ -235,19 +263,28 @@ pub enum RecordError {
     Disagrees(&'static str),
     #[error("attribute 'transition_event' is empty")]
     EventId,
+    #[error("the incident keeps its details apart, and there is nothing to read them from")]
+    NoDetailsReader,
     #[error(transparent)]
     Dispatch(#[from] BackendError),
 }
 
 async fn dispatch_record(
     dispatch: &DispatchService,
+    details: Option<&dyn IncidentDetails>,
     record: &EventRecord,
     now: DateTime<Utc>,
 ) -> Result<(), RecordError> {
-    let Some(transition) = transition_of(record)? else {
+    let Some(mut transition) = transition_of(record)? else {
         tracing::debug!(event_name = %record.event_name, "not an incident transition; skipped");
         return Ok(());
     };
+    if transition.incident.store_notes.details_apart {
+        details
+            .ok_or(RecordError::NoDetailsReader)?
+            .read_details(&mut transition.incident)
+            .await?;
+    }
     dispatch.dispatch(&transition, now).await?;
     Ok(())
 }
@@ -255,7 +292,8 @@ async fn dispatch_record(
 /// The transition a record publishes: `None` for records that are not an
 /// incident write with a transition (the filter keeps them out; should one
 /// arrive it is nothing to do), an error for an incident record that does
-/// not read as what DynamoStore writes.
+/// not read as what DynamoStore writes. An incident that keeps its details
+/// apart comes without them (`store_notes.details_apart`).
 pub fn transition_of(record: &EventRecord) -> Result<Option<Transition>, RecordError> {
     if !matches!(record.event_name.as_str(), "INSERT" | "MODIFY") {
         return Ok(None);
@@ -279,7 +317,7 @@ pub fn transition_of(record: &EventRecord) -> Result<Option<Transition>, RecordE
     };
     let kind =
         TransitionKind::parse(transition).ok_or_else(|| RecordError::UnknownTransition(transition.to_owned()))?;
-    let incident: Incident = serde_json::from_str(string(&image, attr::DATA)?).map_err(RecordError::Data)?;
+    let mut incident: Incident = serde_json::from_str(string(&image, attr::DATA)?).map_err(RecordError::Data)?;
     // The transition's id is `<incident id>:<version>`: both must be the item's.
     if string(&image, attr::INCIDENT_ID)? != incident.id.as_str() {
         return Err(RecordError::Disagrees(attr::INCIDENT_ID));
@@ -287,6 +325,16 @@ pub fn transition_of(record: &EventRecord) -> Result<Option<Transition>, RecordE
     if number(&image, attr::VERSION)?.parse::<u64>().ok() != Some(incident.version) {
         return Err(RecordError::Disagrees(attr::VERSION));
     }
+    incident.store_notes.details_apart = match image.get(attr::DETAILS_APART) {
+        None => false,
+        Some(value) => value
+            .get("BOOL")
+            .and_then(Value::as_bool)
+            .ok_or(RecordError::Attribute {
+                name: attr::DETAILS_APART,
+                expected: "boolean",
+            })?,
+    };
     let event_id = string(&image, attr::TRANSITION_EVENT)?;
     if event_id.trim().is_empty() {
         return Err(RecordError::EventId);
@@ -371,7 +419,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_broken_record_is_reported_and_the_batch_stops_there() {
         let (dispatch, store) = service();
-        let response = dispatch_records(&dispatch, fixture(), Utc::now()).await;
+        let response = dispatch_records(&dispatch, None, fixture(), Utc::now()).await;
         assert_eq!(failed(&response), [Some("103")]);
         let mut channels: Vec<Channel> = store.queued_jobs().iter().map(|j| j.channel).collect();
         channels.sort();
@@ -383,7 +431,7 @@ mod tests {
         let (dispatch, store) = service();
         let mut batch = fixture();
         batch.records.retain(|r| r.event_id != "ev-103");
-        let response = dispatch_records(&dispatch, batch, Utc::now()).await;
+        let response = dispatch_records(&dispatch, None, batch, Utc::now()).await;
         assert!(response.batch_item_failures.is_empty(), "{response:?}");
         assert_eq!(store.queued_jobs().len(), 3, "records 100 and 104 are one transition");
     }
@@ -446,6 +494,22 @@ mod tests {
         assert_eq!(transition.incident.id.as_str(), "inc_0e87094c381efc1ba49c");
         assert_eq!(transition.event_id.as_str(), "550f958b-3f06-4aca-b412-e74eaaba8128");
         assert_eq!(transition.id(), "inc_0e87094c381efc1ba49c:1");
+    }
+
+    #[tokio::test]
+    async fn an_incident_that_keeps_its_details_apart_needs_them_read() {
+        let mut record = serde_json::to_value(&fixture().records[0]).unwrap();
+        record["dynamodb"]["NewImage"]["details_apart"] = serde_json::json!({"BOOL": true});
+        let record: EventRecord = serde_json::from_value(record).unwrap();
+        let transition = transition_of(&record).unwrap().expect("a transition");
+        assert!(transition.incident.store_notes.details_apart);
+
+        let (dispatch, store) = service();
+        let mut batch = fixture();
+        batch.records = vec![record];
+        let response = dispatch_records(&dispatch, None, batch, Utc::now()).await;
+        assert_eq!(failed(&response), [Some("100")], "nothing to read them from");
+        assert!(store.queued_jobs().is_empty());
     }
 
     #[test]

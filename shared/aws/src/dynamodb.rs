@@ -34,9 +34,10 @@ use sha2::{Digest, Sha256};
 
 use tocsin_core::auth::{ApiKey, KeyHash, Scope};
 use tocsin_core::config::{EmailAddress, EscalationLevel, Integration, NotificationPolicy, PhoneNumber, Service};
+use tocsin_core::event::Link;
 use tocsin_core::event::{DedupKey, EventId, FieldError, HeartbeatId, IntegrationId, ServiceId, Severity};
 use tocsin_core::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
-use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, RecentEvents, Transition, TransitionKind};
+use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
 use tocsin_core::ports::{
     BackendError, Commit, CommitOutcome, ConfigStore, Heartbeats, IgnoredEvent, IncidentFilter, IncidentStore,
     RateCounter, Timeline,
@@ -81,6 +82,12 @@ pub mod attr {
     /// list of strings. A repeat is recognised by them (it has no applied
     /// record): see [`super::DynamoStore`]'s `commit`.
     pub const RECENT: &str = "recent";
+    /// On an incident item: `true` when the incident's custom details and
+    /// links are not in its `data` but in its details item
+    /// ([`super::details_key`]), written once when it opened. Absent from
+    /// incidents without details, and from items written before details
+    /// were kept apart (their `data` holds them, and keeps holding them).
+    pub const DETAILS_APART: &str = "details_apart";
     /// On an open slot: the open incident's id and sort key.
     pub const OPEN_INCIDENT: &str = "open_incident";
     pub const OPEN_SK: &str = "open_sk";
@@ -97,6 +104,8 @@ pub mod attr {
 /// The values of [`attr::TYPE`].
 pub mod kind {
     pub const INCIDENT: &str = "incident";
+    /// An incident's custom details and links.
+    pub const DETAILS: &str = "details";
     pub const OPEN_SLOT: &str = "open_slot";
     pub const APPLIED: &str = "applied";
     pub const IGNORED: &str = "ignored";
@@ -150,8 +159,8 @@ pub fn event_tag(event: &EventId) -> String {
 fn recent_after(incident: &Incident, event: &EventId) -> Vec<String> {
     let tag = event_tag(event);
     let mut recent: Vec<String> = incident
+        .store_notes
         .recent_events
-        .0
         .iter()
         .filter(|t| **t != tag)
         .cloned()
@@ -180,6 +189,9 @@ const BATCH_GET_ATTEMPTS: u32 = 5;
 
 const OPEN_SLOT_SK: &str = "OPEN";
 const INCIDENT_SK_PREFIX: &str = "INC#";
+/// A details item's sort key is its incident's, then this: it sorts right
+/// after the incident, so newest first it comes just before it.
+const DETAILS_SK_SUFFIX: &str = "#DETAILS";
 const APPLIED_SK: &str = "APPLIED";
 const IGNORED_SK: &str = "IGNORED";
 const SERVICE_SK: &str = "SERVICE";
@@ -208,6 +220,8 @@ enum ItemError {
     Invalid(#[from] FieldError),
     #[error("the open slot names incident {0}, which does not exist")]
     MissingOpenIncident(String),
+    #[error("incident {0} keeps its details apart, but its details item does not exist")]
+    MissingDetails(String),
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -364,6 +378,15 @@ pub fn incident_key(incident: &Incident) -> Item {
     )
 }
 
+/// The key of the item that holds an incident's custom details and links
+/// when they are kept apart ([`attr::DETAILS_APART`]).
+pub fn details_key(incident: &Incident) -> Item {
+    key(
+        key_partition(&incident.service, &incident.dedup_key),
+        format!("{}{DETAILS_SK_SUFFIX}", incident_sk(incident)),
+    )
+}
+
 /// The key of the item that holds a (service, dedup key)'s open incident id
 /// while it has one.
 pub fn open_slot_key(service: &ServiceId, dedup_key: &DedupKey) -> Item {
@@ -406,6 +429,57 @@ struct IncidentWrite<'a> {
     /// The event applied by this write: its tag joins the item's
     /// [`attr::RECENT`] list, carried from the incident as read.
     event: &'a EventId,
+    /// Whether the item leaves out the custom details and links, which its
+    /// details item holds ([`details_apart`]).
+    details_apart: bool,
+}
+
+/// Whether an incident's write keeps its custom details and links apart
+/// from its item. An opening does whenever it has any: they are often over
+/// half of the incident (an Alertmanager alert's labels and annotations),
+/// and every later write of the incident item (a repeat, a transition) is
+/// billed per KB of it, so leaving them out is what keeps a repeat at one
+/// write unit. Later writes keep the incident as it was opened: `decide`
+/// never changes the details after opening, so its details item stays
+/// right, and an incident opened before details were kept apart keeps them
+/// in its item until it is resolved.
+fn details_apart(incident: &Incident, opening: bool) -> bool {
+    if opening {
+        incident.custom_details.is_some() || !incident.links.is_empty()
+    } else {
+        incident.store_notes.details_apart
+    }
+}
+
+/// An incident's custom details and links, as its details item holds them.
+#[derive(Serialize, Deserialize)]
+struct Details {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    custom_details: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    links: Vec<Link>,
+}
+
+fn details_item(incident: &Incident) -> Result<Item, serde_json::Error> {
+    let details = Details {
+        custom_details: incident.custom_details.clone(),
+        links: incident.links.clone(),
+    };
+    let mut item = details_key(incident);
+    item.extend([
+        (attr::TYPE.to_owned(), s(kind::DETAILS)),
+        (attr::DATA.to_owned(), s(serde_json::to_string(&details)?)),
+    ]);
+    Ok(item)
+}
+
+/// Puts the details of a details item into `incident`.
+fn with_details(incident: &mut Incident, item: &Item) -> Result<(), ItemError> {
+    expect_kind(item, kind::DETAILS)?;
+    let details: Details = serde_json::from_str(string(item, attr::DATA)?).map_err(ItemError::Data)?;
+    incident.custom_details = details.custom_details;
+    incident.links = details.links;
+    Ok(())
 }
 
 impl TryFrom<IncidentWrite<'_>> for Item {
@@ -413,6 +487,14 @@ impl TryFrom<IncidentWrite<'_>> for Item {
 
     fn try_from(write: IncidentWrite<'_>) -> Result<Self, Self::Error> {
         let incident = write.incident;
+        let data = if write.details_apart {
+            let mut without = incident.clone();
+            without.custom_details = None;
+            without.links = Vec::new();
+            serde_json::to_string(&without)?
+        } else {
+            serde_json::to_string(incident)?
+        };
         let mut item = incident_key(incident);
         item.extend([
             (attr::TYPE.to_owned(), s(kind::INCIDENT)),
@@ -426,7 +508,7 @@ impl TryFrom<IncidentWrite<'_>> for Item {
             ),
             (attr::CREATED.to_owned(), s(created(incident))),
             (attr::VERSION.to_owned(), n(incident.version)),
-            (attr::DATA.to_owned(), s(serde_json::to_string(incident)?)),
+            (attr::DATA.to_owned(), s(data)),
             (
                 attr::RECENT.to_owned(),
                 AttributeValue::L(recent_after(incident, write.event).into_iter().map(s).collect()),
@@ -436,11 +518,16 @@ impl TryFrom<IncidentWrite<'_>> for Item {
             item.insert(attr::TRANSITION.to_owned(), s(transition.kind.as_str()));
             item.insert(attr::TRANSITION_EVENT.to_owned(), s(transition.event_id.as_str()));
         }
+        if write.details_apart {
+            item.insert(attr::DETAILS_APART.to_owned(), AttributeValue::Bool(true));
+        }
         Ok(item)
     }
 }
 
-/// An incident read back from its item.
+/// An incident read back from its item. When it keeps its details apart
+/// (`store_notes.details_apart`), they are not in it: the reader adds them
+/// from the details item ([`with_details`]).
 struct StoredIncident(Incident);
 
 impl TryFrom<&Item> for StoredIncident {
@@ -457,7 +544,17 @@ impl TryFrom<&Item> for StoredIncident {
             return Err(ItemError::Disagrees(attr::INCIDENT_ID));
         }
         let mut incident = incident;
-        incident.recent_events = RecentEvents(recent_of(item)?);
+        incident.store_notes.recent_events = recent_of(item)?;
+        incident.store_notes.details_apart = match item.get(attr::DETAILS_APART) {
+            None => false,
+            Some(AttributeValue::Bool(apart)) => *apart,
+            Some(_) => {
+                return Err(ItemError::Attribute {
+                    name: attr::DETAILS_APART,
+                    expected: "boolean",
+                })
+            }
+        };
         Ok(StoredIncident(incident))
     }
 }
@@ -1007,13 +1104,16 @@ impl DynamoStore {
                 transition,
                 ..
             } => {
+                let opening = expected_version.is_none();
+                let apart = details_apart(incident, opening);
                 let item = Item::try_from(IncidentWrite {
                     incident,
                     transition: transition.as_ref(),
                     event: event_id,
+                    details_apart: apart,
                 })
                 .map_err(encode)?;
-                let mut items = Vec::with_capacity(3);
+                let mut items = Vec::with_capacity(4);
                 match expected_version {
                     // An opening claims no applied record: the new incident
                     // holds its tag (`recent`), so a redelivery finds it and
@@ -1023,6 +1123,9 @@ impl DynamoStore {
                         items.push(put(&self.table, item, Some(Condition::absent()))?);
                         if !incident.status.is_closed() {
                             items.push(put(&self.table, open_slot_item(incident), Some(Condition::absent()))?);
+                        }
+                        if apart {
+                            items.push(put(&self.table, details_item(incident).map_err(encode)?, None)?);
                         }
                     }
                     Some(expected) => {
@@ -1103,10 +1206,37 @@ impl DynamoStore {
     }
 
     /// The incidents of these keys, strongly consistent, in the keys' order;
-    /// a key without an item is left out.
+    /// a key without an item is left out. Two rounds: the incidents, then
+    /// the details items of those that keep them apart.
     async fn incidents_at(&self, keys: Vec<ItemKey>) -> Result<Vec<Incident>, BackendError> {
         let read = |e| BackendError::new("dynamodb read an incident", e);
         let mut found: HashMap<ItemKey, Incident> = HashMap::with_capacity(keys.len());
+        let mut details_of: HashMap<ItemKey, ItemKey> = HashMap::new();
+        for item in self.batch_get(&keys).await? {
+            let StoredIncident(incident) = StoredIncident::try_from(&item).map_err(read)?;
+            let key = ItemKey::of(&item).map_err(read)?;
+            if incident.store_notes.details_apart {
+                details_of.insert(ItemKey::of(&details_key(&incident)).map_err(read)?, key.clone());
+            }
+            found.insert(key, incident);
+        }
+        let wanted: Vec<ItemKey> = details_of.keys().cloned().collect();
+        for item in self.batch_get(&wanted).await? {
+            let key = ItemKey::of(&item).map_err(read)?;
+            if let Some(incident) = details_of.remove(&key).and_then(|k| found.get_mut(&k)) {
+                with_details(incident, &item).map_err(read)?;
+            }
+        }
+        if let Some(incident) = details_of.values().find_map(|k| found.get(k)) {
+            return Err(read(ItemError::MissingDetails(incident.id.to_string())));
+        }
+        Ok(keys.iter().filter_map(|key| found.remove(key)).collect())
+    }
+
+    /// The items of these keys, strongly consistent, in no order; keys
+    /// without an item are left out.
+    async fn batch_get(&self, keys: &[ItemKey]) -> Result<Vec<Item>, BackendError> {
+        let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_GET_KEYS) {
             let mut pending: Vec<Item> = chunk.iter().cloned().map(ItemKey::into_item).collect();
             let mut attempt = 0;
@@ -1128,22 +1258,20 @@ impl DynamoStore {
                     .consistent_read(true)
                     .build()
                     .map_err(build_error)?;
-                let output = self
+                let mut output = self
                     .client
                     .batch_get_item()
                     .request_items(&self.table, request)
                     .send()
                     .await
                     .map_err(|e| BackendError::new("dynamodb BatchGetItem", e))?;
-                for item in output
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    let StoredIncident(incident) = StoredIncident::try_from(item).map_err(read)?;
-                    found.insert(ItemKey::of(item).map_err(read)?, incident);
-                }
+                found.extend(
+                    output
+                        .responses
+                        .as_mut()
+                        .and_then(|r| r.remove(&self.table))
+                        .unwrap_or_default(),
+                );
                 pending = output
                     .unprocessed_keys()
                     .and_then(|u| u.get(&self.table))
@@ -1151,7 +1279,54 @@ impl DynamoStore {
                     .unwrap_or_default();
             }
         }
-        Ok(keys.iter().filter_map(|key| found.remove(key)).collect())
+        Ok(found)
+    }
+
+    /// The incident whose item has this key, with its details: one strongly
+    /// consistent Query of the item and the details item that sorts after it.
+    async fn incident_at(&self, key: Item) -> Result<Option<Incident>, BackendError> {
+        let read = |e| BackendError::new("dynamodb read an incident", e);
+        let ItemKey { pk, sk } = ItemKey::of(&key).map_err(read)?;
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#sk", attr::SK)
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":sk", s(sk.clone()))
+            .limit(2)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BackendError::new("dynamodb Query", e))?;
+        let items = output.items();
+        let Some(item) = items.iter().find(|i| string(i, attr::SK).is_ok_and(|s| s == sk)) else {
+            return Ok(None);
+        };
+        let StoredIncident(mut incident) = StoredIncident::try_from(item).map_err(read)?;
+        if incident.store_notes.details_apart {
+            let details_sk = format!("{sk}{DETAILS_SK_SUFFIX}");
+            let details = items
+                .iter()
+                .find(|i| string(i, attr::SK).is_ok_and(|s| s == details_sk))
+                .ok_or_else(|| read(ItemError::MissingDetails(incident.id.to_string())))?;
+            with_details(&mut incident, details).map_err(read)?;
+        }
+        Ok(Some(incident))
+    }
+
+    /// Adds to `incident`, which keeps its details apart, its details: one
+    /// strongly consistent GetItem of its details item. For readers that
+    /// have the incident's item without them (the stream's dispatcher).
+    pub async fn read_details(&self, incident: &mut Incident) -> Result<(), BackendError> {
+        let read = |e| BackendError::new("dynamodb read an incident's details", e);
+        let item = self
+            .get_item(details_key(incident), true)
+            .await?
+            .ok_or_else(|| read(ItemError::MissingDetails(incident.id.to_string())))?;
+        with_details(incident, &item).map_err(read)
     }
 }
 
@@ -1161,7 +1336,9 @@ impl IncidentStore for DynamoStore {
         let read = |e| BackendError::new("dynamodb read an incident", e);
         let partition = key_partition(service, dedup_key);
         // Newest first, the open slot ("OPEN" sorts after "INC#…") before
-        // the incidents: two items are the slot and the newest incident.
+        // the incidents, and an incident's details item just before it:
+        // three items are the slot, the newest incident's details and the
+        // newest incident.
         let output = self
             .client
             .query()
@@ -1170,7 +1347,7 @@ impl IncidentStore for DynamoStore {
             .expression_attribute_names("#pk", attr::PK)
             .expression_attribute_values(":pk", s(partition.clone()))
             .scan_index_forward(false)
-            .limit(2)
+            .limit(3)
             .consistent_read(true)
             .send()
             .await
@@ -1181,24 +1358,40 @@ impl IncidentStore for DynamoStore {
             .find(|i| string(i, attr::SK).is_ok_and(|sk| sk == OPEN_SLOT_SK));
         let newest = items
             .iter()
-            .find(|i| string(i, attr::SK).is_ok_and(|sk| sk.starts_with(INCIDENT_SK_PREFIX)));
-        let Some(slot) = slot else {
-            return newest
-                .map(|item| StoredIncident::try_from(item).map(|s| s.0))
-                .transpose()
-                .map_err(read);
+            .find(|i| string(i, attr::TYPE).is_ok_and(|t| t == kind::INCIDENT));
+        let newest = match slot {
+            None => newest,
+            Some(slot) => {
+                let open_id = string(slot, attr::OPEN_INCIDENT).map_err(read)?;
+                match newest.filter(|i| string(i, attr::INCIDENT_ID).is_ok_and(|id| id == open_id)) {
+                    Some(item) => Some(item),
+                    None => {
+                        // The open incident is not the newest created: a
+                        // clock went back. Rare; one more read.
+                        let open_sk = string(slot, attr::OPEN_SK).map_err(read)?;
+                        return match self.incident_at(key(partition, open_sk)).await? {
+                            Some(incident) => Ok(Some(incident)),
+                            None => Err(read(ItemError::MissingOpenIncident(open_id.to_owned()))),
+                        };
+                    }
+                }
+            }
         };
-        let open_id = string(slot, attr::OPEN_INCIDENT).map_err(read)?;
-        if let Some(item) = newest.filter(|i| string(i, attr::INCIDENT_ID).is_ok_and(|id| id == open_id)) {
-            return StoredIncident::try_from(item).map(|s| Some(s.0)).map_err(read);
+        let Some(item) = newest else {
+            return Ok(None);
+        };
+        let StoredIncident(mut incident) = StoredIncident::try_from(item).map_err(read)?;
+        if incident.store_notes.details_apart {
+            let details_sk = format!("{}{DETAILS_SK_SUFFIX}", string(item, attr::SK).map_err(read)?);
+            match items
+                .iter()
+                .find(|i| string(i, attr::SK).is_ok_and(|sk| sk == details_sk))
+            {
+                Some(details) => with_details(&mut incident, details).map_err(read)?,
+                None => self.read_details(&mut incident).await?,
+            }
         }
-        // The open incident is not the newest created: a clock went back.
-        // Rare; one more read.
-        let open_sk = string(slot, attr::OPEN_SK).map_err(read)?;
-        match self.get_item(key(partition, open_sk), true).await? {
-            Some(item) => StoredIncident::try_from(&item).map(|s| Some(s.0)).map_err(read),
-            None => Err(read(ItemError::MissingOpenIncident(open_id.to_owned()))),
-        }
+        Ok(Some(incident))
     }
 
     async fn get(&self, id: &IncidentId) -> Result<Option<Incident>, BackendError> {
@@ -1220,10 +1413,7 @@ impl IncidentStore for DynamoStore {
         let Some(entry) = output.items().first() else {
             return Ok(None);
         };
-        let Some(item) = self.get_item(key_of(entry).map_err(read)?, true).await? else {
-            return Ok(None);
-        };
-        StoredIncident::try_from(&item).map(|s| Some(s.0)).map_err(read)
+        self.incident_at(key_of(entry).map_err(read)?).await
     }
 
     async fn list(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, BackendError> {
@@ -1372,7 +1562,7 @@ impl DynamoStore {
     ) -> Result<bool, BackendError> {
         let tag = event_tag(event);
         let latest = self.latest(service, dedup_key).await?;
-        Ok(latest.is_some_and(|incident| incident.recent_events.0.contains(&tag)))
+        Ok(latest.is_some_and(|incident| incident.store_notes.recent_events.contains(&tag)))
     }
 
     /// A repeat (no transition): one conditional PutItem of the incident
@@ -1405,6 +1595,7 @@ impl DynamoStore {
             incident,
             transition: None,
             event,
+            details_apart: details_apart(incident, false),
         })
         .map_err(encode)?;
         let tag = event_tag(event);
@@ -1433,7 +1624,7 @@ impl DynamoStore {
                     Some(item) => Some(StoredIncident::try_from(&item).map_err(read)?.0),
                     None => None,
                 };
-                if !stored.is_some_and(|s| s.recent_events.0.contains(&tag)) {
+                if !stored.is_some_and(|s| s.store_notes.recent_events.contains(&tag)) {
                     tracing::debug!("repeat refused: the incident changed");
                     return Ok(CommitOutcome::Conflict);
                 }
@@ -2540,10 +2731,13 @@ mod tests {
         let event = |i: usize| EventId::new(format!("e{i}"));
         let mut incident = tocsin_core::contract::sample_job(tocsin_core::notify::Channel::Email, "x").incident;
         for i in 0..40 {
-            incident.recent_events = RecentEvents(recent_after(&incident, &event(i)));
+            incident.store_notes.recent_events = recent_after(&incident, &event(i));
         }
         let expected: Vec<String> = (8..40).map(|i| event_tag(&event(i))).collect();
-        assert_eq!(incident.recent_events.0, expected, "the newest 32, oldest first");
+        assert_eq!(
+            incident.store_notes.recent_events, expected,
+            "the newest 32, oldest first"
+        );
         let again = recent_after(&incident, &event(20));
         assert_eq!(again.len(), RECENT_EVENTS_KEPT);
         assert_eq!(again.iter().filter(|t| **t == event_tag(&event(20))).count(), 1);

@@ -672,6 +672,7 @@ pub async fn run_dispatch() -> Result<(), lambda_runtime::Error> {
                 Ok::<_, std::convert::Infallible>(
                     crate::measured::dispatch_batch_measured(
                         store.clone(),
+                        Some(store.clone()),
                         queues,
                         Some(crate::dispatch::Hold {
                             maintenance: store.clone(),

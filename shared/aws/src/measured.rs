@@ -113,6 +113,7 @@ pub async fn answer_ingest_measured(
 /// counted again.
 pub async fn dispatch_batch_measured(
     config: Arc<dyn ConfigStore>,
+    details: Option<Arc<dyn crate::dispatch::IncidentDetails>>,
     queue: Arc<dyn NotificationQueue>,
     hold: Option<crate::dispatch::Hold>,
     metrics: &Metrics,
@@ -133,7 +134,7 @@ pub async fn dispatch_batch_measured(
         )
     });
     let (hold, held) = held.unzip();
-    let response = crate::dispatch::dispatch_batch_holding(config, queued.clone(), hold, event, now).await;
+    let response = crate::dispatch::dispatch_batch_holding(config, details, queued.clone(), hold, event, now).await;
     let at = Utc::now();
     for (channel, jobs) in queued.counts() {
         metrics.notifications_queued(at, channel, jobs);
@@ -334,8 +335,16 @@ mod tests {
             escalations: None,
         };
         let now = time("2026-11-23T11:08:00Z");
-        let response =
-            dispatch_batch_measured(catalog(), store.clone(), Some(hold), &metrics, stream_batch(false), now).await;
+        let response = dispatch_batch_measured(
+            catalog(),
+            None,
+            store.clone(),
+            Some(hold),
+            &metrics,
+            stream_batch(false),
+            now,
+        )
+        .await;
         assert!(response.batch_item_failures.is_empty(), "{response:?}");
 
         let documents = sink.documents();
@@ -376,8 +385,16 @@ mod tests {
             escalations: None,
         };
         let now = time("2026-11-23T11:30:00Z");
-        let response =
-            dispatch_batch_measured(catalog(), store.clone(), Some(hold), &metrics, stream_batch(true), now).await;
+        let response = dispatch_batch_measured(
+            catalog(),
+            None,
+            store.clone(),
+            Some(hold),
+            &metrics,
+            stream_batch(true),
+            now,
+        )
+        .await;
         assert_eq!(response.batch_item_failures.len(), 1, "record 103 is broken");
 
         let documents = sink.documents();

@@ -18,7 +18,7 @@ use tocsin_aws::stream::stream_record;
 use tocsin_core::config::Catalog;
 use tocsin_core::contract::sample_event;
 use tocsin_core::dispatch::DispatchService;
-use tocsin_core::event::{Action, DedupKey, Event, ServiceId};
+use tocsin_core::event::{Action, DedupKey, Event, Link, ServiceId};
 use tocsin_core::notify::{Channel, NotificationJob};
 use tocsin_core::ports::IncidentStore;
 use tocsin_core::process::ProcessService;
@@ -67,7 +67,14 @@ async fn a_record_of_the_item_dynamo_store_wrote_becomes_jobs_on_the_channel_que
     store.put_service(catalog.service(&checkout).unwrap()).await.unwrap();
 
     // The processor writes the incident (and its transition) to the table.
-    let trigger = event("disk-full", Action::Trigger);
+    let mut trigger = event("disk-full", Action::Trigger);
+    if let Some(payload) = trigger.alert.payload.as_mut() {
+        payload.custom_details = Some(json!({"mount": "/var", "used_percent": 97}));
+    }
+    trigger.alert.links = vec![Link {
+        href: "https://example.com/runbook".to_owned(),
+        text: Some("Runbook".to_owned()),
+    }];
     ProcessService::new(store.clone())
         .apply(&trigger, Utc::now())
         .await
@@ -106,13 +113,16 @@ async fn a_record_of_the_item_dynamo_store_wrote_becomes_jobs_on_the_channel_que
     }))
     .expect("a stream event");
 
-    let response = dispatch_records(&dispatch, batch, Utc::now()).await;
+    let response = dispatch_records(&dispatch, Some(store.as_ref()), batch, Utc::now()).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
 
     let emails = jobs_on(&sqs, &email).await;
     assert_eq!(emails.len(), 1);
     assert_eq!(emails[0].to, "oncall@example.com");
-    assert_eq!(emails[0].incident.id, incident.id);
+    // The item keeps the details apart: the dispatcher read its details item.
+    assert_eq!(item.get("details_apart"), Some(&AttributeValue::Bool(true)));
+    assert!(incident.custom_details.is_some() && !incident.links.is_empty());
+    assert_eq!(emails[0].incident, incident, "with its custom details and links");
     assert_eq!(
         emails[0].id,
         format!("{}:{}:email:oncall@example.com", incident.id, incident.version)
@@ -172,7 +182,7 @@ async fn a_repeat_without_transition_is_skipped_and_a_broken_record_is_reported(
             (Channel::Slack, slack),
         ]),
     );
-    let dispatch = DispatchService::new(store, Arc::new(queues));
+    let dispatch = DispatchService::new(store.clone(), Arc::new(queues));
     let batch: StreamEvent = serde_json::from_value(json!({
         "Records": [
             stream_record("MODIFY", "200", &item, Some(&item)),
@@ -180,7 +190,7 @@ async fn a_repeat_without_transition_is_skipped_and_a_broken_record_is_reported(
         ]
     }))
     .unwrap();
-    let response = dispatch_records(&dispatch, batch, Utc::now()).await;
+    let response = dispatch_records(&dispatch, Some(store.as_ref()), batch, Utc::now()).await;
     let failed: Vec<_> = response
         .batch_item_failures
         .iter()
@@ -258,8 +268,15 @@ async fn a_maintenance_window_holds_the_batch_and_its_release_queues_the_jobs() 
         timeline: store.clone(),
         escalations: None,
     };
-    let response =
-        tocsin_aws::dispatch::dispatch_batch_holding(store.clone(), queues.clone(), Some(hold), batch, now).await;
+    let response = tocsin_aws::dispatch::dispatch_batch_holding(
+        store.clone(),
+        Some(store.clone()),
+        queues.clone(),
+        Some(hold),
+        batch,
+        now,
+    )
+    .await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert!(jobs_on(&sqs, &email).await.is_empty(), "held");
     let entries = store.timeline(&incident.id).await.unwrap();

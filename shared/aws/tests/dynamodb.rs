@@ -245,8 +245,22 @@ async fn the_incident_item_says_which_transition_it_carries() {
     assert_eq!(text(&item, attr::TRANSITION_EVENT), Some(trigger.id.as_str()));
     assert_eq!(text(&item, attr::STATUS), Some("open"));
     assert_eq!(number(&item, attr::VERSION), Some(1));
+    // `data` is the incident as JSON but for its custom details and links,
+    // which are in the details item, written once with the opening.
     let data: Incident = serde_json::from_str(text(&item, attr::DATA).unwrap()).unwrap();
-    assert_eq!(data, incident, "data is the incident as JSON");
+    let mut without_details = incident.clone();
+    without_details.custom_details = None;
+    without_details.links.clear();
+    assert_eq!(data, without_details);
+    assert_eq!(item.get(attr::DETAILS_APART), Some(&AttributeValue::Bool(true)));
+    let details = raw(&client, &store, dynamodb::details_key(&incident))
+        .await
+        .expect("the details item");
+    assert_eq!(text(&details, attr::TYPE), Some(dynamodb::kind::DETAILS));
+    let details: serde_json::Value = serde_json::from_str(text(&details, attr::DATA).unwrap()).unwrap();
+    assert_eq!(details, serde_json::json!({"custom_details": {"used_percent": 97}}));
+    let read = store.get(&incident.id).await.unwrap().expect("the incident");
+    assert_eq!(read.custom_details, incident.custom_details, "get reads both items");
 
     // A repeat notifies no one: the new image has no transition.
     let repeat = event(&svc, "disk", Action::Trigger, t0 + TimeDelta::seconds(1));
@@ -273,6 +287,94 @@ async fn the_incident_item_says_which_transition_it_carries() {
     assert_eq!(text(&item, attr::TRANSITION), Some("resolved"));
     assert_eq!(text(&item, attr::TRANSITION_EVENT), Some(resolve.id.as_str()));
     assert_eq!(item.get(attr::EXPIRES_AT), None, "incidents never expire");
+}
+
+/// Incidents opened before details were kept apart hold them in their
+/// item's `data`: they read as before, and every later write keeps them there.
+#[tokio::test]
+async fn an_incident_with_its_details_in_its_item_keeps_them_there() {
+    let (client, store) = table().await;
+    let svc = service("checkout");
+    let t0 = now();
+    let (decision, _) = apply(&store, &event(&svc, "disk", Action::Trigger, t0)).await;
+    let incident = incident_of(decision);
+    // Rewrite it as the code before this change wrote it.
+    let mut item = raw(&client, &store, dynamodb::incident_key(&incident))
+        .await
+        .expect("the incident");
+    item.remove(attr::DETAILS_APART);
+    item.insert(
+        attr::DATA.to_owned(),
+        AttributeValue::S(serde_json::to_string(&incident).unwrap()),
+    );
+    raw_put(&client, &store, item).await;
+    client
+        .delete_item()
+        .table_name(store.table())
+        .set_key(Some(dynamodb::details_key(&incident)))
+        .send()
+        .await
+        .expect("DeleteItem");
+
+    let latest = store.latest(&svc, &incident.dedup_key).await.unwrap().expect("latest");
+    assert_eq!(latest, incident);
+    assert!(!latest.store_notes.details_apart);
+    let (decision, outcome) = apply(
+        &store,
+        &event(&svc, "disk", Action::Trigger, t0 + TimeDelta::seconds(1)),
+    )
+    .await;
+    assert!(matches!(decision, Decision::Repeat { .. }), "{decision:?}");
+    assert_eq!(outcome, CommitOutcome::Written);
+    apply(
+        &store,
+        &event(&svc, "disk", Action::Acknowledge, t0 + TimeDelta::seconds(2)),
+    )
+    .await;
+
+    let item = raw(&client, &store, dynamodb::incident_key(&incident))
+        .await
+        .expect("the incident");
+    assert_eq!(item.get(attr::DETAILS_APART), None);
+    let data: Incident = serde_json::from_str(text(&item, attr::DATA).unwrap()).unwrap();
+    assert_eq!(data.custom_details, incident.custom_details, "still in the item");
+    assert_eq!(raw(&client, &store, dynamodb::details_key(&incident)).await, None);
+    let read = store.get(&incident.id).await.unwrap().expect("the incident");
+    assert_eq!(read.status, IncidentStatus::Acknowledged);
+    assert_eq!(read.custom_details, incident.custom_details);
+    let listed = store.list(&IncidentFilter::default()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].custom_details, incident.custom_details);
+}
+
+/// A details item that went missing is an error, not an incident read
+/// without its details (which a later write would then lose).
+#[tokio::test]
+async fn an_incident_whose_details_item_is_missing_is_not_read_without_them() {
+    let (client, store) = table().await;
+    let svc = service("checkout");
+    let (decision, _) = apply(&store, &event(&svc, "disk", Action::Trigger, now())).await;
+    let incident = incident_of(decision);
+    client
+        .delete_item()
+        .table_name(store.table())
+        .set_key(Some(dynamodb::details_key(&incident)))
+        .send()
+        .await
+        .expect("DeleteItem");
+    for error in [
+        store.latest(&svc, &incident.dedup_key).await.unwrap_err(),
+        store.get(&incident.id).await.unwrap_err(),
+        store.list(&IncidentFilter::default()).await.unwrap_err(),
+    ] {
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        assert!(
+            source
+                .as_deref()
+                .is_some_and(|s| s.contains("details item does not exist")),
+            "{error:?}"
+        );
+    }
 }
 
 #[tokio::test]

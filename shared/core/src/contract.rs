@@ -587,7 +587,7 @@ pub fn sample_job(channel: Channel, summary: &str) -> NotificationJob {
         acknowledged_by: None,
         resolved_by: None,
         version: 1,
-        recent_events: Default::default(),
+        store_notes: Default::default(),
     };
     let to = match channel {
         Channel::Email => "oncall@example.com",

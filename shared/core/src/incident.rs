@@ -127,24 +127,32 @@ pub struct Incident {
     pub resolved_by: Option<String>,
     /// Bumped on every write; stores use it for conditional writes.
     pub version: u64,
-    /// Store bookkeeping, not part of the incident: see [`RecentEvents`].
+    /// Store bookkeeping, not part of the incident: see [`StoreNotes`].
     #[serde(skip)]
-    pub recent_events: RecentEvents,
+    pub store_notes: StoreNotes,
 }
 
-/// Short tags of the last events a store applied to an incident, kept by a
-/// store that needs them (the DynamoDB adapter keeps them in the incident's
-/// item, to recognise a redelivered repeat without a separate idempotency
-/// record). Core logic never reads or changes them; it only carries them
-/// from the incident it read to the one it writes (`decide` clones).
+/// What a store remembers about how it keeps an incident, kept by a store
+/// that needs it (the DynamoDB adapter). Core logic never reads or changes
+/// it; it only carries it from the incident it read to the one it writes
+/// (`decide` clones).
 ///
 /// Never serialized with the incident (API answers, local stores) and never
-/// part of its equality: two incidents are the same state whatever a store
-/// remembers about the events that made it.
+/// part of its equality: two incidents are the same state however a store
+/// keeps them.
 #[derive(Debug, Clone, Default)]
-pub struct RecentEvents(pub Vec<String>);
+pub struct StoreNotes {
+    /// Short tags of the last events applied to the incident (DynamoDB keeps
+    /// them in the incident's item, to recognise a redelivered repeat
+    /// without a separate idempotency record).
+    pub recent_events: Vec<String>,
+    /// Whether the incident's custom details and links are kept apart from
+    /// the rest of it (DynamoDB: an item of their own, written once when the
+    /// incident opens, so that the incident's item stays small).
+    pub details_apart: bool,
+}
 
-impl PartialEq for RecentEvents {
+impl PartialEq for StoreNotes {
     fn eq(&self, _other: &Self) -> bool {
         true
     }
@@ -440,7 +448,7 @@ fn open(event: &Event, now: DateTime<Utc>) -> Decision {
             acknowledged_by: None,
             resolved_by: None,
             version: 1,
-            recent_events: Default::default(),
+            store_notes: Default::default(),
         },
     }
 }

@@ -361,7 +361,7 @@ pub(crate) mod fixtures {
             acknowledged_by: None,
             resolved_by: None,
             version: 1,
-            recent_events: Default::default(),
+            store_notes: Default::default(),
         };
         // Escalated: still open, as when triggered.
         if matches!(kind, TransitionKind::Acknowledged | TransitionKind::Resolved) {
