@@ -17,21 +17,21 @@ use tocsin_core::notify::NotificationJob;
 use tocsin_core::ports::{BackendError, ConfigStore, NotificationQueue};
 use tracing::Instrument;
 
-use crate::dynamodb::{attr, kind, DynamoStore};
+use crate::dynamodb::{attr, incident_fields, incident_of, kind, DynamoStore, IncidentDataError, KeyAttributes};
 
-/// Where the dispatcher reads the custom details and links of an incident
-/// whose item keeps them apart ([`attr::DETAILS_APART`]): the stream's
-/// image has the rest of the incident, and the notifications show them.
+/// Where the dispatcher reads the details of an incident whose item keeps
+/// them apart ([`attr::DETAILS_APART`]: its summary, source, origin, custom
+/// details and links): the stream's image has the rest of the incident.
 #[async_trait]
 pub trait IncidentDetails: Send + Sync {
-    /// Fills in `incident`'s custom details and links.
-    async fn read_details(&self, incident: &mut Incident) -> Result<(), BackendError>;
+    /// The `data` of the details item of the incident item `pk`, `sk`.
+    async fn details_data(&self, pk: &str, sk: &str) -> Result<String, BackendError>;
 }
 
 #[async_trait]
 impl IncidentDetails for DynamoStore {
-    async fn read_details(&self, incident: &mut Incident) -> Result<(), BackendError> {
-        DynamoStore::read_details(self, incident).await
+    async fn details_data(&self, pk: &str, sk: &str) -> Result<String, BackendError> {
+        DynamoStore::details_data(self, pk, sk).await
     }
 }
 
@@ -257,7 +257,7 @@ pub enum RecordError {
     Attribute { name: &'static str, expected: &'static str },
     #[error("attribute 'transition' is '{0}', not a transition")]
     UnknownTransition(String),
-    #[error("attribute 'data' is not an incident")]
+    #[error("attribute 'data' (and the details item's, when apart) is not an incident")]
     Data(#[source] serde_json::Error),
     #[error("attribute '{0}' disagrees with the incident in 'data'")]
     Disagrees(&'static str),
@@ -269,22 +269,25 @@ pub enum RecordError {
     Dispatch(#[from] BackendError),
 }
 
+impl From<IncidentDataError> for RecordError {
+    fn from(error: IncidentDataError) -> Self {
+        match error {
+            IncidentDataError::Data(e) => RecordError::Data(e),
+            IncidentDataError::Disagrees(name) => RecordError::Disagrees(name),
+        }
+    }
+}
+
 async fn dispatch_record(
     dispatch: &DispatchService,
     details: Option<&dyn IncidentDetails>,
     record: &EventRecord,
     now: DateTime<Utc>,
 ) -> Result<(), RecordError> {
-    let Some(mut transition) = transition_of(record)? else {
+    let Some(transition) = transition_of(record, details).await? else {
         tracing::debug!(event_name = %record.event_name, "not an incident transition; skipped");
         return Ok(());
     };
-    if transition.incident.store_notes.details_apart {
-        details
-            .ok_or(RecordError::NoDetailsReader)?
-            .read_details(&mut transition.incident)
-            .await?;
-    }
     dispatch.dispatch(&transition, now).await?;
     Ok(())
 }
@@ -293,8 +296,11 @@ async fn dispatch_record(
 /// incident write with a transition (the filter keeps them out; should one
 /// arrive it is nothing to do), an error for an incident record that does
 /// not read as what DynamoStore writes. An incident that keeps its details
-/// apart comes without them (`store_notes.details_apart`).
-pub fn transition_of(record: &EventRecord) -> Result<Option<Transition>, RecordError> {
+/// apart has them read from `details` (without it, that is an error).
+pub async fn transition_of(
+    record: &EventRecord,
+    details: Option<&dyn IncidentDetails>,
+) -> Result<Option<Transition>, RecordError> {
     if !matches!(record.event_name.as_str(), "INSERT" | "MODIFY") {
         return Ok(None);
     }
@@ -317,15 +323,28 @@ pub fn transition_of(record: &EventRecord) -> Result<Option<Transition>, RecordE
     };
     let kind =
         TransitionKind::parse(transition).ok_or_else(|| RecordError::UnknownTransition(transition.to_owned()))?;
-    let mut incident: Incident = serde_json::from_str(string(&image, attr::DATA)?).map_err(RecordError::Data)?;
-    // The transition's id is `<incident id>:<version>`: both must be the item's.
-    if string(&image, attr::INCIDENT_ID)? != incident.id.as_str() {
-        return Err(RecordError::Disagrees(attr::INCIDENT_ID));
+    let event_id = string(&image, attr::TRANSITION_EVENT)?;
+    if event_id.trim().is_empty() {
+        return Err(RecordError::EventId);
     }
-    if number(&image, attr::VERSION)?.parse::<u64>().ok() != Some(incident.version) {
-        return Err(RecordError::Disagrees(attr::VERSION));
-    }
-    incident.store_notes.details_apart = match image.get(attr::DETAILS_APART) {
+    // The transition's id is `<incident id>:<version>`: `data` must agree
+    // with both attributes, where it has them.
+    let attributes = KeyAttributes {
+        keys: [
+            string(&image, attr::INCIDENT_ID)?,
+            string(&image, attr::SERVICE)?,
+            string(&image, attr::DEDUP_KEY)?,
+            string(&image, attr::STATUS)?,
+        ],
+        version: number(&image, attr::VERSION)?
+            .parse()
+            .map_err(|_| RecordError::Attribute {
+                name: attr::VERSION,
+                expected: "version number",
+            })?,
+    };
+    let fields = incident_fields(string(&image, attr::DATA)?, &attributes)?;
+    let details_apart = match image.get(attr::DETAILS_APART) {
         None => false,
         Some(value) => value
             .get("BOOL")
@@ -335,10 +354,17 @@ pub fn transition_of(record: &EventRecord) -> Result<Option<Transition>, RecordE
                 expected: "boolean",
             })?,
     };
-    let event_id = string(&image, attr::TRANSITION_EVENT)?;
-    if event_id.trim().is_empty() {
-        return Err(RecordError::EventId);
-    }
+    let details = if details_apart {
+        let reader = details.ok_or(RecordError::NoDetailsReader)?;
+        Some(
+            reader
+                .details_data(string(&image, attr::PK)?, string(&image, attr::SK)?)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let incident: Incident = incident_of(fields, details.as_deref())?;
     Ok(Some(Transition {
         kind,
         incident,
@@ -486,23 +512,72 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_transition_is_rebuilt_from_the_new_image() {
+    #[tokio::test]
+    async fn the_transition_is_rebuilt_from_the_new_image() {
         let batch = fixture();
-        let transition = transition_of(&batch.records[0]).unwrap().expect("a transition");
+        let transition = transition_of(&batch.records[0], None)
+            .await
+            .unwrap()
+            .expect("a transition");
         assert_eq!(transition.kind, TransitionKind::Triggered);
         assert_eq!(transition.incident.id.as_str(), "inc_0e87094c381efc1ba49c");
         assert_eq!(transition.event_id.as_str(), "550f958b-3f06-4aca-b412-e74eaaba8128");
         assert_eq!(transition.id(), "inc_0e87094c381efc1ba49c:1");
     }
 
+    /// The details item of one incident, as the table would answer.
+    struct OneDetailsItem {
+        key: (String, String),
+        data: String,
+    }
+
+    #[async_trait]
+    impl IncidentDetails for OneDetailsItem {
+        async fn details_data(&self, pk: &str, sk: &str) -> Result<String, BackendError> {
+            assert_eq!(
+                (pk, sk),
+                (self.key.0.as_str(), self.key.1.as_str()),
+                "the incident's own"
+            );
+            Ok(self.data.clone())
+        }
+    }
+
     #[tokio::test]
-    async fn an_incident_that_keeps_its_details_apart_needs_them_read() {
+    async fn an_incident_that_keeps_its_details_apart_has_them_read() {
+        let whole = transition_of(&fixture().records[0], None)
+            .await
+            .unwrap()
+            .unwrap()
+            .incident;
+        // The image as DynamoStore writes it now: `data` without the key
+        // fields and the details, which are in the details item.
         let mut record = serde_json::to_value(&fixture().records[0]).unwrap();
-        record["dynamodb"]["NewImage"]["details_apart"] = serde_json::json!({"BOOL": true});
+        let image = &mut record["dynamodb"]["NewImage"];
+        let mut data: Map<String, Value> = serde_json::from_str(image["data"]["S"].as_str().unwrap()).unwrap();
+        let mut details = Map::new();
+        for field in ["summary", "source", "origin", "custom_details", "links"] {
+            if let Some(value) = data.remove(field) {
+                details.insert(field.to_owned(), value);
+            }
+        }
+        for field in ["id", "service", "dedup_key", "status", "version"] {
+            data.remove(field);
+        }
+        image["data"] = serde_json::json!({"S": serde_json::to_string(&data).unwrap()});
+        image["details_apart"] = serde_json::json!({"BOOL": true});
+        let key = (
+            image["pk"]["S"].as_str().unwrap().to_owned(),
+            image["sk"]["S"].as_str().unwrap().to_owned(),
+        );
         let record: EventRecord = serde_json::from_value(record).unwrap();
-        let transition = transition_of(&record).unwrap().expect("a transition");
-        assert!(transition.incident.store_notes.details_apart);
+
+        let table = OneDetailsItem {
+            key,
+            data: serde_json::to_string(&details).unwrap(),
+        };
+        let transition = transition_of(&record, Some(&table)).await.unwrap().unwrap();
+        assert_eq!(transition.incident, whole);
 
         let (dispatch, store) = service();
         let mut batch = fixture();
@@ -512,51 +587,65 @@ mod tests {
         assert!(store.queued_jobs().is_empty());
     }
 
-    #[test]
-    fn records_that_are_not_transitions_are_nothing_to_do() {
+    #[tokio::test]
+    async fn records_that_are_not_transitions_are_nothing_to_do() {
         let batch = fixture();
-        assert!(transition_of(&batch.records[1]).unwrap().is_none(), "an open slot");
-        assert!(transition_of(&batch.records[2]).unwrap().is_none(), "a TTL deletion");
+        assert!(
+            transition_of(&batch.records[1], None).await.unwrap().is_none(),
+            "an open slot"
+        );
+        assert!(
+            transition_of(&batch.records[2], None).await.unwrap().is_none(),
+            "a TTL deletion"
+        );
     }
 
-    #[test]
-    fn malformed_incident_records_are_errors() {
-        let batch = fixture();
-        let valid = &batch.records[0];
-        let broken = |change: &dyn Fn(&mut serde_json::Value)| {
-            let mut record = serde_json::to_value(valid).unwrap();
+    #[tokio::test]
+    async fn malformed_incident_records_are_errors() {
+        async fn broken(change: &dyn Fn(&mut serde_json::Value)) -> RecordError {
+            let mut record = serde_json::to_value(&fixture().records[0]).unwrap();
             change(&mut record["dynamodb"]["NewImage"]);
             let record: EventRecord = serde_json::from_value(record).unwrap();
-            transition_of(&record).unwrap_err()
-        };
+            transition_of(&record, None).await.unwrap_err()
+        }
         assert!(matches!(
-            broken(&|image| image["transition"] = serde_json::json!({"S": "exploded"})),
+            broken(&|image| image["transition"] = serde_json::json!({"S": "exploded"})).await,
             RecordError::UnknownTransition(_)
         ));
         assert!(matches!(
-            broken(&|image| image["transition"] = serde_json::json!({"N": "1"})),
+            broken(&|image| image["transition"] = serde_json::json!({"N": "1"})).await,
             RecordError::Attribute { name: "transition", .. }
         ));
         assert!(matches!(
             broken(&|image| {
                 image.as_object_mut().unwrap().remove("data");
-            }),
+            })
+            .await,
             RecordError::Attribute { name: "data", .. }
         ));
         assert!(matches!(
-            broken(&|image| image["data"] = serde_json::json!({"S": "{}"})),
+            broken(&|image| image["data"] = serde_json::json!({"S": "{}"})).await,
             RecordError::Data(_)
         ));
         assert!(matches!(
-            broken(&|image| image["incident_id"] = serde_json::json!({"S": "inc_other"})),
+            broken(&|image| image["incident_id"] = serde_json::json!({"S": "inc_other"})).await,
             RecordError::Disagrees("incident_id")
         ));
         assert!(matches!(
-            broken(&|image| image["transition_event"] = serde_json::json!({"S": " "})),
+            broken(&|image| image["transition_event"] = serde_json::json!({"S": " "})).await,
             RecordError::EventId
         ));
+        assert!(matches!(
+            broken(&|image| image["details_apart"] = serde_json::json!({"S": "yes"})).await,
+            RecordError::Attribute {
+                name: "details_apart",
+                ..
+            }
+        ));
         assert_eq!(
-            broken(&|image| image["version"] = serde_json::json!({"N": "7"})).to_string(),
+            broken(&|image| image["version"] = serde_json::json!({"N": "7"}))
+                .await
+                .to_string(),
             "attribute 'version' disagrees with the incident in 'data'"
         );
     }

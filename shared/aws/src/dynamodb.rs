@@ -34,10 +34,9 @@ use sha2::{Digest, Sha256};
 
 use tocsin_core::auth::{ApiKey, KeyHash, Scope};
 use tocsin_core::config::{EmailAddress, EscalationLevel, Integration, NotificationPolicy, PhoneNumber, Service};
-use tocsin_core::event::Link;
 use tocsin_core::event::{DedupKey, EventId, FieldError, HeartbeatId, IntegrationId, ServiceId, Severity};
 use tocsin_core::heartbeat::{Heartbeat, HeartbeatMonitor, HeartbeatState};
-use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, Transition, TransitionKind};
+use tocsin_core::incident::{Incident, IncidentId, IncidentStatus, StoreNotes, Transition, TransitionKind};
 use tocsin_core::ports::{
     BackendError, Commit, CommitOutcome, ConfigStore, Heartbeats, IgnoredEvent, IncidentFilter, IncidentStore,
     RateCounter, Timeline,
@@ -82,11 +81,11 @@ pub mod attr {
     /// list of strings. A repeat is recognised by them (it has no applied
     /// record): see [`super::DynamoStore`]'s `commit`.
     pub const RECENT: &str = "recent";
-    /// On an incident item: `true` when the incident's custom details and
-    /// links are not in its `data` but in its details item
-    /// ([`super::details_key`]), written once when it opened. Absent from
-    /// incidents without details, and from items written before details
-    /// were kept apart (their `data` holds them, and keeps holding them).
+    /// On an incident item: `true` when the incident's details (its
+    /// summary, source, origin, custom details and links) are not in its
+    /// `data` but in its details item ([`super::details_key`]), written once
+    /// when it opened. Absent from items written before details were kept
+    /// apart (their `data` holds them, and keeps holding them).
     pub const DETAILS_APART: &str = "details_apart";
     /// On an open slot: the open incident's id and sort key.
     pub const OPEN_INCIDENT: &str = "open_incident";
@@ -104,7 +103,8 @@ pub mod attr {
 /// The values of [`attr::TYPE`].
 pub mod kind {
     pub const INCIDENT: &str = "incident";
-    /// An incident's custom details and links.
+    /// What an incident opened with and keeps: its summary, source,
+    /// origin, custom details and links.
     pub const DETAILS: &str = "details";
     pub const OPEN_SLOT: &str = "open_slot";
     pub const APPLIED: &str = "applied";
@@ -128,17 +128,19 @@ pub mod index {
     pub const BY_SERVICE_STATUS: &str = "by_service_status";
 }
 
-/// How many event tags an incident item keeps ([`attr::RECENT`]): 32 tags
-/// of 12 characters are about 420 bytes of the item. A redelivery comes
-/// within the events queue's visibility timeout, while FIFO holds back the
-/// later events of its key (only people's acknowledge and resolve can
-/// overtake it), so 32 is far more than a redelivered event can fall behind.
-pub const RECENT_EVENTS_KEPT: usize = 32;
+/// How many event tags an incident item keeps ([`attr::RECENT`]): 16 tags
+/// of 12 characters are about 210 bytes of the item, which is kept under
+/// 1 KB (one write unit). A redelivery comes within the events queue's
+/// visibility timeout, while FIFO holds back the later events of its key:
+/// it can fall behind only the rest of its batch (at most 9 events; more
+/// only through people's acknowledge and resolve, which overtake it), so 16
+/// is more than a redelivered event can fall behind.
+pub const RECENT_EVENTS_KEPT: usize = 16;
 
 /// An event's tag in an incident's [`attr::RECENT`] list: the first 72 bits
 /// of the SHA-256 of its id, base64url, 12 characters. Short, because every
 /// KB of the incident item is a write unit on every write; a collision
-/// between two events of one incident's last 32 (about 2^-62) would take
+/// between two events of one incident's last 16 (about 2^-65) would take
 /// the second for a redelivery of the first.
 pub fn event_tag(event: &EventId) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -216,6 +218,8 @@ enum ItemError {
     Data(#[source] serde_json::Error),
     #[error("attribute '{0}' disagrees with the item's data")]
     Disagrees(&'static str),
+    #[error(transparent)]
+    Incident(#[from] IncidentDataError),
     #[error("a stored value is no longer valid")]
     Invalid(#[from] FieldError),
     #[error("the open slot names incident {0}, which does not exist")]
@@ -419,6 +423,101 @@ pub fn api_key_key(key_hash: &KeyHash) -> Item {
     key(api_key_pk(key_hash), API_KEY_SK)
 }
 
+/// The fields of an incident's JSON that its item holds as attributes
+/// (keys, conditions, indexes), and so leaves out of `data`: (field,
+/// attribute). The version too ([`attr::VERSION`], a number).
+const KEY_FIELDS: [(&str, &str); 4] = [
+    ("id", attr::INCIDENT_ID),
+    ("service", attr::SERVICE),
+    ("dedup_key", attr::DEDUP_KEY),
+    ("status", attr::STATUS),
+];
+const VERSION_FIELD: &str = "version";
+
+/// The fields of an incident's JSON that never change after it opens
+/// (`decide` keeps the opening's), which its details item holds when they
+/// are kept apart ([`attr::DETAILS_APART`]).
+const DETAIL_FIELDS: [&str; 5] = ["summary", "source", "origin", "custom_details", "links"];
+
+type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// An incident's JSON split as its items hold it: the fields of its item's
+/// `data`, and those of its details item (none unless `details_apart`).
+fn split_incident(incident: &Incident, details_apart: bool) -> Result<(JsonMap, JsonMap), serde_json::Error> {
+    let serde_json::Value::Object(mut fields) = serde_json::to_value(incident)? else {
+        return Err(serde::ser::Error::custom("an incident is not a JSON object"));
+    };
+    for (field, _) in KEY_FIELDS {
+        fields.remove(field);
+    }
+    fields.remove(VERSION_FIELD);
+    let mut details = JsonMap::new();
+    if details_apart {
+        for field in DETAIL_FIELDS {
+            if let Some(value) = fields.remove(field) {
+                details.insert(field.to_owned(), value);
+            }
+        }
+    }
+    Ok((fields, details))
+}
+
+/// An incident's item and its `data` that do not read as one incident.
+#[derive(Debug, thiserror::Error)]
+pub enum IncidentDataError {
+    #[error("attribute 'data' is not valid JSON of its type")]
+    Data(#[source] serde_json::Error),
+    #[error("attribute '{0}' disagrees with the item's data")]
+    Disagrees(&'static str),
+}
+
+/// The incident item's attributes that its `data` leaves out.
+pub struct KeyAttributes<'a> {
+    /// The values of the attributes of [`KEY_FIELDS`], in its order:
+    /// `incident_id`, `service`, `dedup_key`, `status`.
+    pub keys: [&'a str; 4],
+    pub version: u64,
+}
+
+/// An incident's JSON fields from its item's `data` and the attributes that
+/// hold the rest. A field that `data` does have (items written before it
+/// left them out) must agree with its attribute: the conditions test the
+/// attributes.
+pub fn incident_fields(data: &str, attributes: &KeyAttributes<'_>) -> Result<JsonMap, IncidentDataError> {
+    let mut fields: JsonMap = serde_json::from_str(data).map_err(IncidentDataError::Data)?;
+    for ((field, name), value) in KEY_FIELDS.into_iter().zip(attributes.keys) {
+        match fields.get(field) {
+            None => {
+                fields.insert(field.to_owned(), value.into());
+            }
+            Some(stored) if stored.as_str() == Some(value) => {}
+            Some(_) => return Err(IncidentDataError::Disagrees(name)),
+        }
+    }
+    match fields.get(VERSION_FIELD) {
+        None => {
+            fields.insert(VERSION_FIELD.to_owned(), attributes.version.into());
+        }
+        Some(stored) if stored.as_u64() == Some(attributes.version) => {}
+        Some(_) => return Err(IncidentDataError::Disagrees(attr::VERSION)),
+    }
+    Ok(fields)
+}
+
+/// The incident of `fields` ([`incident_fields`]) and, when it keeps them
+/// apart, its details item's `data`.
+pub fn incident_of(mut fields: JsonMap, details: Option<&str>) -> Result<Incident, IncidentDataError> {
+    if let Some(details) = details {
+        let details: JsonMap = serde_json::from_str(details).map_err(IncidentDataError::Data)?;
+        for (field, value) in details {
+            if DETAIL_FIELDS.contains(&field.as_str()) {
+                fields.insert(field, value);
+            }
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(fields)).map_err(IncidentDataError::Data)
+}
+
 /// An incident as a commit writes it. The item carries the transition the
 /// commit publishes, so a stream consumer knows from the new image alone
 /// whether to notify; a write without one leaves the attribute out (a Put
@@ -429,42 +528,27 @@ struct IncidentWrite<'a> {
     /// The event applied by this write: its tag joins the item's
     /// [`attr::RECENT`] list, carried from the incident as read.
     event: &'a EventId,
-    /// Whether the item leaves out the custom details and links, which its
-    /// details item holds ([`details_apart`]).
+    /// Whether the item leaves out [`DETAIL_FIELDS`], which its details
+    /// item holds ([`details_apart`]).
     details_apart: bool,
 }
 
-/// Whether an incident's write keeps its custom details and links apart
-/// from its item. An opening does whenever it has any: they are often over
-/// half of the incident (an Alertmanager alert's labels and annotations),
-/// and every later write of the incident item (a repeat, a transition) is
-/// billed per KB of it, so leaving them out is what keeps a repeat at one
-/// write unit. Later writes keep the incident as it was opened: `decide`
-/// never changes the details after opening, so its details item stays
-/// right, and an incident opened before details were kept apart keeps them
-/// in its item until it is resolved.
+/// Whether an incident's write keeps its details ([`DETAIL_FIELDS`]: its
+/// summary, source, origin, custom details and links) apart from its item.
+/// An opening does: they are most of the incident (an Alertmanager alert's
+/// labels and annotations alone are often half of it), and every later
+/// write of the incident item (a repeat, a transition) is billed per KB of
+/// it, so leaving them out is what keeps a repeat at one write unit. Later
+/// writes keep the incident as it was opened: `decide` never changes the
+/// details after opening, so the details item stays right, and an incident
+/// opened before details were kept apart keeps them in its item until it is
+/// resolved.
 fn details_apart(incident: &Incident, opening: bool) -> bool {
-    if opening {
-        incident.custom_details.is_some() || !incident.links.is_empty()
-    } else {
-        incident.store_notes.details_apart
-    }
-}
-
-/// An incident's custom details and links, as its details item holds them.
-#[derive(Serialize, Deserialize)]
-struct Details {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    custom_details: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    links: Vec<Link>,
+    opening || incident.store_notes.details_apart
 }
 
 fn details_item(incident: &Incident) -> Result<Item, serde_json::Error> {
-    let details = Details {
-        custom_details: incident.custom_details.clone(),
-        links: incident.links.clone(),
-    };
+    let (_, details) = split_incident(incident, true)?;
     let mut item = details_key(incident);
     item.extend([
         (attr::TYPE.to_owned(), s(kind::DETAILS)),
@@ -473,28 +557,12 @@ fn details_item(incident: &Incident) -> Result<Item, serde_json::Error> {
     Ok(item)
 }
 
-/// Puts the details of a details item into `incident`.
-fn with_details(incident: &mut Incident, item: &Item) -> Result<(), ItemError> {
-    expect_kind(item, kind::DETAILS)?;
-    let details: Details = serde_json::from_str(string(item, attr::DATA)?).map_err(ItemError::Data)?;
-    incident.custom_details = details.custom_details;
-    incident.links = details.links;
-    Ok(())
-}
-
 impl TryFrom<IncidentWrite<'_>> for Item {
     type Error = serde_json::Error;
 
     fn try_from(write: IncidentWrite<'_>) -> Result<Self, Self::Error> {
         let incident = write.incident;
-        let data = if write.details_apart {
-            let mut without = incident.clone();
-            without.custom_details = None;
-            without.links = Vec::new();
-            serde_json::to_string(&without)?
-        } else {
-            serde_json::to_string(incident)?
-        };
+        let (data, _) = split_incident(incident, write.details_apart)?;
         let mut item = incident_key(incident);
         item.extend([
             (attr::TYPE.to_owned(), s(kind::INCIDENT)),
@@ -508,7 +576,7 @@ impl TryFrom<IncidentWrite<'_>> for Item {
             ),
             (attr::CREATED.to_owned(), s(created(incident))),
             (attr::VERSION.to_owned(), n(incident.version)),
-            (attr::DATA.to_owned(), s(data)),
+            (attr::DATA.to_owned(), s(serde_json::to_string(&data)?)),
             (
                 attr::RECENT.to_owned(),
                 AttributeValue::L(recent_after(incident, write.event).into_iter().map(s).collect()),
@@ -525,27 +593,33 @@ impl TryFrom<IncidentWrite<'_>> for Item {
     }
 }
 
-/// An incident read back from its item. When it keeps its details apart
-/// (`store_notes.details_apart`), they are not in it: the reader adds them
-/// from the details item ([`with_details`]).
-struct StoredIncident(Incident);
+/// An incident item as read: its incident's fields, which
+/// [`StoredIncident::complete`] makes the incident, with its details item
+/// when it keeps them apart.
+struct StoredIncident {
+    fields: JsonMap,
+    notes: StoreNotes,
+    id: String,
+    key: ItemKey,
+}
 
 impl TryFrom<&Item> for StoredIncident {
     type Error = ItemError;
 
     fn try_from(item: &Item) -> Result<Self, Self::Error> {
         expect_kind(item, kind::INCIDENT)?;
-        let incident: Incident = serde_json::from_str(string(item, attr::DATA)?).map_err(ItemError::Data)?;
-        // The conditions test `version` and `incident_id`: they must be the data's.
-        if number::<u64>(item, attr::VERSION)? != incident.version {
-            return Err(ItemError::Disagrees(attr::VERSION));
-        }
-        if string(item, attr::INCIDENT_ID)? != incident.id.as_str() {
-            return Err(ItemError::Disagrees(attr::INCIDENT_ID));
-        }
-        let mut incident = incident;
-        incident.store_notes.recent_events = recent_of(item)?;
-        incident.store_notes.details_apart = match item.get(attr::DETAILS_APART) {
+        let id = string(item, attr::INCIDENT_ID)?;
+        let attributes = KeyAttributes {
+            keys: [
+                id,
+                string(item, attr::SERVICE)?,
+                string(item, attr::DEDUP_KEY)?,
+                string(item, attr::STATUS)?,
+            ],
+            version: number(item, attr::VERSION)?,
+        };
+        let fields = incident_fields(string(item, attr::DATA)?, &attributes)?;
+        let details_apart = match item.get(attr::DETAILS_APART) {
             None => false,
             Some(AttributeValue::Bool(apart)) => *apart,
             Some(_) => {
@@ -555,7 +629,42 @@ impl TryFrom<&Item> for StoredIncident {
                 })
             }
         };
-        Ok(StoredIncident(incident))
+        Ok(StoredIncident {
+            fields,
+            notes: StoreNotes {
+                recent_events: recent_of(item)?,
+                details_apart,
+            },
+            id: id.to_owned(),
+            key: ItemKey::of(item)?,
+        })
+    }
+}
+
+impl StoredIncident {
+    /// The key of its details item, when it keeps them apart.
+    fn details_key(&self) -> Option<ItemKey> {
+        self.notes.details_apart.then(|| ItemKey {
+            pk: self.key.pk.clone(),
+            sk: format!("{}{DETAILS_SK_SUFFIX}", self.key.sk),
+        })
+    }
+
+    /// The incident, with `details`, its details item, when it keeps them
+    /// apart (a missing one is an error: an incident read without its
+    /// details would lose them at its next write).
+    fn complete(self, details: Option<&Item>) -> Result<Incident, ItemError> {
+        let details = match (self.notes.details_apart, details) {
+            (false, _) => None,
+            (true, None) => return Err(ItemError::MissingDetails(self.id)),
+            (true, Some(item)) => {
+                expect_kind(item, kind::DETAILS)?;
+                Some(string(item, attr::DATA)?)
+            }
+        };
+        let mut incident = incident_of(self.fields, details)?;
+        incident.store_notes = self.notes;
+        Ok(incident)
     }
 }
 
@@ -1210,27 +1319,25 @@ impl DynamoStore {
     /// the details items of those that keep them apart.
     async fn incidents_at(&self, keys: Vec<ItemKey>) -> Result<Vec<Incident>, BackendError> {
         let read = |e| BackendError::new("dynamodb read an incident", e);
-        let mut found: HashMap<ItemKey, Incident> = HashMap::with_capacity(keys.len());
-        let mut details_of: HashMap<ItemKey, ItemKey> = HashMap::new();
+        let mut stored: HashMap<ItemKey, StoredIncident> = HashMap::with_capacity(keys.len());
         for item in self.batch_get(&keys).await? {
-            let StoredIncident(incident) = StoredIncident::try_from(&item).map_err(read)?;
-            let key = ItemKey::of(&item).map_err(read)?;
-            if incident.store_notes.details_apart {
-                details_of.insert(ItemKey::of(&details_key(&incident)).map_err(read)?, key.clone());
-            }
-            found.insert(key, incident);
+            let incident = StoredIncident::try_from(&item).map_err(read)?;
+            stored.insert(incident.key.clone(), incident);
         }
-        let wanted: Vec<ItemKey> = details_of.keys().cloned().collect();
+        let wanted: Vec<ItemKey> = stored.values().filter_map(StoredIncident::details_key).collect();
+        let mut details: HashMap<ItemKey, Item> = HashMap::with_capacity(wanted.len());
         for item in self.batch_get(&wanted).await? {
-            let key = ItemKey::of(&item).map_err(read)?;
-            if let Some(incident) = details_of.remove(&key).and_then(|k| found.get_mut(&k)) {
-                with_details(incident, &item).map_err(read)?;
-            }
+            details.insert(ItemKey::of(&item).map_err(read)?, item);
         }
-        if let Some(incident) = details_of.values().find_map(|k| found.get(k)) {
-            return Err(read(ItemError::MissingDetails(incident.id.to_string())));
+        let mut found = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let Some(incident) = stored.remove(key) else {
+                continue;
+            };
+            let details = incident.details_key().and_then(|k| details.get(&k));
+            found.push(incident.complete(details).map_err(read)?);
         }
-        Ok(keys.iter().filter_map(|key| found.remove(key)).collect())
+        Ok(found)
     }
 
     /// The items of these keys, strongly consistent, in no order; keys
@@ -1305,28 +1412,26 @@ impl DynamoStore {
         let Some(item) = items.iter().find(|i| string(i, attr::SK).is_ok_and(|s| s == sk)) else {
             return Ok(None);
         };
-        let StoredIncident(mut incident) = StoredIncident::try_from(item).map_err(read)?;
-        if incident.store_notes.details_apart {
-            let details_sk = format!("{sk}{DETAILS_SK_SUFFIX}");
-            let details = items
-                .iter()
-                .find(|i| string(i, attr::SK).is_ok_and(|s| s == details_sk))
-                .ok_or_else(|| read(ItemError::MissingDetails(incident.id.to_string())))?;
-            with_details(&mut incident, details).map_err(read)?;
-        }
-        Ok(Some(incident))
+        let incident = StoredIncident::try_from(item).map_err(read)?;
+        let details = incident
+            .details_key()
+            .and_then(|key| items.iter().find(|i| ItemKey::of(i).is_ok_and(|k| k == key)));
+        incident.complete(details).map(Some).map_err(read)
     }
 
-    /// Adds to `incident`, which keeps its details apart, its details: one
-    /// strongly consistent GetItem of its details item. For readers that
-    /// have the incident's item without them (the stream's dispatcher).
-    pub async fn read_details(&self, incident: &mut Incident) -> Result<(), BackendError> {
+    /// The `data` of the details item of the incident whose item has this
+    /// key (`pk`, `sk`): one strongly consistent GetItem. For readers that
+    /// have the incident's item without its details (the stream's
+    /// dispatcher).
+    pub async fn details_data(&self, pk: &str, sk: &str) -> Result<String, BackendError> {
         let read = |e| BackendError::new("dynamodb read an incident's details", e);
-        let item = self
-            .get_item(details_key(incident), true)
-            .await?
-            .ok_or_else(|| read(ItemError::MissingDetails(incident.id.to_string())))?;
-        with_details(incident, &item).map_err(read)
+        let details_key = key(pk.to_owned(), format!("{sk}{DETAILS_SK_SUFFIX}"));
+        let Some(item) = self.get_item(details_key, true).await? else {
+            let id = sk.rsplit('#').next().unwrap_or(sk);
+            return Err(read(ItemError::MissingDetails(id.to_owned())));
+        };
+        expect_kind(&item, kind::DETAILS).map_err(read)?;
+        string(&item, attr::DATA).map(str::to_owned).map_err(read)
     }
 }
 
@@ -1380,18 +1485,18 @@ impl IncidentStore for DynamoStore {
         let Some(item) = newest else {
             return Ok(None);
         };
-        let StoredIncident(mut incident) = StoredIncident::try_from(item).map_err(read)?;
-        if incident.store_notes.details_apart {
-            let details_sk = format!("{}{DETAILS_SK_SUFFIX}", string(item, attr::SK).map_err(read)?);
-            match items
-                .iter()
-                .find(|i| string(i, attr::SK).is_ok_and(|sk| sk == details_sk))
-            {
-                Some(details) => with_details(&mut incident, details).map_err(read)?,
-                None => self.read_details(&mut incident).await?,
+        let incident = StoredIncident::try_from(item).map_err(read)?;
+        let Some(details_key) = incident.details_key() else {
+            return incident.complete(None).map(Some).map_err(read);
+        };
+        match items.iter().find(|i| ItemKey::of(i).is_ok_and(|k| k == details_key)) {
+            Some(details) => incident.complete(Some(details)).map(Some).map_err(read),
+            // Not among the three items: read it.
+            None => {
+                let details = self.get_item(details_key.into_item(), true).await?;
+                incident.complete(details.as_ref()).map(Some).map_err(read)
             }
         }
-        Ok(Some(incident))
     }
 
     async fn get(&self, id: &IncidentId) -> Result<Option<Incident>, BackendError> {
@@ -1621,10 +1726,10 @@ impl DynamoStore {
             Err(error) if error.as_service_error().is_some_and(is_condition_failure) => {
                 let read = |e| BackendError::new("dynamodb read an incident", e);
                 let stored = match self.get_item(incident_key(incident), true).await? {
-                    Some(item) => Some(StoredIncident::try_from(&item).map_err(read)?.0),
+                    Some(item) => Some(StoredIncident::try_from(&item).map_err(read)?),
                     None => None,
                 };
-                if !stored.is_some_and(|s| s.store_notes.recent_events.contains(&tag)) {
+                if !stored.is_some_and(|s| s.notes.recent_events.contains(&tag)) {
                     tracing::debug!("repeat refused: the incident changed");
                     return Ok(CommitOutcome::Conflict);
                 }
@@ -2733,15 +2838,15 @@ mod tests {
         for i in 0..40 {
             incident.store_notes.recent_events = recent_after(&incident, &event(i));
         }
-        let expected: Vec<String> = (8..40).map(|i| event_tag(&event(i))).collect();
+        let expected: Vec<String> = (40 - RECENT_EVENTS_KEPT..40).map(|i| event_tag(&event(i))).collect();
         assert_eq!(
             incident.store_notes.recent_events, expected,
-            "the newest 32, oldest first"
+            "the newest 16, oldest first"
         );
-        let again = recent_after(&incident, &event(20));
+        let again = recent_after(&incident, &event(30));
         assert_eq!(again.len(), RECENT_EVENTS_KEPT);
-        assert_eq!(again.iter().filter(|t| **t == event_tag(&event(20))).count(), 1);
-        assert_eq!(again.last(), Some(&event_tag(&event(20))));
+        assert_eq!(again.iter().filter(|t| **t == event_tag(&event(30))).count(), 1);
+        assert_eq!(again.last(), Some(&event_tag(&event(30))));
     }
 
     #[test]
