@@ -426,15 +426,13 @@ async fn every_accepted_alert_is_applied_once_or_dead_lettered_under_aws_faults(
             }
             Some("incident") => {
                 let data: Value = serde_json::from_str(&text(item, "data").unwrap_or_default()).unwrap();
-                occurrences.insert(
-                    data["id"].as_str().unwrap().to_owned(),
-                    data["occurrences"].as_u64().unwrap(),
-                );
+                let id = text(item, "incident_id").expect("an incident id");
+                occurrences.insert(id.clone(), data["occurrences"].as_u64().unwrap());
                 if let Some(aws_sdk_dynamodb::types::AttributeValue::L(tags)) =
                     item.get(tocsin_aws::dynamodb::attr::RECENT)
                 {
                     for tag in tags.iter().filter_map(|t| t.as_s().ok()) {
-                        recent.insert(tag.clone(), data["id"].as_str().unwrap().to_owned());
+                        recent.insert(tag.clone(), id.clone());
                     }
                 }
             }

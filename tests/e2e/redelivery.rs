@@ -11,8 +11,9 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 use tocsin_core::config::{EmailAddress, Integration, NotificationPolicy, PhoneNumber, Service};
-use tocsin_core::event::{ServiceId, Severity};
+use tocsin_core::event::{Origin, ServiceId, Severity};
 use tocsin_core::incident::TransitionKind;
+use tocsin_core::ports::{IncidentFilter, IncidentStore};
 use tocsin_core::providers::ProviderKind;
 use tocsin_core::sns::TopicArn;
 
@@ -144,18 +145,11 @@ async fn redeliveries_and_duplicate_messages_make_the_incidents_and_notification
         .sum();
     assert_eq!(tags, 3, "two GitHub failures and one alarm, each applied once");
     let mut occurrences: HashMap<String, u64> = HashMap::new();
-    for item in items.iter().filter(|i| kind(i, "incident")) {
-        let Some(AttributeValue::S(data)) = item.get("data") else {
-            panic!("an incident without data")
+    for incident in stack.store.list(&IncidentFilter::default()).await.unwrap() {
+        let Origin::Integration { integration, .. } = &incident.origin else {
+            panic!("an incident not from an integration: {incident:?}")
         };
-        let incident: Value = serde_json::from_str(data).unwrap();
-        occurrences.insert(
-            incident["origin"]["integration"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            incident["occurrences"].as_u64().unwrap(),
-        );
+        occurrences.insert(integration.to_string(), incident.occurrences);
     }
     assert_eq!(
         occurrences,
