@@ -382,8 +382,9 @@ pub fn incident_key(incident: &Incident) -> Item {
     )
 }
 
-/// The key of the item that holds an incident's custom details and links
-/// when they are kept apart ([`attr::DETAILS_APART`]).
+/// The key of the item that holds an incident's details (summary, source,
+/// origin, custom details, links) when they are kept apart
+/// ([`attr::DETAILS_APART`]).
 pub fn details_key(incident: &Incident) -> Item {
     key(
         key_partition(&incident.service, &incident.dedup_key),

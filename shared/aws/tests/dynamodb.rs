@@ -299,6 +299,16 @@ async fn the_incident_item_says_which_transition_it_carries() {
     assert_eq!(item.get(attr::EXPIRES_AT), None, "incidents never expire");
 }
 
+async fn delete_details(client: &Client, store: &DynamoStore, incident: &Incident) {
+    client
+        .delete_item()
+        .table_name(store.table())
+        .set_key(Some(dynamodb::details_key(incident)))
+        .send()
+        .await
+        .expect("DeleteItem");
+}
+
 /// Incidents opened before details were kept apart hold them in their
 /// item's `data`: they read as before, and every later write keeps them there.
 #[tokio::test]
@@ -318,13 +328,7 @@ async fn an_incident_with_its_details_in_its_item_keeps_them_there() {
         AttributeValue::S(serde_json::to_string(&incident).unwrap()),
     );
     raw_put(&client, &store, item).await;
-    client
-        .delete_item()
-        .table_name(store.table())
-        .set_key(Some(dynamodb::details_key(&incident)))
-        .send()
-        .await
-        .expect("DeleteItem");
+    delete_details(&client, &store, &incident).await;
 
     let latest = store.latest(&svc, &incident.dedup_key).await.unwrap().expect("latest");
     assert_eq!(latest, incident);
@@ -366,13 +370,7 @@ async fn an_incident_whose_details_item_is_missing_is_not_read_without_them() {
     let svc = service("checkout");
     let (decision, _) = apply(&store, &event(&svc, "disk", Action::Trigger, now())).await;
     let incident = incident_of(decision);
-    client
-        .delete_item()
-        .table_name(store.table())
-        .set_key(Some(dynamodb::details_key(&incident)))
-        .send()
-        .await
-        .expect("DeleteItem");
+    delete_details(&client, &store, &incident).await;
     for error in [
         store.latest(&svc, &incident.dedup_key).await.unwrap_err(),
         store.get(&incident.id).await.unwrap_err(),
