@@ -548,22 +548,22 @@ fn details_apart(incident: &Incident, opening: bool) -> bool {
     opening || incident.store_notes.details_apart
 }
 
-fn details_item(incident: &Incident) -> Result<Item, serde_json::Error> {
-    let (_, details) = split_incident(incident, true)?;
+/// The details item of `incident`, holding `details` (from [`IncidentWrite::into_item`]).
+fn details_item(incident: &Incident, details: &JsonMap) -> Result<Item, serde_json::Error> {
     let mut item = details_key(incident);
     item.extend([
         (attr::TYPE.to_owned(), s(kind::DETAILS)),
-        (attr::DATA.to_owned(), s(serde_json::to_string(&details)?)),
+        (attr::DATA.to_owned(), s(serde_json::to_string(details)?)),
     ]);
     Ok(item)
 }
 
-impl TryFrom<IncidentWrite<'_>> for Item {
-    type Error = serde_json::Error;
-
-    fn try_from(write: IncidentWrite<'_>) -> Result<Self, Self::Error> {
-        let incident = write.incident;
-        let (data, _) = split_incident(incident, write.details_apart)?;
+impl IncidentWrite<'_> {
+    /// The incident's item and, when it keeps its details apart, the
+    /// details it leaves out (for an opening's details item).
+    fn into_item(self) -> Result<(Item, JsonMap), serde_json::Error> {
+        let incident = self.incident;
+        let (data, details) = split_incident(incident, self.details_apart)?;
         let mut item = incident_key(incident);
         item.extend([
             (attr::TYPE.to_owned(), s(kind::INCIDENT)),
@@ -580,17 +580,17 @@ impl TryFrom<IncidentWrite<'_>> for Item {
             (attr::DATA.to_owned(), s(serde_json::to_string(&data)?)),
             (
                 attr::RECENT.to_owned(),
-                AttributeValue::L(recent_after(incident, write.event).into_iter().map(s).collect()),
+                AttributeValue::L(recent_after(incident, self.event).into_iter().map(s).collect()),
             ),
         ]);
-        if let Some(transition) = write.transition {
+        if let Some(transition) = self.transition {
             item.insert(attr::TRANSITION.to_owned(), s(transition.kind.as_str()));
             item.insert(attr::TRANSITION_EVENT.to_owned(), s(transition.event_id.as_str()));
         }
-        if write.details_apart {
+        if self.details_apart {
             item.insert(attr::DETAILS_APART.to_owned(), AttributeValue::Bool(true));
         }
-        Ok(item)
+        Ok((item, details))
     }
 }
 
@@ -1216,12 +1216,13 @@ impl DynamoStore {
             } => {
                 let opening = expected_version.is_none();
                 let apart = details_apart(incident, opening);
-                let item = Item::try_from(IncidentWrite {
+                let (item, details) = IncidentWrite {
                     incident,
                     transition: transition.as_ref(),
                     event: event_id,
                     details_apart: apart,
-                })
+                }
+                .into_item()
                 .map_err(encode)?;
                 let mut items = Vec::with_capacity(4);
                 match expected_version {
@@ -1235,7 +1236,8 @@ impl DynamoStore {
                             items.push(put(&self.table, open_slot_item(incident), Some(Condition::absent()))?);
                         }
                         if apart {
-                            items.push(put(&self.table, details_item(incident).map_err(encode)?, None)?);
+                            let details = details_item(incident, &details).map_err(encode)?;
+                            items.push(put(&self.table, details, None)?);
                         }
                     }
                     Some(expected) => {
@@ -1697,12 +1699,13 @@ impl DynamoStore {
         timeline: Option<&TimelineEntry>,
     ) -> Result<CommitOutcome, BackendError> {
         let encode = |e| BackendError::new("dynamodb encode a commit", e);
-        let item = Item::try_from(IncidentWrite {
+        let (item, _) = IncidentWrite {
             incident,
             transition: None,
             event,
             details_apart: details_apart(incident, false),
-        })
+        }
+        .into_item()
         .map_err(encode)?;
         let tag = event_tag(event);
         let result = self
