@@ -212,11 +212,14 @@ impl TimelineEntry {
     }
 
     /// The sort key of an entry within its incident: time, then id, as text
-    /// (fixed-width RFC 3339 in UTC with microseconds sorts in time order).
+    /// (fixed-width RFC 3339 in UTC with nanoseconds sorts in time order).
+    /// Nanoseconds, as `at` has them: two entries written within the same
+    /// microsecond (a delivery and an event, from two tasks) would otherwise
+    /// be ordered by id, not by time.
     pub fn sort_key(&self) -> String {
         format!(
             "{}#{}",
-            self.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
             self.id
         )
     }
